@@ -1,0 +1,18 @@
+"""offtd — a lab for off-policy temporal-difference learning.
+
+Run an experiment spec and read its report::
+
+    import offtd
+    result = offtd.run("specs/instab_sigma_mismatch.toml", backend="rust")
+    result.status, result.series["mean_rho2"]
+
+Every number is defined by specs/MODEL.md; the Rust core (`backend="rust"`) and the pure-Python
+reference (`backend="python"`) compute the same report.
+"""
+
+from .api import RunResult, load_run, run
+from .backend import Backend, get_backend
+from .spec import Spec, SpecError, load_spec
+
+__all__ = ["Backend", "RunResult", "Spec", "SpecError", "get_backend", "load_run", "load_spec", "run"]
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""The Python API the CLI is built on: `run`, `load_run`, and the result type."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .backend import get_backend
+from .health import evaluate
+from .loop import run_loop
+from .report import build_report, jsonable, render_markdown, write_run
+from .spec import Spec, SpecError, load_spec
+from .theory import theory
+
+
+@dataclass
+class RunResult:
+    """One run: its report (the dict behind report.json, non-finite numbers as None), health verdict and series as numpy arrays."""
+
+    report: dict
+    spec: Spec
+    run_dir: Path | None = None
+    series: dict[str, np.ndarray] = field(default_factory=dict)
+    probe_series: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """PASS, WARN, FAIL or INTERRUPTED."""
+        return self.report["health"]["status"]
+
+    @property
+    def status_line(self) -> str:
+        return self.report["health"]["status_line"]
+
+    @property
+    def checks(self) -> list[dict]:
+        return self.report["health"]["checks"]
+
+    def markdown(self) -> str:
+        return render_markdown(self.report)
+
+
+def _arrays(cols: Mapping[str, list]) -> dict[str, np.ndarray]:
+    return {k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in cols.items()}
+
+
+def _normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept `policy.p_mix` and, for keyword arguments, `policy__p_mix`."""
+    return {k.replace("__", "."): v for k, v in overrides.items()}
+
+
+def make_run_dir(out_root: str | os.PathLike[str], name: str, run_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Create a new run directory (never reusing one): `run_dir` if given, else `out_root/name/<timestamp>`
+    with a numeric suffix when that name is taken. Raises SpecError when the location is not writable."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        if path.exists():
+            raise SpecError(str(path), "run directory already exists; offtd never overwrites a run")
+        _mkdir(path.parent, parents=True)
+        _mkdir(path, parents=False)
+        return path
+    base = Path(out_root) / name
+    _mkdir(base, parents=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    for i in range(10000):
+        path = base / (stamp if i == 0 else f"{stamp}_{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise SpecError(str(path), f"cannot create run directory: {exc.strerror}") from None
+    raise SpecError(str(base), "cannot find a free run directory name")
+
+
+def _mkdir(path: Path, parents: bool) -> None:
+    try:
+        path.mkdir(parents=parents, exist_ok=parents)
+    except FileExistsError:
+        raise SpecError(str(path), "run directory already exists; offtd never overwrites a run") from None
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot create directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SpecError(str(path), "output location is not writable")
+
+
+def run(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Spec | None = None,
+    backend: str = "rust",
+    *,
+    out: str | os.PathLike[str] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Run an experiment and return its report.
+
+    `spec` is a TOML path, a dict, a Spec, or None for the embedded default experiment. Overrides are
+    dotted keys (`**{"policy.p_mix": 0.1}`) or keyword arguments with `__` for the dot
+    (`policy__p_mix=0.1`). Files are written only when `out` (a root for `<name>/<timestamp>`) or
+    `run_dir` is given.
+    """
+    resolved = load_spec(spec, _normalise_overrides(overrides))
+    impl = get_backend(backend)
+    directory = make_run_dir(out, resolved.name, run_dir) if (out is not None or run_dir is not None) else None
+    loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
+    th = theory(resolved, loop)
+    verdict = evaluate(resolved, loop, th)
+    info = {
+        "run_dir": str(directory) if directory is not None else None,
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+        "backend": impl.name,
+    }
+    report = build_report(resolved, loop, verdict, th, info)
+    if directory is not None:
+        write_run(directory, resolved, report)
+    plain = jsonable(report)
+    return RunResult(
+        report=plain,
+        spec=resolved,
+        run_dir=directory,
+        series=_arrays(plain["series"]),
+        probe_series={k: _arrays(v) for k, v in plain["probe_series"].items()},
+    )
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
+    """Read back a run directory written by `offtd run` (report.json and spec.toml)."""
+    path = Path(run_dir)
+    try:
+        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(str(path), "no report.json here: not a complete offtd run directory") from None
+    spec = load_spec(path / "spec.toml")
+    return RunResult(
+        report=report,
+        spec=spec,
+        run_dir=path,
+        series=_arrays(report["series"]),
+        probe_series={k: _arrays(v) for k, v in report["probe_series"].items()},
+    )

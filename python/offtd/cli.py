@@ -1,0 +1,121 @@
+"""Command line: argument parsing and exit codes only.
+
+Exit codes: 0 a completed run (whatever its health), 1 `--fail-on` tripped, 2 bad input,
+130 interrupted (SIGINT / SIGTERM; the report of the completed iterations is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_FAIL_ON, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"offtd: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="offtd", description="Off-policy TD learning lab: run an experiment spec and read its report.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run an experiment spec (default: the embedded default experiment)")
+    r.add_argument("spec", nargs="?", help="experiment spec (TOML); omitted: the embedded default experiment")
+    r.add_argument("--out", default="outputs", help="root of run directories (default: outputs)")
+    r.add_argument("--run-dir", help="exact run directory to create (must not exist)")
+    r.add_argument("--backend", choices=("rust", "python"), default="rust", help="kernel implementation (default: rust)")
+    r.add_argument("--seed", type=int, help="override run.seed")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set policy.p_mix=0.1 (repeatable)")
+    r.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when the status is at least this bad")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
+    b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
+    b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
+    return p
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop stops between iterations. A second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r  iteration {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import api
+    from .spec import SpecError, load_spec, parse_override
+
+    try:
+        overrides = dict(parse_override(item) for item in args.sets)
+        if args.seed is not None:
+            overrides["run.seed"] = args.seed
+        spec = load_spec(args.spec, overrides)  # validate before anything is created
+    except SpecError as exc:
+        sys.stderr.write(f"offtd: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    stop = _StopFlag()
+    old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = api.run(
+            spec,
+            backend=args.backend,
+            out=args.out,
+            run_dir=args.run_dir,
+            progress=_progress(sys.stderr.isatty() and not args.quiet),
+            should_stop=stop,
+        )
+    except SpecError as exc:
+        sys.stderr.write(f"offtd: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except ImportError as exc:
+        sys.stderr.write(f"offtd: error: backend {args.backend!r} is not available: {exc}\n")
+        return EXIT_BAD_INPUT
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(result.run_dir)
+    print(result.status_line)
+    if result.status == "INTERRUPTED":
+        return EXIT_INTERRUPTED
+    bad = {"fail": ("FAIL",), "warn": ("FAIL", "WARN")}.get(args.fail_on or "", ())
+    return EXIT_FAIL_ON if result.status in bad else EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(quick=args.quick, json_path=args.json_out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    return _cmd_bench(args)
+

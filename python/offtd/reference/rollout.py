@@ -1,0 +1,176 @@
+"""The rollout kernel (specs/MODEL.md section 3, steps 1-3), pure Python.
+
+Per trajectory j (its own random streams, substream j): ``s_0 = sigma_0 * z_0``; for each step h the
+mixture uniform picks pi (``u < p``) or mu, the action is ``mean + sigma * z``, the ratio, reward and
+next state follow section 2, and the TD sums are accumulated per trajectory from 0.0. The trajectory
+sums are then added in trajectory order from 0.0 (MODEL.md 0.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import rng
+from .common import (
+    clip_ratio,
+    dot,
+    env_step,
+    feature_dim,
+    lpi_lmu,
+    matvec,
+    phi,
+    ratio_from_logs,
+    reward,
+)
+
+
+@dataclass
+class RolloutSums:
+    """Pure-Python rollout result (lists); the backend wraps it into a RolloutBatch."""
+
+    states: list  # [batch][horizon + 1][n]
+    rewards: list  # [batch][horizon]
+    rho: list  # [batch][horizon], unclipped
+    count: int
+    td_sq: float
+    rho2: float
+    grad_w: list  # [d]
+    grad_k: list  # [m][n]
+    gram: list  # [d][d]
+
+
+def choose_action(u: float, z, mean_pi, mean_mu, sigma_pi: float, sigma_mu: float, p_mix: float):
+    """``a = K_pi s + sigma_pi z`` if ``u < p``, else ``a = K_mu s + sigma_mu z``."""
+    if u < p_mix:
+        return [mk + sigma_pi * zk for mk, zk in zip(mean_pi, z)]
+    return [mk + sigma_mu * zk for mk, zk in zip(mean_mu, z)]
+
+
+def rollout(
+    *,
+    a_mat,
+    b_mat,
+    q_mat,
+    r_mat,
+    sigma_eps: float,
+    sigma_0: float,
+    reward_scale: float,
+    sigma_pi: float,
+    sigma_mu: float,
+    p_mix: float,
+    gamma: float,
+    rho_clip: float,
+    seed: int,
+    w,
+    k_pi,
+    k_mu,
+    iteration: int,
+    batch: int,
+    horizon: int,
+) -> RolloutSums:
+    """Roll out ``batch`` trajectories of ``horizon`` steps (all matrices are lists of rows of floats)."""
+    n = len(a_mat)
+    m = len(b_mat[0]) if n else 0
+    d = feature_dim(n)
+
+    tot_td_sq = 0.0
+    tot_rho2 = 0.0
+    tot_grad_w = [0.0] * d
+    tot_grad_k = [[0.0] * n for _ in range(m)]
+    tot_gram = [[0.0] * d for _ in range(d)]
+    all_states = []
+    all_rewards = []
+    all_rho = []
+    count = 0
+
+    for j in range(batch):
+        init = rng.Stream(seed, rng.ROLL_INIT, iteration, j)
+        mix = rng.Stream(seed, rng.ROLL_MIX, iteration, j)
+        act = rng.Stream(seed, rng.ROLL_ACTION, iteration, j)
+        env = rng.Stream(seed, rng.ROLL_ENV, iteration, j)
+
+        s = [sigma_0 * init.normal(i) for i in range(n)]
+        states = [s]
+        rewards = []
+        rhos = []
+
+        # Per-trajectory accumulators, from 0.0.
+        td_sq = 0.0
+        rho2 = 0.0
+        grad_w = [0.0] * d
+        grad_k = [[0.0] * n for _ in range(m)]
+        gram = [[0.0] * d for _ in range(d)]  # upper triangle accumulated, mirrored below
+
+        for h in range(horizon):
+            u = mix.uniform(h)
+            z_a = [act.normal(h * m + k) for k in range(m)]
+            mean_pi = matvec(k_pi, s)
+            mean_mu = matvec(k_mu, s)
+            a = choose_action(u, z_a, mean_pi, mean_mu, sigma_pi, sigma_mu, p_mix)
+            lpi, lmu, dpi = lpi_lmu(a, s, k_pi, k_mu, sigma_pi, sigma_mu)
+            rho = ratio_from_logs(lpi, lmu, p_mix)
+            rho_bar = clip_ratio(rho, rho_clip)
+            r = reward(s, a, q_mat, r_mat, reward_scale)
+            z_e = [env.normal(h * n + i) for i in range(n)]
+            s_next = env_step(s, a, a_mat, b_mat, sigma_eps, z_e)
+
+            f = phi(s)
+            f_next = phi(s_next)
+            v = dot(w, f)
+            v_next = dot(w, f_next)
+            delta = (r + gamma * v_next) - v
+
+            td_sq += delta * delta
+            rho2 += rho * rho
+            g = rho_bar * delta
+            for i in range(d):
+                grad_w[i] += g * f[i]
+            for i in range(m):
+                gd = g * dpi[i]
+                row = grad_k[i]
+                for jj in range(n):
+                    row[jj] += gd * s[jj]
+            for i in range(d):
+                fi = f[i]
+                row = gram[i]
+                for k in range(i, d):
+                    row[k] += fi * f[k]
+            count += 1
+
+            rewards.append(r)
+            rhos.append(rho)
+            states.append(s_next)
+            s = s_next
+
+        # phi_i*phi_k == phi_k*phi_i exactly and both entries see the same terms in the same order,
+        # so mirroring the upper triangle gives exactly the full accumulation.
+        for i in range(d):
+            for k in range(i):
+                gram[i][k] = gram[k][i]
+
+        # Trajectory sums added in trajectory order (MODEL.md 0.2).
+        tot_td_sq += td_sq
+        tot_rho2 += rho2
+        for i in range(d):
+            tot_grad_w[i] += grad_w[i]
+        for i in range(m):
+            for jj in range(n):
+                tot_grad_k[i][jj] += grad_k[i][jj]
+        for i in range(d):
+            for k in range(d):
+                tot_gram[i][k] += gram[i][k]
+        all_states.append(states)
+        all_rewards.append(rewards)
+        all_rho.append(rhos)
+
+    return RolloutSums(
+        states=all_states,
+        rewards=all_rewards,
+        rho=all_rho,
+        count=count,
+        td_sq=tot_td_sq,
+        rho2=tot_rho2,
+        grad_w=tot_grad_w,
+        grad_k=tot_grad_k,
+        gram=tot_gram,
+    )

@@ -1,0 +1,221 @@
+"""The run report: one dict (report.json), its markdown rendering (report.md), the series files, and
+atomic writing of a run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .health import Verdict
+from .loop import CORE_METRICS, EXTRA_CORE_METRICS, LoopResult
+from .spec import Spec, key_hparams, to_toml
+from .summary import fmt, summarize
+
+SAMPLE_COLUMNS = (
+    "iter", "td_loss", "critic_teacher_error", "tracking_gap", "mean_rho2", "w_norm",
+    "fixed_point_gap", "stability_proxy", "dist_mmd2",
+)  # fmt: skip
+SAMPLE_ROWS = 8
+
+
+def probe_columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Rows of one probe -> {metric: values}, metrics in first-seen order."""
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names)
+    return {k: [r.get(k, math.nan) for r in rows] for k in names}
+
+
+def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict, run_info: dict[str, Any]) -> dict:
+    """Everything the run measured, as one JSON-ready dict (numbers may be non-finite here)."""
+    done = result.completed
+    iters = result.iters[:done]
+    k = spec.run.last_k
+    core = {name: summarize(iters, result.series[name][:done], k) for name in CORE_METRICS + EXTRA_CORE_METRICS}
+    probes: dict[str, dict] = {}
+    probe_series: dict[str, dict] = {}
+    for name, rows in result.probe_series.items():
+        if not rows:
+            continue
+        cols = probe_columns(rows)
+        probe_series[name] = cols
+        probes[name] = {metric: summarize(cols["iter"], vals, k) for metric, vals in sorted(cols.items())}
+    stab = result.probe_series.get("stability_probe") or []
+    train_scale = float(result.series["train_step_scale"][done - 1]) if done else math.nan
+    scale = {
+        "train_step_scale": train_scale,
+        "stability_probe_step_scale": stab[-1]["stability_probe_step_scale"] if stab else None,
+        "stability_probe_step_scale_ratio": stab[-1]["stability_probe_step_scale_ratio"] if stab else None,
+    }
+    series = {"iter": result.iters.tolist(), **{name: result.series[name].tolist() for name in result.series}}
+    return {
+        "run_info": {
+            **run_info,
+            "seed": spec.run.seed,
+            "key_hparams": key_hparams(spec),
+            "name": spec.name,
+            "outer_iters": spec.run.outer_iters,
+            "completed_iters": done,
+            "diverged_at": result.diverged_at,
+            "interrupted": result.interrupted,
+            "elapsed_s": result.elapsed_s,
+            "spec": spec.to_dict(),
+        },
+        "health": verdict.to_dict(),
+        "scale_checks": scale,
+        "core_metrics": core,
+        "probes": probes,
+        "series": series,
+        "probe_series": probe_series,
+        "next_steps": list(verdict.next_steps),
+        "theory": theory,
+    }
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _summary_table(metrics: dict[str, dict]) -> list[str]:
+    cols = ["last", "min", "max", "mean_last_k", "slope_last_k"]
+    return _table(["metric", *cols], [[name, *(fmt(s[c]) for c in cols)] for name, s in metrics.items()])
+
+
+def _samples(report: dict) -> tuple[list[list[str]], list[list[str]]]:
+    series = report["series"]
+    ps = report["probe_series"]
+
+    def probe_lookup(probe: str, metric: str) -> dict[float, float]:
+        cols = ps.get(probe) or {}
+        return dict(zip(cols.get("iter", []), cols.get(metric, [])))
+
+    extra = {
+        "fixed_point_gap": probe_lookup("fixed_point_probe", "w_gap"),
+        "stability_proxy": probe_lookup("stability_probe", "stability_proxy"),
+        "dist_mmd2": probe_lookup("distribution_probe", "mmd2"),
+    }
+    rows = []
+    for i, t in enumerate(series["iter"]):
+        row = [fmt(t)]
+        for c in SAMPLE_COLUMNS[1:]:
+            if c in extra:
+                row.append(fmt(extra[c][t]) if t in extra[c] else "-")
+            else:
+                row.append(fmt(series[c][i]))
+        rows.append(row)
+    return rows[:SAMPLE_ROWS], rows[-SAMPLE_ROWS:]
+
+
+def render_markdown(report: dict) -> str:
+    info = report["run_info"]
+    lines = ["# Run Report", "", "## Run Info"]
+    lines += [
+        f"- run_dir: {info.get('run_dir')}",
+        f"- timestamp: {info.get('timestamp')}",
+        f"- seed: {info['seed']}",
+        f"- key_hparams: {info['key_hparams']}",
+        f"- backend: {info.get('backend')}",
+        f"- name: {info['name']}",
+        f"- iterations: {info['completed_iters']} of {info['outer_iters']} completed in {info['elapsed_s']:.3g} s",
+    ]
+    lines += ["", "## Health", f"- {report['health']['status_line']}"]
+    sc = report["scale_checks"]
+    ratio = sc["stability_probe_step_scale_ratio"]
+    lines += [
+        "",
+        "## Scale Checks",
+        f"- train_step_scale: {fmt(sc['train_step_scale'])}",
+        f"- stability_probe_step_scale: {fmt(sc['stability_probe_step_scale'])}",
+        f"- stability_probe_step_scale_ratio: {'-' if ratio is None else repr(float(ratio))} (expect ~1.0)",
+    ]
+    lines += ["", "## Core Metrics", *_summary_table(report["core_metrics"])]
+    lines += ["", "## Probe Metrics"]
+    for name in sorted(report["probes"]):
+        lines += [f"### {name}", *_summary_table(report["probes"][name]), ""]
+    head, tail = _samples(report)
+    lines += ["## Samples (Head)", *_table(list(SAMPLE_COLUMNS), head), ""]
+    lines += ["## Samples (Tail)", *_table(list(SAMPLE_COLUMNS), tail), ""]
+    lines += ["## Next Steps", *(f"- {s}" for s in report["next_steps"]), ""]
+    lines += ["## Theory"]
+    lines += _table(
+        ["quantity", "predicted", "measured", "note"],
+        [[k, fmt(v["predicted"]), fmt(v["measured"]), v["note"]] for k, v in report["theory"].items()],
+    )
+    lines += ["", "## Health Checks"]
+    lines += _table(["check", "status", "reason"], [[c["name"], c["status"], c["reason"]] for c in report["health"]["checks"]])
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- json, files
+
+
+def jsonable(obj: Any) -> Any:
+    """Strict-JSON form: non-finite floats become null, numpy scalars and arrays become Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    return obj
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(jsonable(report), indent=1, allow_nan=False) + "\n"
+
+
+def series_csv(columns: dict[str, list[float]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = list(columns)
+    writer.writerow(names)
+    for row in zip(*(columns[n] for n in names)):
+        writer.writerow([repr(float(x)) for x in row])
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_run(run_dir: Path, spec: Spec, report: dict) -> None:
+    """Write every file of a run. report.json goes last: its presence marks a complete run directory."""
+    write_atomic(run_dir / "spec.toml", to_toml(spec))
+    write_atomic(run_dir / "series.csv", series_csv(report["series"]))
+    for name, cols in report["probe_series"].items():
+        write_atomic(run_dir / f"{name}.csv", series_csv(cols))
+    write_atomic(run_dir / "report.md", render_markdown(report))
+    write_atomic(run_dir / "report.json", to_json(report))

@@ -1,0 +1,527 @@
+"""Experiment specs: schema, defaults, TOML loading, `--set` overrides and validation.
+
+A spec is a TOML file with the tables below; every key has a default, so `name = "x"` alone is a valid
+spec. Validation happens before any work starts and raises :class:`SpecError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib  # type: ignore[no-redef]
+
+Matrix = tuple[tuple[float, ...], ...]
+
+
+class SpecError(ValueError):
+    """A spec problem, with the key (or file) it concerns. `str()` is one line."""
+
+    def __init__(self, where: str, reason: str):
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
+
+
+def _f(default: Any, doc: str = "", **check: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **check})
+
+
+@dataclass(frozen=True)
+class RunCfg:
+    seed: int = _f(0, "seed of every random stream", lo=0, hi=2**64 - 1)
+    outer_iters: int = _f(40, "outer iterations", lo=1)
+    horizon: int = _f(100, "steps per trajectory", lo=1)
+    batch: int = _f(8, "trajectories per iteration", lo=1)
+    probe_every: int = _f(5, "probe period (iterations); probes also run at the last iteration", lo=1)
+    last_k: int = _f(5, "entries in mean_last_k / slope_last_k", lo=1)
+    max_memory_gb: float = _f(8.0, "refuse specs whose arrays would exceed this", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class EnvCfg:
+    state_dim: int = _f(2, "n", lo=1, hi=16)
+    action_dim: int = _f(2, "m", lo=1, hi=16)
+    a: Matrix | None = _f(None, "n x n dynamics; default 0.9 I + 0.1 on the superdiagonal")
+    b: Matrix | None = _f(None, "n x m input matrix; default 0.5 on the diagonal")
+    q: Matrix | None = _f(None, "n x n state cost (symmetric PSD); default I")
+    r: Matrix | None = _f(None, "m x m action cost (symmetric PSD); default I")
+    sigma_eps: float = _f(0.1, "environment noise", lo=0.0)
+    sigma_0: float = _f(1.0, "start-state scale", lo=0.0)
+    reward_scale: float = _f(1.0, "c_r in r = -c_r (s'Qs + a'Ra)", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class PolicyCfg:
+    sigma_mu: float = _f(0.5, "behaviour std", lo=0.0, lo_open=True)
+    sigma_pi: float = _f(0.5, "target std", lo=0.0, lo_open=True)
+    p_mix: float = _f(0.0, "defensive-mixture weight of pi", lo=0.0, hi=1.0, hi_open=True)
+    beta: float = _f(0.1, "behaviour tracking rate", lo=0.0, hi=1.0)
+    k_init: Matrix | None = _f(None, "m x n initial gain of pi (and mu); default zeros")
+    k_mu_init: Matrix | None = _f(None, "m x n initial gain of mu; default k_init")
+
+
+@dataclass(frozen=True)
+class CriticCfg:
+    gamma: float = _f(0.9, "discount", lo=0.0, hi=1.0, hi_open=True)
+    alpha_w: float = _f(0.05, "critic step size", lo=0.0)
+    init: str = _f("zeros", "zeros | teacher | teacher_noise", choices=("zeros", "teacher", "teacher_noise"))
+    init_noise: float = _f(0.05, "relative noise on the teacher for teacher_noise (x ||w_teacher|| / sqrt(d))", lo=0.0)
+
+
+@dataclass(frozen=True)
+class ActorCfg:
+    alpha_pi: float = _f(0.01, "actor step size", lo=0.0)
+
+
+@dataclass(frozen=True)
+class RhoCfg:
+    clip: float = _f(10.0, "rho_clip", lo=0.0, lo_open=True)
+    clip_enabled: bool = _f(False, "apply min(rho, clip) in the updates")
+
+
+@dataclass(frozen=True)
+class DistributionProbeCfg:
+    enabled: bool = _f(True)
+    num_samples: int = _f(4096, "probe states / mu actions", lo=1)
+    action_samples: int = _f(64, "size of the MMD set (<= num_samples)", lo=2)
+
+
+@dataclass(frozen=True)
+class FixedPointProbeCfg:
+    enabled: bool = _f(True)
+    batch_size: int = _f(4096, "one-step transitions", lo=1)
+    num_iters: int = _f(2000, "max GMRES inner iterations", lo=1)
+    tol: float = _f(1e-7, "relative residual", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class StabilityProbeCfg:
+    enabled: bool = _f(True)
+    batch_size: int = _f(4096, "one-step transitions", lo=1)
+    power_iters: int = _f(20, "power-iteration steps", lo=1)
+    repeats: int = _f(4, "disjoint sub-batches (<= batch_size)", lo=1)
+
+
+@dataclass(frozen=True)
+class QKernelProbeCfg:
+    enabled: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class ProbesCfg:
+    distribution: DistributionProbeCfg = field(default_factory=DistributionProbeCfg)
+    fixed_point: FixedPointProbeCfg = field(default_factory=FixedPointProbeCfg)
+    stability: StabilityProbeCfg = field(default_factory=StabilityProbeCfg)
+    q_kernel: QKernelProbeCfg = field(default_factory=QKernelProbeCfg)
+
+
+@dataclass(frozen=True)
+class HealthCfg:
+    rho2_max: float = _f(10.0, "FAIL when mean_last_k(mean_rho2) exceeds this", lo=0.0, lo_open=True)
+    khat_warn: float = _f(0.5, "WARN above this PSIS k_hat", lo=-math.inf)
+    khat_fail: float = _f(0.7, "FAIL above this PSIS k_hat", lo=-math.inf)
+    w_norm_max: float = _f(1e6, "FAIL when ||w|| exceeds this", lo=0.0, lo_open=True)
+    stab_tol: float = _f(1e-6, "absolute slack of the stability check", lo=0.0)
+    stab_z: float = _f(3.0, "standard errors of slack in the stability check", lo=0.0)
+    step_scale_tol: float = _f(1e-9, "allowed |ratio - 1| of the scale check", lo=0.0)
+    td_rel_tol: float = _f(1e-9, "allowed q-kernel rel diff", lo=0.0)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str = _f("default", "experiment name (run directory prefix)")
+    run: RunCfg = field(default_factory=RunCfg)
+    env: EnvCfg = field(default_factory=EnvCfg)
+    policy: PolicyCfg = field(default_factory=PolicyCfg)
+    critic: CriticCfg = field(default_factory=CriticCfg)
+    actor: ActorCfg = field(default_factory=ActorCfg)
+    rho: RhoCfg = field(default_factory=RhoCfg)
+    probes: ProbesCfg = field(default_factory=ProbesCfg)
+    health: HealthCfg = field(default_factory=HealthCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain nested dicts and lists (TOML/JSON ready)."""
+        return _to_plain(self)
+
+    def replace(self, **overrides: Any) -> "Spec":
+        """A new validated spec with dotted-key overrides, e.g. `replace(**{"policy.p_mix": 0.1})`."""
+        return apply_overrides(self, overrides)
+
+
+_MATRIX_KEYS = {
+    "env.a": ("n", "n"),
+    "env.b": ("n", "m"),
+    "env.q": ("n", "n"),
+    "env.r": ("m", "m"),
+    "policy.k_init": ("m", "n"),
+    "policy.k_mu_init": ("m", "n"),
+}
+_PSD_KEYS = ("env.q", "env.r")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_scalar(key: str, value: Any, ftype: Any, meta: Mapping[str, Any]) -> Any:
+    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    if tname == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(key, f"expected true or false, got {value!r}")
+        return value
+    if tname == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+                value = int(value)
+            else:
+                raise SpecError(key, f"expected an integer, got {value!r}")
+    elif tname == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(key, f"expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise SpecError(key, f"must be finite, got {value!r}")
+    elif tname == "str":
+        if not isinstance(value, str):
+            raise SpecError(key, f"expected a string, got {value!r}")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise SpecError(key, f"must be one of {', '.join(choices)}, got {value!r}{_suggest(value, list(choices))}")
+        if key == "name" and (not value or "/" in value or value in (".", "..")):
+            raise SpecError(key, f"must be a non-empty name without '/', got {value!r}")
+        return value
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        raise SpecError(key, f"must be {op} {lo:g}, got {value!r}")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        op = "<" if meta.get("hi_open") else "<="
+        raise SpecError(key, f"must be {op} {hi:g}, got {value!r}")
+    return value
+
+
+def _check_matrix(key: str, value: Any) -> Matrix | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(r, (list, tuple)) for r in value):
+        raise SpecError(key, f"expected a matrix (a list of rows), got {value!r}")
+    rows = []
+    for row in value:
+        out = []
+        for x in row:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise SpecError(key, f"matrix entries must be numbers, got {x!r}")
+            if not math.isfinite(float(x)):
+                raise SpecError(key, f"matrix entries must be finite, got {x!r}")
+            out.append(float(x))
+        rows.append(tuple(out))
+    if len({len(r) for r in rows}) != 1:
+        raise SpecError(key, "matrix rows have different lengths")
+    return tuple(rows)
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise SpecError(prefix.rstrip(".") or "spec", f"expected a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            raise SpecError(f"{prefix}{k}", f"unknown key{_suggest(k, list(known))}")
+    kwargs = {}
+    for name, f in known.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            continue
+        value = data[name]
+        ftype = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        sub = _SUBTABLES.get(ftype)
+        if sub is not None:
+            kwargs[name] = _build(sub, value, f"{key}.")
+        elif key in _MATRIX_KEYS:
+            kwargs[name] = _check_matrix(key, value)
+        else:
+            kwargs[name] = _check_scalar(key, value, ftype, f.metadata)
+    return cls(**kwargs)
+
+
+_SUBTABLES: dict[str, type] = {
+    "RunCfg": RunCfg,
+    "EnvCfg": EnvCfg,
+    "PolicyCfg": PolicyCfg,
+    "CriticCfg": CriticCfg,
+    "ActorCfg": ActorCfg,
+    "RhoCfg": RhoCfg,
+    "ProbesCfg": ProbesCfg,
+    "DistributionProbeCfg": DistributionProbeCfg,
+    "FixedPointProbeCfg": FixedPointProbeCfg,
+    "StabilityProbeCfg": StabilityProbeCfg,
+    "QKernelProbeCfg": QKernelProbeCfg,
+    "HealthCfg": HealthCfg,
+}
+
+
+def _default_matrix(key: str, n: int, m: int) -> Matrix:
+    if key == "env.a":
+        return tuple(tuple(0.9 if i == j else (0.1 if j == i + 1 else 0.0) for j in range(n)) for i in range(n))
+    if key == "env.b":
+        return tuple(tuple(0.5 if i == j else 0.0 for j in range(m)) for i in range(n))
+    if key == "env.q":
+        return tuple(tuple(1.0 if i == j else 0.0 for j in range(n)) for i in range(n))
+    if key == "env.r":
+        return tuple(tuple(1.0 if i == j else 0.0 for j in range(m)) for i in range(m))
+    return tuple(tuple(0.0 for _ in range(n)) for _ in range(m))  # gains
+
+
+def _resolve(spec: Spec) -> Spec:
+    """Fill default matrices, check shapes, PSD-ness and cross-key constraints."""
+    import numpy as np
+
+    n, m = spec.env.state_dim, spec.env.action_dim
+    dims = {"n": n, "m": m}
+    env = spec.env
+    policy = spec.policy
+    resolved: dict[str, Matrix] = {}
+    for key, (rs, cs) in _MATRIX_KEYS.items():
+        table, name = key.split(".")
+        value = getattr(env if table == "env" else policy, name)
+        if value is None:
+            value = resolved["policy.k_init"] if key == "policy.k_mu_init" else _default_matrix(key, n, m)
+        shape = (dims[rs], dims[cs])
+        got = (len(value), len(value[0]))
+        if got != shape:
+            raise SpecError(key, f"expected a {shape[0]} x {shape[1]} matrix ({rs} x {cs}), got {got[0]} x {got[1]}")
+        resolved[key] = value
+    for key in _PSD_KEYS:
+        mat = np.array(resolved[key])
+        if not np.allclose(mat, mat.T, rtol=0, atol=1e-12 * max(1.0, float(np.abs(mat).max()))):
+            raise SpecError(key, "must be symmetric")
+        lo = float(np.linalg.eigvalsh(mat).min())
+        if lo < -1e-10 * max(1.0, float(np.abs(mat).max())):
+            raise SpecError(key, f"must be positive semidefinite (smallest eigenvalue {lo:.4g})")
+    env = dataclasses.replace(env, **{k.split(".")[1]: v for k, v in resolved.items() if k.startswith("env.")})
+    policy = dataclasses.replace(
+        policy, **{k.split(".")[1]: v for k, v in resolved.items() if k.startswith("policy.")}
+    )
+    dist = spec.probes.distribution
+    if dist.action_samples > dist.num_samples:
+        raise SpecError(
+            "probes.distribution.action_samples",
+            f"must be <= probes.distribution.num_samples ({dist.num_samples}), got {dist.action_samples}",
+        )
+    stab = spec.probes.stability
+    if stab.repeats > stab.batch_size:
+        raise SpecError(
+            "probes.stability.repeats", f"must be <= probes.stability.batch_size ({stab.batch_size}), got {stab.repeats}"
+        )
+    if spec.health.khat_warn > spec.health.khat_fail:
+        raise SpecError("health.khat_warn", f"must be <= health.khat_fail ({spec.health.khat_fail:g})")
+    out = dataclasses.replace(spec, env=env, policy=policy)
+    _check_memory(out)
+    return out
+
+
+def memory_estimate_bytes(spec: Spec) -> int:
+    """Peak bytes of the arrays a run holds at once: the stored batch plus each probe's ratios."""
+    n, m = spec.env.state_dim, spec.env.action_dim
+    d = n * (n + 1) // 2 + n + 1
+    b, h = spec.run.batch, spec.run.horizon
+    batch_bytes = 8 * b * ((h + 1) * n + 2 * h)
+    p = spec.probes
+    probe = 8 * max(
+        p.distribution.num_samples + p.distribution.action_samples * (n + 2 * m),
+        p.fixed_point.batch_size,
+        p.stability.batch_size + p.stability.repeats * (d * d + d),
+    )
+    return batch_bytes + probe
+
+
+def _check_memory(spec: Spec) -> None:
+    need = memory_estimate_bytes(spec)
+    limit = spec.run.max_memory_gb * 2**30
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limit = min(limit, 0.8 * phys)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        pass
+    if need > limit:
+        raise SpecError(
+            "run.batch",
+            f"this spec needs about {need / 2**30:.3g} GiB for its arrays (batch x horizon and probe sizes), "
+            f"more than the {limit / 2**30:.3g} GiB allowed (run.max_memory_gb or 80% of RAM)",
+        )
+
+
+def _format_toml_error(path: str, err: Exception) -> SpecError:
+    return SpecError(path, f"malformed TOML: {err}")
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> Spec:
+    """Validate a nested dict (as read from TOML) into a resolved :class:`Spec`."""
+    return _resolve(_build(Spec, data, ""))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`table.key=value` -> (dotted key, TOML-parsed value; bare words are strings)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item}", "expected KEY=VALUE, e.g. policy.p_mix=0.1")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise SpecError(f"--set {item}", "empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur: Any = data
+    cls: Any = Spec
+    for i, part in enumerate(parts):
+        known = {f.name: f for f in fields(cls)}
+        if part not in known:
+            where = ".".join(parts[: i + 1])
+            raise SpecError(where, f"unknown key{_suggest(part, list(known))}")
+        ftype = known[part].type
+        ftype = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+        sub = _SUBTABLES.get(ftype)
+        if i == len(parts) - 1:
+            if sub is not None:
+                raise SpecError(key, "is a table; set one of its keys, e.g. " f"{key}.{fields(sub)[0].name}=...")
+            cur[part] = value
+        else:
+            if sub is None:
+                raise SpecError(".".join(parts[: i + 1]), "is not a table")
+            cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise SpecError(".".join(parts[: i + 1]), "is not a table")
+            cls = sub
+
+
+def apply_overrides(spec: Spec | Mapping[str, Any], overrides: Mapping[str, Any]) -> Spec:
+    """Apply dotted-key overrides (`{"policy.p_mix": 0.1}`) and re-validate the whole spec."""
+    data = _drop_none(spec.to_dict()) if isinstance(spec, Spec) else _deep_copy(spec)
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    return spec_from_dict(data)
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a SpecError naming the file (and line, column)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(str(path), "no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(str(path), "is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(str(path), "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _format_toml_error(str(path), exc) from None
+
+
+def default_spec_text() -> str:
+    """The embedded default experiment (the same file as specs/default.toml)."""
+    return resources.files("offtd").joinpath("specs/default.toml").read_text(encoding="utf-8")
+
+
+def load_spec(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Spec | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Spec:
+    """Load and validate a spec.
+
+    `source` is a path to a TOML file, a nested dict, a Spec, or None for the embedded default
+    experiment. `overrides` maps dotted keys to values (`{"run.seed": 3}`).
+    """
+    if source is None:
+        data: dict[str, Any] = tomllib.loads(default_spec_text())
+    elif isinstance(source, Spec):
+        data = _drop_none(source.to_dict())
+    elif isinstance(source, Mapping):
+        data = _deep_copy(source)
+    else:
+        data = read_toml(source)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return spec_from_dict(data)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if math.isnan(v):
+            return "nan"
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(spec: Spec) -> str:
+    """The resolved spec as TOML text that `load_spec` reads back to an equal Spec."""
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in subs.items():
+            emit(v, f"{prefix}.{k}" if prefix else k)
+
+    emit(spec.to_dict(), "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def key_hparams(spec: Spec) -> str:
+    """The Run Info line: the hyperparameters a reader compares across runs."""
+    return (
+        f"outer_iters={spec.run.outer_iters}, horizon={spec.run.horizon}, gamma={spec.critic.gamma:g}, "
+        f"alpha_w={spec.critic.alpha_w:g}, alpha_pi={spec.actor.alpha_pi:g}, beta={spec.policy.beta:g}, "
+        f"sigma_mu={spec.policy.sigma_mu:g}, sigma_pi={spec.policy.sigma_pi:g}, p_mix={spec.policy.p_mix:g}"
+    )

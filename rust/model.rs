@@ -1,0 +1,428 @@
+//! Shared pieces of MODEL.md sections 2 and 3: the problem, features, log densities, the importance
+//! ratio and one environment step.
+//!
+//! Every function here performs its floating-point operations in exactly the order MODEL.md writes
+//! them: sums run left to right from `0.0`, products are never fused, and the transcendental functions
+//! are the C library's (`f64::ln`, `ln_1p`, `exp`, `sin`, `cos` call glibc, as Python's `math` does).
+
+use crate::error::{CoreError, CoreResult};
+
+/// Samples per block of a block sum (MODEL.md 0.2).
+pub const BLOCK: usize = 1024;
+
+/// Feature dimension `d = n(n+1)/2 + n + 1`.
+#[inline]
+pub fn feature_dim(n: usize) -> usize {
+    n * (n + 1) / 2 + n + 1
+}
+
+/// The LQG problem and the policy pair's noise levels (backend.Problem without the gains).
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    pub n: usize,
+    pub m: usize,
+    /// (n, n) row-major
+    pub a: &'a [f64],
+    /// (n, m)
+    pub b: &'a [f64],
+    /// (n, n)
+    pub q: &'a [f64],
+    /// (m, m)
+    pub r: &'a [f64],
+    pub sigma_eps: f64,
+    pub sigma_0: f64,
+    pub reward_scale: f64,
+    pub sigma_pi: f64,
+    pub sigma_mu: f64,
+    pub p_mix: f64,
+    pub gamma: f64,
+    /// +inf when clipping is disabled
+    pub rho_clip: f64,
+    pub seed: u64,
+}
+
+fn check_len(arg: &'static str, v: &[f64], shape: &[usize]) -> CoreResult<()> {
+    let want: usize = shape.iter().product();
+    if v.len() != want {
+        return Err(CoreError::ShapeMismatch {
+            arg,
+            expected: crate::error::fmt_shape(shape),
+            got: format!("{} elements", v.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that every value of `v` is finite.
+pub fn check_finite(arg: &'static str, v: &[f64]) -> CoreResult<()> {
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(CoreError::NonFinite { arg })
+    }
+}
+
+/// Checks a finite scalar.
+pub fn check_finite_scalar(arg: &'static str, x: f64) -> CoreResult<()> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(CoreError::NonFinite { arg })
+    }
+}
+
+impl<'a> Problem<'a> {
+    /// Checks sizes and domains: finite matrices, `sigma_pi, sigma_mu > 0`, `sigma_eps, sigma_0 >= 0`,
+    /// `p_mix` in [0, 1], finite `gamma` and `reward_scale`, `rho_clip > 0` (may be +inf).
+    pub fn validate(&self) -> CoreResult<()> {
+        if self.n == 0 {
+            return Err(CoreError::invalid("a", "state dimension n must be >= 1"));
+        }
+        if self.m == 0 {
+            return Err(CoreError::invalid("b", "action dimension m must be >= 1"));
+        }
+        check_len("a", self.a, &[self.n, self.n])?;
+        check_len("b", self.b, &[self.n, self.m])?;
+        check_len("q", self.q, &[self.n, self.n])?;
+        check_len("r", self.r, &[self.m, self.m])?;
+        check_finite("a", self.a)?;
+        check_finite("b", self.b)?;
+        check_finite("q", self.q)?;
+        check_finite("r", self.r)?;
+        positive("sigma_pi", self.sigma_pi)?;
+        positive("sigma_mu", self.sigma_mu)?;
+        nonnegative("sigma_eps", self.sigma_eps)?;
+        nonnegative("sigma_0", self.sigma_0)?;
+        check_finite_scalar("reward_scale", self.reward_scale)?;
+        check_finite_scalar("gamma", self.gamma)?;
+        check_finite_scalar("p_mix", self.p_mix)?;
+        if !(0.0..=1.0).contains(&self.p_mix) {
+            return Err(CoreError::invalid("p_mix", format!("must be in [0, 1], got {}", self.p_mix)));
+        }
+        if self.rho_clip.is_nan() || self.rho_clip <= 0.0 {
+            return Err(CoreError::invalid("rho_clip", format!("must be > 0 (inf disables), got {}", self.rho_clip)));
+        }
+        Ok(())
+    }
+
+    /// The feature dimension.
+    pub fn d(&self) -> usize {
+        feature_dim(self.n)
+    }
+
+    /// Per-run constants of the ratio computation.
+    pub fn consts(&self) -> RatioConsts {
+        RatioConsts::new(self.m, self.sigma_pi, self.sigma_mu, self.p_mix)
+    }
+}
+
+fn positive(arg: &'static str, x: f64) -> CoreResult<()> {
+    check_finite_scalar(arg, x)?;
+    if x > 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(arg, format!("must be > 0, got {x}")))
+    }
+}
+
+fn nonnegative(arg: &'static str, x: f64) -> CoreResult<()> {
+    check_finite_scalar(arg, x)?;
+    if x >= 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(arg, format!("must be >= 0, got {x}")))
+    }
+}
+
+/// Checks a gain matrix (m, n) and, optionally, critic weights (d,).
+pub fn check_gain(arg: &'static str, k: &[f64], m: usize, n: usize) -> CoreResult<()> {
+    check_len(arg, k, &[m, n])?;
+    check_finite(arg, k)
+}
+
+/// Constants of section 2's log densities and mixture, computed once (each is the same value the
+/// per-transition formula would compute).
+#[derive(Debug, Clone, Copy)]
+pub struct RatioConsts {
+    pub sigma_pi: f64,
+    pub sigma_mu: f64,
+    /// sigma_pi * sigma_pi
+    pub var_pi: f64,
+    /// sigma_mu * sigma_mu
+    pub var_mu: f64,
+    /// m * log(sigma_pi)
+    pub mlog_pi: f64,
+    /// m * log(sigma_mu)
+    pub mlog_mu: f64,
+    pub p: f64,
+    /// log1p(-p)
+    pub log1m_p: f64,
+    /// log(p)
+    pub log_p: f64,
+}
+
+impl RatioConsts {
+    pub fn new(m: usize, sigma_pi: f64, sigma_mu: f64, p: f64) -> Self {
+        let mf = m as f64;
+        RatioConsts {
+            sigma_pi,
+            sigma_mu,
+            var_pi: sigma_pi * sigma_pi,
+            var_mu: sigma_mu * sigma_mu,
+            mlog_pi: mf * sigma_pi.ln(),
+            mlog_mu: mf * sigma_mu.ln(),
+            p,
+            log1m_p: (-p).ln_1p(),
+            log_p: p.ln(),
+        }
+    }
+
+    /// `lpi = -0.5*qpi/(sigma_pi*sigma_pi) - m*log(sigma_pi)`.
+    #[inline(always)]
+    pub fn log_pi(&self, qpi: f64) -> f64 {
+        -0.5 * qpi / self.var_pi - self.mlog_pi
+    }
+
+    /// `lmu` likewise.
+    #[inline(always)]
+    pub fn log_mu(&self, qmu: f64) -> f64 {
+        -0.5 * qmu / self.var_mu - self.mlog_mu
+    }
+
+    /// `lr = log(pi / b)` for the mixture `b = (1-p) mu + p pi` (section 2).
+    #[inline(always)]
+    pub fn log_ratio(&self, lpi: f64, lmu: f64) -> f64 {
+        let p = self.p;
+        if p == 0.0 {
+            lpi - lmu
+        } else if p == 1.0 {
+            0.0
+        } else {
+            let x = lmu + self.log1m_p;
+            let y = lpi + self.log_p;
+            // Python's max(x, y): x unless y > x
+            let mx = if y > x { y } else { x };
+            let lb = mx + ((x - mx).exp() + (y - mx).exp()).ln();
+            lpi - lb
+        }
+    }
+}
+
+/// Python's `min(rho, clip)`: `clip` if `clip < rho`, else `rho` (NaN stays NaN).
+#[inline(always)]
+pub fn clip_rho(rho: f64, clip: f64) -> f64 {
+    if clip < rho {
+        clip
+    } else {
+        rho
+    }
+}
+
+/// `x . y`, left to right from 0.0.
+#[inline(always)]
+pub fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut acc = 0.0;
+    for (a, b) in x.iter().zip(y) {
+        acc += a * b;
+    }
+    acc
+}
+
+/// `out[i] = sum_j k[i][j] * s[j]` for a (rows, s.len()) row-major matrix.
+#[inline(always)]
+pub fn matvec(k: &[f64], s: &[f64], out: &mut [f64]) {
+    let cols = s.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot(&k[i * cols..(i + 1) * cols], s);
+    }
+}
+
+/// `sum_i sum_j (x[i]*Q[i][j])*x[j]`: one running sum, i outer, j inner.
+#[inline(always)]
+pub fn quad_form(x: &[f64], q: &[f64]) -> f64 {
+    let k = x.len();
+    let mut acc = 0.0;
+    for i in 0..k {
+        let xi = x[i];
+        let row = &q[i * k..(i + 1) * k];
+        for j in 0..k {
+            acc += (xi * row[j]) * x[j];
+        }
+    }
+    acc
+}
+
+/// `phi(s) = [s_i s_j for i <= j; s; 1]`; `out.len() == d`.
+#[inline(always)]
+pub fn features(s: &[f64], out: &mut [f64]) {
+    let n = s.len();
+    let mut c = 0;
+    for i in 0..n {
+        for j in i..n {
+            out[c] = s[i] * s[j];
+            c += 1;
+        }
+    }
+    out[c..c + n].copy_from_slice(s);
+    out[c + n] = 1.0;
+}
+
+/// Scratch buffers of one environment step (allocated once per trajectory or block).
+#[derive(Debug, Clone)]
+pub struct StepScratch {
+    pub kpi_s: Vec<f64>,
+    pub kmu_s: Vec<f64>,
+    pub a: Vec<f64>,
+    pub dpi: Vec<f64>,
+    pub s_next: Vec<f64>,
+}
+
+impl StepScratch {
+    pub fn new(n: usize, m: usize) -> Self {
+        StepScratch {
+            kpi_s: vec![0.0; m],
+            kmu_s: vec![0.0; m],
+            a: vec![0.0; m],
+            dpi: vec![0.0; m],
+            s_next: vec![0.0; n],
+        }
+    }
+}
+
+/// What one step returns besides the buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct StepResult {
+    pub reward: f64,
+    pub rho: f64,
+    pub rho_bar: f64,
+}
+
+/// One transition from `s` (section 2): mixture uniform `u`, action normals `za` (m), environment
+/// normals `ze` (n). Fills `sc.a`, `sc.dpi`, `sc.s_next`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    p: &Problem,
+    rc: &RatioConsts,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    s: &[f64],
+    u: f64,
+    za: &[f64],
+    ze: &[f64],
+    sc: &mut StepScratch,
+) -> StepResult {
+    let n = p.n;
+    let m = p.m;
+    matvec(k_pi, s, &mut sc.kpi_s);
+    matvec(k_mu, s, &mut sc.kmu_s);
+    if u < rc.p {
+        for k in 0..m {
+            sc.a[k] = sc.kpi_s[k] + rc.sigma_pi * za[k];
+        }
+    } else {
+        for k in 0..m {
+            sc.a[k] = sc.kmu_s[k] + rc.sigma_mu * za[k];
+        }
+    }
+    let mut qpi = 0.0;
+    let mut qmu = 0.0;
+    for k in 0..m {
+        let dp = sc.a[k] - sc.kpi_s[k];
+        sc.dpi[k] = dp;
+        qpi += dp * dp;
+        let dm = sc.a[k] - sc.kmu_s[k];
+        qmu += dm * dm;
+    }
+    let lpi = rc.log_pi(qpi);
+    let lmu = rc.log_mu(qmu);
+    let rho = rc.log_ratio(lpi, lmu).exp();
+    let rho_bar = clip_rho(rho, p.rho_clip);
+    // environment: x_i + y_i, then + sigma_eps * z_i
+    for i in 0..n {
+        let x = dot(&p.a[i * n..(i + 1) * n], s);
+        let y = dot(&p.b[i * m..(i + 1) * m], &sc.a);
+        sc.s_next[i] = (x + y) + p.sigma_eps * ze[i];
+    }
+    let sqs = quad_form(s, p.q);
+    let ara = quad_form(&sc.a, p.r);
+    let reward = -p.reward_scale * (sqs + ara);
+    StepResult { reward, rho, rho_bar }
+}
+
+/// `min(floor(u * N), N - 1)`: the state-pool pick of section 4.
+#[inline(always)]
+pub fn pick(u: f64, pool_len: usize) -> usize {
+    let idx = (u * pool_len as f64).floor() as usize;
+    idx.min(pool_len - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_layout() {
+        let mut out = vec![0.0; feature_dim(2)];
+        features(&[2.0, 3.0], &mut out);
+        assert_eq!(out, vec![4.0, 6.0, 9.0, 2.0, 3.0, 1.0]);
+        assert_eq!(feature_dim(1), 3);
+        assert_eq!(feature_dim(3), 10);
+    }
+
+    #[test]
+    fn ratio_limits() {
+        let rc0 = RatioConsts::new(1, 1.0, 2.0, 0.0);
+        assert_eq!(rc0.log_ratio(-1.0, -3.0), 2.0);
+        let rc1 = RatioConsts::new(1, 1.0, 2.0, 1.0);
+        assert_eq!(rc1.log_ratio(-1.0, -3.0), 0.0);
+        // mixture ratio is bounded by 1/p
+        let rc = RatioConsts::new(2, 1.0, 0.1, 0.25);
+        for lpi in [-50.0, -1.0, 0.0, 3.0] {
+            for lmu in [-900.0, -5.0, 0.0, 2.0] {
+                let rho = rc.log_ratio(lpi, lmu).exp();
+                assert!(rho <= 4.0 * (1.0 + 1e-15), "{rho}");
+            }
+        }
+    }
+
+    #[test]
+    fn quad_form_order() {
+        let q = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quad_form(&[1.0, 1.0], &q), 10.0);
+    }
+
+    #[test]
+    fn pick_bounds() {
+        assert_eq!(pick(0.0, 5), 0);
+        assert_eq!(pick(0.9999999999999999, 5), 4);
+        assert_eq!(pick(0.5, 1), 0);
+    }
+
+    #[test]
+    fn validation() {
+        let a = [1.0];
+        let p = Problem {
+            n: 1,
+            m: 1,
+            a: &a,
+            b: &a,
+            q: &a,
+            r: &a,
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 1.0,
+            sigma_pi: 0.0,
+            sigma_mu: 1.0,
+            p_mix: 0.0,
+            gamma: 0.9,
+            rho_clip: f64::INFINITY,
+            seed: 0,
+        };
+        assert_eq!(p.validate().unwrap_err().arg(), "sigma_pi");
+        let ok = Problem { sigma_pi: 1.0, ..p };
+        assert!(ok.validate().is_ok());
+        assert_eq!(Problem { p_mix: 1.5, ..ok }.validate().unwrap_err().arg(), "p_mix");
+        assert_eq!(Problem { rho_clip: f64::NAN, ..ok }.validate().unwrap_err().arg(), "rho_clip");
+    }
+}

@@ -1,0 +1,82 @@
+//! Power iteration (MODEL.md section 6): `v = v0/||v0||`; `iters` times `x = M v`, `lam = ||x||`,
+//! stop with 0 if `lam == 0`, `v = x/lam`; the estimate is the last `lam`.
+
+use crate::error::{CoreError, CoreResult};
+use crate::model::{check_finite, dot};
+
+/// The power-iteration estimate of the spectral radius of the row-major (d, d) matrix `m`.
+/// `iters == 0` returns NaN (no estimate was made).
+pub fn power_iteration(m: &[f64], v0: &[f64], iters: u64) -> CoreResult<f64> {
+    let d = v0.len();
+    if d == 0 {
+        return Err(CoreError::invalid("v0", "must hold at least one value"));
+    }
+    if m.len() != d * d {
+        return Err(CoreError::ShapeMismatch {
+            arg: "m",
+            expected: crate::error::fmt_shape(&[d, d]),
+            got: format!("{} elements", m.len()),
+        });
+    }
+    check_finite("m", m)?;
+    check_finite("v0", v0)?;
+    let n0 = dot(v0, v0).sqrt();
+    if n0 == 0.0 {
+        return Err(CoreError::invalid("v0", "must not be the zero vector"));
+    }
+    let mut v: Vec<f64> = v0.iter().map(|x| x / n0).collect();
+    let mut x = vec![0.0; d];
+    let mut lam = f64::NAN;
+    for _ in 0..iters {
+        for i in 0..d {
+            x[i] = dot(&m[i * d..(i + 1) * d], &v);
+        }
+        lam = dot(&x, &x).sqrt();
+        if lam == 0.0 {
+            return Ok(0.0);
+        }
+        for i in 0..d {
+            v[i] = x[i] / lam;
+        }
+    }
+    Ok(lam)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagonal_matrix() {
+        let m = [3.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.5];
+        let lam = power_iteration(&m, &[1.0, 1.0, 1.0], 60).unwrap();
+        assert!((lam - 3.0).abs() < 1e-12, "{lam}");
+    }
+
+    #[test]
+    fn symmetric_known_spectrum() {
+        // eigenvalues 3 and 1
+        let m = [2.0, 1.0, 1.0, 2.0];
+        let lam = power_iteration(&m, &[1.0, 0.0], 80).unwrap();
+        assert!((lam - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nilpotent_and_zero() {
+        let m = [0.0, 1.0, 0.0, 0.0];
+        assert_eq!(power_iteration(&m, &[1.0, 1.0], 5).unwrap(), 0.0);
+        assert!(power_iteration(&m, &[1.0, 1.0], 0).unwrap().is_nan());
+        assert_eq!(power_iteration(&m, &[0.0, 0.0], 3).unwrap_err().arg(), "v0");
+        assert_eq!(power_iteration(&m[..3], &[1.0, 0.0], 3).unwrap_err().arg(), "m");
+    }
+
+    #[test]
+    fn one_step_by_hand() {
+        let m = [1.0, 2.0, 3.0, 4.0];
+        // v = (0.6, 0.8); x = (2.2, 5.0); lam = sqrt(4.84 + 25)
+        let lam = power_iteration(&m, &[3.0, 4.0], 1).unwrap();
+        let v = [3.0 / 5.0, 4.0 / 5.0];
+        let x = [1.0 * v[0] + 2.0 * v[1], 3.0 * v[0] + 4.0 * v[1]];
+        assert_eq!(lam, (x[0] * x[0] + x[1] * x[1]).sqrt());
+    }
+}

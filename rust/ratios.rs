@@ -1,0 +1,397 @@
+//! Importance-ratio statistics (MODEL.md section 5), one kernel for every probe.
+//!
+//! Non-finite ratios are counted and excluded; the moments are block sums (0.2) over the finite ratios
+//! in their input order; order statistics are found by selection (`select_nth_unstable_by`), never
+//! by a full sort; `rho_khat` is the PSIS generalized-Pareto fit exactly as MODEL.md writes it.
+
+use std::cmp::Ordering;
+
+use rayon::prelude::*;
+
+use crate::model::BLOCK;
+
+/// The statistics of section 5 (backend.RhoStats).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RhoStatsOut {
+    pub n: u64,
+    pub nonfinite: u64,
+    pub mean: f64,
+    pub rho2_mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub clip: f64,
+    pub clip_active: bool,
+    pub clip_frac: f64,
+    pub ess_frac: f64,
+    pub khat: f64,
+}
+
+#[inline(always)]
+fn cmp(a: &f64, b: &f64) -> Ordering {
+    a.partial_cmp(b).unwrap_or(Ordering::Equal)
+}
+
+/// Per-block sums: sum, sum of squares, min, max, count above clip.
+#[derive(Debug, Clone, Copy)]
+struct BlockSums {
+    sum: f64,
+    sq: f64,
+    min: f64,
+    max: f64,
+    above: u64,
+}
+
+fn block_sums(xs: &[f64], clip: f64) -> BlockSums {
+    let mut sum = 0.0;
+    let mut sq = 0.0;
+    let mut min = xs[0];
+    let mut max = xs[0];
+    let mut above = 0u64;
+    for &x in xs {
+        sum += x;
+        sq += x * x;
+        if x < min {
+            min = x;
+        }
+        if x > max {
+            max = x;
+        }
+        above += (x > clip) as u64;
+    }
+    BlockSums { sum, sq, min, max, above }
+}
+
+/// 1-based rank `max(1, ceil(p * n))` (p*n a double product), as a 0-based index.
+pub fn quantile_index(p: f64, n: usize) -> usize {
+    let r = (p * n as f64).ceil();
+    let r = if r < 1.0 { 1usize } else { r as usize };
+    r.min(n) - 1
+}
+
+/// `T = ceil(min(0.2 n, 3 sqrt(n)))`.
+pub fn tail_len(n: usize) -> usize {
+    let nf = n as f64;
+    let a = 0.2 * nf;
+    let b = 3.0 * nf.sqrt();
+    // Python's min(a, b): a unless b < a
+    let t = if b < a { b } else { a };
+    t.ceil() as usize
+}
+
+/// Sizes below this take the plain path: copy everything and select.
+const SMALL: usize = 1 << 16;
+/// Sample size for the large-n threshold estimate.
+const SAMPLE: usize = 8192;
+
+/// Order statistics at the requested 0-based `indices` (any order), plus the values from `tail_from`
+/// on, sorted ascending (`tail_from` <= n; empty when `None`).
+fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<f64>, Vec<f64>) {
+    let n = xs.len();
+    let lowest = indices.iter().copied().chain(tail_from).min().unwrap_or(0);
+    if n >= SMALL {
+        // estimate a threshold t below y[lowest] from a strided sample, keep x >= t, select there
+        let mut sample: Vec<f64> =
+            (0..SAMPLE).map(|i| xs[((i as u128 * n as u128) / SAMPLE as u128) as usize]).collect();
+        sample.sort_unstable_by(cmp);
+        let frac = lowest as f64 / n as f64;
+        let margin = 3.0 * (SAMPLE as f64).sqrt() + 64.0;
+        let pos = frac * SAMPLE as f64 - margin;
+        if pos > 0.0 {
+            let t = sample[(pos as usize).min(SAMPLE - 1)];
+            let cand: Vec<f64> = xs
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().copied().filter(|&x| x >= t).collect::<Vec<f64>>())
+                .reduce(Vec::new, |mut a, b| {
+                    a.extend_from_slice(&b);
+                    a
+                });
+            // every value < t ranks below every candidate
+            let below = n - cand.len();
+            if below <= lowest {
+                let shifted: Vec<usize> = indices.iter().map(|&i| i - below).collect();
+                return select_in_place(cand, &shifted, tail_from.map(|t| t - below));
+            }
+        }
+    }
+    select_in_place(xs.to_vec(), indices, tail_from)
+}
+
+fn select_in_place(mut v: Vec<f64>, indices: &[usize], tail_from: Option<usize>) -> (Vec<f64>, Vec<f64>) {
+    let mut targets: Vec<usize> = indices.to_vec();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut lo = 0;
+    let mut found: Vec<(usize, f64)> = Vec::with_capacity(targets.len());
+    for &idx in &targets {
+        // after selecting idx, v[idx+1..] holds only values >= v[idx]: later (larger) indices are
+        // selected inside it
+        let (_, nth, _) = v[lo..].select_nth_unstable_by(idx - lo, cmp);
+        found.push((idx, *nth));
+        lo = idx + 1;
+    }
+    let vals = indices
+        .iter()
+        .map(|i| found.iter().find(|(j, _)| j == i).map_or(f64::NAN, |x| x.1))
+        .collect();
+    let tail = match tail_from {
+        Some(t) => {
+            // callers select t - 1 first, so v[t..] is exactly the multiset of the top n - t values
+            let mut tail = v[t..].to_vec();
+            tail.sort_unstable_by(cmp);
+            tail
+        }
+        None => Vec::new(),
+    };
+    (vals, tail)
+}
+
+/// PSIS `k_hat` from `u = y[n-T-1]` and the top `T` values `y[n-T..]`, ascending.
+pub fn khat_from_top(u: f64, top_sorted: &[f64]) -> f64 {
+    let tail: Vec<f64> = top_sorted.iter().filter(|&&y| y > u).map(|&y| y - u).collect();
+    gpd_khat(&tail)
+}
+
+/// Zhang & Stephens (2009) generalized-Pareto shape with PSIS's weak prior, on ascending positive
+/// exceedances `x`. NaN for fewer than 5 points.
+pub fn gpd_khat(x: &[f64]) -> f64 {
+    let tn = x.len();
+    if tn < 5 {
+        return f64::NAN;
+    }
+    let tf = tn as f64;
+    let mc = 30 + (tf.sqrt().floor() as usize);
+    let q_idx = (tf / 4.0 + 0.5).floor() as usize; // 1-based
+    let xq = x[q_idx - 1];
+    let x_last = x[tn - 1];
+    let mut b = vec![0.0; mc];
+    let mut l = vec![0.0; mc];
+    for j in 1..=mc {
+        let bj = (1.0 - (mc as f64 / (j as f64 - 0.5)).sqrt()) / (3.0 * xq) + 1.0 / x_last;
+        let mut s = 0.0;
+        for &xi in x {
+            s += (-bj * xi).ln_1p();
+        }
+        let kj = s / tf;
+        b[j - 1] = bj;
+        l[j - 1] = tf * ((-bj / kj).ln() - kj - 1.0);
+    }
+    let eps10 = 10.0 * f64::EPSILON;
+    let mut wt = vec![0.0; mc];
+    for j in 0..mc {
+        let mut s = 0.0;
+        for &ll in &l {
+            s += (ll - l[j]).exp();
+        }
+        wt[j] = 1.0 / s;
+    }
+    let keep: Vec<bool> = wt.iter().map(|&w| !(w < eps10)).collect();
+    let mut wsum = 0.0;
+    for j in 0..mc {
+        if keep[j] {
+            wsum += wt[j];
+        }
+    }
+    let mut bstar = 0.0;
+    for j in 0..mc {
+        if keep[j] {
+            bstar += b[j] * (wt[j] / wsum);
+        }
+    }
+    let mut s = 0.0;
+    for &xi in x {
+        s += (-bstar * xi).ln_1p();
+    }
+    let kstar = s / tf;
+    (tf * kstar + 10.0 * 0.5) / (tf + 10.0)
+}
+
+/// The statistics of section 5 for `rho` with threshold `clip` (reported as `rho_clip`).
+pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
+    let nonfinite = rho.par_iter().filter(|x| !x.is_finite()).count();
+    let owned: Vec<f64>;
+    let xs: &[f64] = if nonfinite == 0 {
+        rho
+    } else {
+        owned = rho.iter().copied().filter(|x| x.is_finite()).collect();
+        &owned
+    };
+    let n = xs.len();
+    let nan = f64::NAN;
+    if n == 0 {
+        return RhoStatsOut {
+            n: 0,
+            nonfinite: nonfinite as u64,
+            mean: nan,
+            rho2_mean: nan,
+            min: nan,
+            max: nan,
+            p95: nan,
+            p99: nan,
+            clip,
+            clip_active: clip_enabled,
+            clip_frac: nan,
+            ess_frac: nan,
+            khat: nan,
+        };
+    }
+    let blocks: Vec<BlockSums> = xs.par_chunks(BLOCK).map(|c| block_sums(c, clip)).collect();
+    let mut sum = 0.0;
+    let mut sq = 0.0;
+    let mut min = blocks[0].min;
+    let mut max = blocks[0].max;
+    let mut above = 0u64;
+    for b in &blocks {
+        sum += b.sum;
+        sq += b.sq;
+        if b.min < min {
+            min = b.min;
+        }
+        if b.max > max {
+            max = b.max;
+        }
+        above += b.above;
+    }
+    let nf = n as f64;
+
+    let i95 = quantile_index(0.95, n);
+    let i99 = quantile_index(0.99, n);
+    let t = tail_len(n);
+    let (vals, top, u) = if n > t {
+        // u = y[n-T-1]; selecting it leaves exactly the top T values to its right
+        let (v, top) = order_stats(xs, &[i95, i99, n - t - 1], Some(n - t));
+        let u = v[2];
+        (v, top, u)
+    } else {
+        let (v, _) = order_stats(xs, &[i95, i99], None);
+        (v, Vec::new(), nan)
+    };
+    let khat = if n > t { khat_from_top(u, &top) } else { nan };
+    RhoStatsOut {
+        n: n as u64,
+        nonfinite: nonfinite as u64,
+        mean: sum / nf,
+        rho2_mean: sq / nf,
+        min,
+        max,
+        p95: vals[0],
+        p99: vals[1],
+        clip,
+        clip_active: clip_enabled,
+        clip_frac: above as f64 / nf,
+        ess_frac: (sum * sum) / (nf * sq),
+        khat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(v: &[f64]) -> Vec<f64> {
+        let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        s
+    }
+
+    #[test]
+    fn hand_made_sample() {
+        let rho = [1.0, 2.0, 3.0, 4.0, f64::NAN, f64::INFINITY];
+        let s = rho_stats(&rho, 2.5, true);
+        assert_eq!(s.n, 4);
+        assert_eq!(s.nonfinite, 2);
+        assert_eq!(s.mean, 2.5);
+        assert_eq!(s.rho2_mean, 7.5);
+        assert_eq!(s.min, 1.0);
+        assert_eq!(s.max, 4.0);
+        // ceil(0.95*4) = 4, ceil(0.99*4) = 4
+        assert_eq!(s.p95, 4.0);
+        assert_eq!(s.p99, 4.0);
+        assert_eq!(s.clip_frac, 0.5);
+        assert!(s.clip_active);
+        assert_eq!(s.ess_frac, 100.0 / (4.0 * 30.0));
+        // T = ceil(min(0.8, 6)) = 1 -> 1 tail point < 5 -> NaN
+        assert!(s.khat.is_nan());
+    }
+
+    #[test]
+    fn constant_ratios() {
+        let s = rho_stats(&[1.0; 100], 10.0, false);
+        assert_eq!(s.mean, 1.0);
+        assert_eq!(s.ess_frac, 1.0);
+        assert_eq!(s.clip_frac, 0.0);
+        assert!(!s.clip_active);
+        assert!(s.khat.is_nan()); // no exceedances
+    }
+
+    #[test]
+    fn empty_and_all_nonfinite() {
+        let s = rho_stats(&[f64::NAN, f64::NEG_INFINITY], 2.0, true);
+        assert_eq!(s.n, 0);
+        assert_eq!(s.nonfinite, 2);
+        assert!(s.mean.is_nan() && s.p95.is_nan() && s.khat.is_nan() && s.clip_frac.is_nan());
+        assert_eq!(s.clip, 2.0);
+        let e = rho_stats(&[], 2.0, false);
+        assert_eq!(e.n, 0);
+    }
+
+    #[test]
+    fn quantiles_match_sorted_order_statistics() {
+        for n in [1usize, 2, 19, 20, 21, 100, 1001, 5000] {
+            let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1013) as f64 / 7.0).collect();
+            let s = rho_stats(&v, 50.0, true);
+            let y = sorted(&v);
+            assert_eq!(s.p95, y[quantile_index(0.95, n)]);
+            assert_eq!(s.p99, y[quantile_index(0.99, n)]);
+            assert_eq!(s.min, y[0]);
+            assert_eq!(s.max, y[n - 1]);
+        }
+        assert_eq!(quantile_index(0.95, 20), 18); // ceil(19.0) = 19 -> index 18
+        assert_eq!(quantile_index(0.95, 1), 0);
+    }
+
+    #[test]
+    fn large_path_equals_small_path() {
+        // pseudo-random heavy-tailed sample with ties, above SMALL so the threshold path runs
+        let n = SMALL * 3 + 17;
+        let mut x: u64 = 88172645463325252;
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = ((x >> 11) as f64 + 1.0) / 9007199254740993.0;
+                (1.0 / u.sqrt() * 8.0).floor() / 8.0
+            })
+            .collect();
+        let s = rho_stats(&v, 3.0, true);
+        let y = sorted(&v);
+        assert_eq!(s.p95, y[quantile_index(0.95, n)]);
+        assert_eq!(s.p99, y[quantile_index(0.99, n)]);
+        let t = tail_len(n);
+        let k_direct = khat_from_top(y[n - t - 1], &y[n - t..]);
+        assert_eq!(s.khat.to_bits(), k_direct.to_bits());
+    }
+
+    #[test]
+    fn khat_detects_heavy_tails() {
+        // Pareto with shape xi: quantile (1-u)^-xi; deterministic u grid
+        let n = 20000;
+        let pareto = |xi: f64| -> Vec<f64> {
+            (0..n).map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-xi)).rev().collect()
+        };
+        let heavy = rho_stats(&pareto(0.9), 1e9, false).khat;
+        let light = rho_stats(&pareto(0.2), 1e9, false).khat;
+        assert!(heavy > 0.7, "heavy {heavy}");
+        assert!(light < 0.5 && light > 0.0, "light {light}");
+    }
+
+    #[test]
+    fn tail_len_rule() {
+        assert_eq!(tail_len(1), 1);
+        assert_eq!(tail_len(10), 2);
+        assert_eq!(tail_len(225), 45); // 0.2*225 = 45 = 3*15
+        assert_eq!(tail_len(10000), 300);
+    }
+}

@@ -1,0 +1,378 @@
+//! The rollout of MODEL.md section 3: `batch` trajectories of `horizon` steps from the defensive
+//! mixture, with the TD, actor and Gram sums of step 3.
+//!
+//! Trajectories run in parallel (rayon); each produces its own partial sums (left to right over its
+//! steps, from 0.0), and the partials are then added sequentially in trajectory order from 0.0. The
+//! result is therefore bit-identical for any number of threads.
+
+use rayon::prelude::*;
+
+use crate::error::{CoreError, CoreResult};
+use crate::model::{
+    check_finite, check_gain, dot, feature_dim, features, step, Problem, RatioConsts, StepScratch,
+};
+use crate::philox::{Normals, Stream, Uniforms};
+
+/// Purposes of section 1.
+pub const PURPOSE_START: u64 = 1;
+pub const PURPOSE_MIX: u64 = 2;
+pub const PURPOSE_ACTION: u64 = 3;
+pub const PURPOSE_ENV: u64 = 4;
+
+/// One iteration's rollout with its sums (backend.RolloutBatch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutOut {
+    pub batch: usize,
+    pub horizon: usize,
+    /// (batch, horizon + 1, n)
+    pub states: Vec<f64>,
+    /// (batch, horizon)
+    pub rewards: Vec<f64>,
+    /// (batch, horizon), unclipped
+    pub rho: Vec<f64>,
+    pub count: u64,
+    pub td_sq: f64,
+    pub rho2: f64,
+    /// (d,)
+    pub grad_w: Vec<f64>,
+    /// (m, n)
+    pub grad_k: Vec<f64>,
+    /// (d, d)
+    pub gram: Vec<f64>,
+}
+
+/// Layout of one trajectory's partial sums: td_sq, rho2, grad_w (d), grad_k (m*n), gram upper
+/// triangle (d(d+1)/2, row-major i <= k).
+struct Layout {
+    d: usize,
+    mn: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn new(n: usize, m: usize) -> Self {
+        let d = feature_dim(n);
+        let mn = m * n;
+        Layout { d, mn, len: 2 + d + mn + d * (d + 1) / 2 }
+    }
+    #[inline(always)]
+    fn grad_w(&self) -> usize {
+        2
+    }
+    #[inline(always)]
+    fn grad_k(&self) -> usize {
+        2 + self.d
+    }
+    #[inline(always)]
+    fn gram(&self) -> usize {
+        2 + self.d + self.mn
+    }
+}
+
+struct TrajScratch {
+    step: StepScratch,
+    s: Vec<f64>,
+    za: Vec<f64>,
+    ze: Vec<f64>,
+    phi: Vec<f64>,
+    phi_next: Vec<f64>,
+}
+
+impl TrajScratch {
+    fn new(n: usize, m: usize) -> Self {
+        let d = feature_dim(n);
+        TrajScratch {
+            step: StepScratch::new(n, m),
+            s: vec![0.0; n],
+            za: vec![0.0; m],
+            ze: vec![0.0; n],
+            phi: vec![0.0; d],
+            phi_next: vec![0.0; d],
+        }
+    }
+}
+
+/// Checks the rollout's inputs.
+pub fn validate(
+    p: &Problem,
+    w: &[f64],
+    k_pi: &[f64],
+    k_mu: &[f64],
+    batch: usize,
+    horizon: usize,
+) -> CoreResult<()> {
+    p.validate()?;
+    let d = p.d();
+    if w.len() != d {
+        return Err(CoreError::shape("w", &[d], &[w.len()]));
+    }
+    check_finite("w", w)?;
+    check_gain("k_pi", k_pi, p.m, p.n)?;
+    check_gain("k_mu", k_mu, p.m, p.n)?;
+    if batch == 0 {
+        return Err(CoreError::invalid("batch", "must be >= 1, got 0"));
+    }
+    if horizon == 0 {
+        return Err(CoreError::invalid("horizon", "must be >= 1, got 0"));
+    }
+    batch
+        .checked_mul(horizon + 1)
+        .and_then(|x| x.checked_mul(p.n))
+        .ok_or_else(|| CoreError::invalid("batch", "batch * (horizon + 1) * n overflows"))?;
+    Ok(())
+}
+
+/// One trajectory: writes its states, rewards and ratios, and its partial sums into `part`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn trajectory(
+    p: &Problem,
+    rc: &RatioConsts,
+    lay: &Layout,
+    w: &[f64],
+    k_pi: &[f64],
+    k_mu: &[f64],
+    iteration: u64,
+    j: u64,
+    states: &mut [f64],
+    rewards: &mut [f64],
+    rhos: &mut [f64],
+    part: &mut [f64],
+    sc: &mut TrajScratch,
+) {
+    let n = p.n;
+    let m = p.m;
+    let d = lay.d;
+    let seed = p.seed;
+    let mut start = Normals::new(Stream::new(seed, PURPOSE_START, iteration, j));
+    let mut mix = Uniforms::new(Stream::new(seed, PURPOSE_MIX, iteration, j));
+    let mut act = Normals::new(Stream::new(seed, PURPOSE_ACTION, iteration, j));
+    let mut env = Normals::new(Stream::new(seed, PURPOSE_ENV, iteration, j));
+
+    for i in 0..n {
+        sc.s[i] = p.sigma_0 * start.get(i as u64);
+    }
+    states[..n].copy_from_slice(&sc.s);
+    part.fill(0.0);
+    features(&sc.s, &mut sc.phi);
+    let mut v = dot(w, &sc.phi);
+    let (gw, gk, gg) = (lay.grad_w(), lay.grad_k(), lay.gram());
+    let horizon = rewards.len();
+    for h in 0..horizon {
+        let hu = h as u64;
+        let u = mix.get(hu);
+        for k in 0..m {
+            sc.za[k] = act.get(hu * m as u64 + k as u64);
+        }
+        for i in 0..n {
+            sc.ze[i] = env.get(hu * n as u64 + i as u64);
+        }
+        let st = step(p, rc, k_pi, k_mu, &sc.s, u, &sc.za, &sc.ze, &mut sc.step);
+        features(&sc.step.s_next, &mut sc.phi_next);
+        let v_next = dot(w, &sc.phi_next);
+        let delta = (st.reward + p.gamma * v_next) - v;
+
+        part[0] += delta * delta;
+        part[1] += st.rho * st.rho;
+        let g = st.rho_bar * delta;
+        for i in 0..d {
+            part[gw + i] += g * sc.phi[i];
+        }
+        for i in 0..m {
+            let gd = g * sc.step.dpi[i];
+            for jj in 0..n {
+                part[gk + i * n + jj] += gd * sc.s[jj];
+            }
+        }
+        let mut c = gg;
+        for i in 0..d {
+            let pi = sc.phi[i];
+            for k in i..d {
+                part[c] += pi * sc.phi[k];
+                c += 1;
+            }
+        }
+
+        rewards[h] = st.reward;
+        rhos[h] = st.rho;
+        states[(h + 1) * n..(h + 2) * n].copy_from_slice(&sc.step.s_next);
+        sc.s.copy_from_slice(&sc.step.s_next);
+        std::mem::swap(&mut sc.phi, &mut sc.phi_next);
+        v = v_next;
+    }
+}
+
+/// The rollout (section 3, steps 1-3). Inputs are validated first; no panic is reachable.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout(
+    p: &Problem,
+    w: &[f64],
+    k_pi: &[f64],
+    k_mu: &[f64],
+    iteration: u64,
+    batch: usize,
+    horizon: usize,
+) -> CoreResult<RolloutOut> {
+    validate(p, w, k_pi, k_mu, batch, horizon)?;
+    let n = p.n;
+    let m = p.m;
+    let lay = Layout::new(n, m);
+    let d = lay.d;
+    let rc = p.consts();
+    let mut states = vec![0.0; batch * (horizon + 1) * n];
+    let mut rewards = vec![0.0; batch * horizon];
+    let mut rho = vec![0.0; batch * horizon];
+    let mut partials = vec![0.0; batch * lay.len];
+
+    states
+        .par_chunks_mut((horizon + 1) * n)
+        .zip(rewards.par_chunks_mut(horizon))
+        .zip(rho.par_chunks_mut(horizon))
+        .zip(partials.par_chunks_mut(lay.len))
+        .enumerate()
+        .for_each_init(
+            || TrajScratch::new(n, m),
+            |sc, (j, (((st, rw), rh), part))| {
+                trajectory(p, &rc, &lay, w, k_pi, k_mu, iteration, j as u64, st, rw, rh, part, sc);
+            },
+        );
+
+    // sequential reduction in trajectory order, from 0.0
+    let mut total = vec![0.0; lay.len];
+    for part in partials.chunks_exact(lay.len) {
+        for (t, x) in total.iter_mut().zip(part) {
+            *t += *x;
+        }
+    }
+    let grad_w = total[lay.grad_w()..lay.grad_w() + d].to_vec();
+    let grad_k = total[lay.grad_k()..lay.grad_k() + m * n].to_vec();
+    let mut gram = vec![0.0; d * d];
+    let mut c = lay.gram();
+    for i in 0..d {
+        for k in i..d {
+            gram[i * d + k] = total[c];
+            gram[k * d + i] = total[c];
+            c += 1;
+        }
+    }
+    Ok(RolloutOut {
+        batch,
+        horizon,
+        states,
+        rewards,
+        rho,
+        count: (batch * horizon) as u64,
+        td_sq: total[0],
+        rho2: total[1],
+        grad_w,
+        grad_k,
+        gram,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{features, quad_form};
+
+    fn problem<'a>(a: &'a [f64], b: &'a [f64], q: &'a [f64], r: &'a [f64], p_mix: f64, clip: f64) -> Problem<'a> {
+        Problem {
+            n: 2,
+            m: 1,
+            a,
+            b,
+            q,
+            r,
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 0.5,
+            sigma_pi: 0.3,
+            sigma_mu: 0.5,
+            p_mix,
+            gamma: 0.9,
+            rho_clip: clip,
+            seed: 1234,
+        }
+    }
+
+    const A: [f64; 4] = [0.9, 0.1, 0.0, 0.8];
+    const B: [f64; 2] = [0.0, 1.0];
+    const Q: [f64; 4] = [1.0, 0.0, 0.0, 1.0];
+    const R: [f64; 1] = [0.1];
+
+    #[test]
+    fn sums_match_a_naive_recomputation() {
+        let p = problem(&A, &B, &Q, &R, 0.2, 2.0);
+        let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
+        let k_pi = [-0.1, -0.2];
+        let k_mu = [0.05, -0.3];
+        let out = rollout(&p, &w, &k_pi, &k_mu, 3, 5, 7).unwrap();
+        assert_eq!(out.count, 35);
+        // recompute td_sq from the stored states and rewards
+        let mut td = 0.0;
+        let mut rho2 = 0.0;
+        for j in 0..5 {
+            let mut tj = 0.0;
+            let mut rj = 0.0;
+            for h in 0..7 {
+                let s = &out.states[(j * 8 + h) * 2..(j * 8 + h + 1) * 2];
+                let s2 = &out.states[(j * 8 + h + 1) * 2..(j * 8 + h + 2) * 2];
+                let mut f = [0.0; 6];
+                let mut f2 = [0.0; 6];
+                features(s, &mut f);
+                features(s2, &mut f2);
+                let delta = (out.rewards[j * 7 + h] + 0.9 * dot(&w, &f2)) - dot(&w, &f);
+                tj += delta * delta;
+                let r = out.rho[j * 7 + h];
+                rj += r * r;
+                assert!(r <= 1.0 / 0.2 * (1.0 + 1e-12));
+                assert!(out.rewards[j * 7 + h] <= 0.0);
+                assert!(out.rewards[j * 7 + h] <= -0.5 * quad_form(s, &Q) + 1e-300);
+            }
+            td += tj;
+            rho2 += rj;
+        }
+        assert_eq!(td.to_bits(), out.td_sq.to_bits());
+        assert_eq!(rho2.to_bits(), out.rho2.to_bits());
+        // gram is symmetric, its constant-constant entry counts transitions
+        assert_eq!(out.gram[35], 35.0);
+        for i in 0..6 {
+            for k in 0..6 {
+                assert_eq!(out.gram[i * 6 + k], out.gram[k * 6 + i]);
+            }
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_bits() {
+        let p = problem(&A, &B, &Q, &R, 0.0, f64::INFINITY);
+        let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
+        let k = [-0.1, -0.2];
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| rollout(&p, &w, &k, &k, 1, 37, 11).unwrap())
+        };
+        let one = run(1);
+        for t in [2, 3, 4] {
+            assert_eq!(one, run(t));
+        }
+        // equal gains and p = 0: every ratio is exactly 1
+        assert!(one.rho.iter().all(|&r| r == 1.0));
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        let p = problem(&A, &B, &Q, &R, 0.0, f64::INFINITY);
+        let w = [0.0; 6];
+        let k = [0.0, 0.0];
+        assert_eq!(rollout(&p, &w[..5], &k, &k, 0, 1, 1).unwrap_err().arg(), "w");
+        assert_eq!(rollout(&p, &w, &k[..1], &k, 0, 1, 1).unwrap_err().arg(), "k_pi");
+        assert_eq!(rollout(&p, &w, &k, &k, 0, 0, 1).unwrap_err().arg(), "batch");
+        assert_eq!(rollout(&p, &w, &k, &k, 0, 1, 0).unwrap_err().arg(), "horizon");
+        let bad = [f64::NAN, 0.0];
+        assert_eq!(rollout(&p, &w, &k, &bad, 0, 1, 1).unwrap_err().arg(), "k_mu");
+    }
+}

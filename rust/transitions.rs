@@ -1,0 +1,444 @@
+//! Probe samples of MODEL.md section 4: the probe transitions of 4.2 (fixed-point and stability probes)
+//! and the distribution probe's policy samples of 4.1.
+//!
+//! Samples are processed in blocks of [`BLOCK`] consecutive samples in parallel; each block's sums
+//! run left to right from 0.0 and the block sums are then added in block order from 0.0, so results
+//! are bit-identical for any number of threads.
+
+use rayon::prelude::*;
+
+use crate::error::{CoreError, CoreResult};
+use crate::model::{
+    check_gain, feature_dim, features, matvec, pick, step, Problem, RatioConsts, StepScratch, BLOCK,
+};
+use crate::philox::{Normals, Stream, Uniforms};
+
+/// Distribution-probe purposes (section 1).
+pub const PURPOSE_DIST_STATE: u64 = 10;
+pub const PURPOSE_DIST_MU: u64 = 11;
+pub const PURPOSE_DIST_PI: u64 = 12;
+
+/// Probe transition sums (backend.TransitionSums).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionsOut {
+    pub repeats: usize,
+    /// (R, d, d)
+    pub a_sums: Vec<f64>,
+    /// (R, d)
+    pub b_sums: Vec<f64>,
+    /// (R,)
+    pub counts: Vec<u64>,
+    /// (K,), unclipped
+    pub rho: Vec<f64>,
+}
+
+/// Distribution-probe draws (backend.PolicySamples).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySamplesOut {
+    /// (K,)
+    pub rho: Vec<f64>,
+    pub tv_sum: f64,
+    /// (n, n)
+    pub state_moment: Vec<f64>,
+    /// (M, n)
+    pub mmd_s: Vec<f64>,
+    /// (M, m)
+    pub mmd_a_pi: Vec<f64>,
+    /// (M, m)
+    pub mmd_a_mu: Vec<f64>,
+}
+
+/// Checks a state pool of `len / n` states.
+fn check_pool(pool: &[f64], n: usize) -> CoreResult<usize> {
+    if n == 0 || pool.len() % n != 0 {
+        return Err(CoreError::invalid("pool", format!("length {} is not a multiple of n = {n}", pool.len())));
+    }
+    let rows = pool.len() / n;
+    if rows == 0 {
+        return Err(CoreError::invalid("pool", "must hold at least one state"));
+    }
+    Ok(rows)
+}
+
+/// Sub-batch `r` of `R` over `K` samples: `[floor(r K / R), floor((r+1) K / R))`.
+pub fn sub_batch(r: usize, repeats: usize, count: usize) -> (usize, usize) {
+    let lo = (r as u128 * count as u128 / repeats as u128) as usize;
+    let hi = ((r as u128 + 1) * count as u128 / repeats as u128) as usize;
+    (lo, hi)
+}
+
+/// One block task: sub-batch `r`, samples `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    r: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Splits `[0, count)` into per-sub-batch blocks, in order.
+fn tasks(repeats: usize, count: usize) -> Vec<Task> {
+    let mut out = Vec::new();
+    for r in 0..repeats {
+        let (lo, hi) = sub_batch(r, repeats, count);
+        let mut start = lo;
+        while start < hi {
+            let end = (start + BLOCK).min(hi);
+            out.push(Task { r, start, end });
+            start = end;
+        }
+    }
+    out
+}
+
+/// Splits `v` into consecutive mutable pieces of the given lengths.
+fn split_lengths<'a, T>(mut v: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+    let mut out = Vec::new();
+    for len in lens {
+        let (head, tail) = v.split_at_mut(len);
+        out.push(head);
+        v = tail;
+    }
+    out
+}
+
+struct TransScratch {
+    step: StepScratch,
+    za: Vec<f64>,
+    ze: Vec<f64>,
+    phi: Vec<f64>,
+    phi_next: Vec<f64>,
+}
+
+/// Probe transitions (4.2). `base` is the probe's state purpose; mix, action and environment use
+/// `base + 1 .. base + 3`; the substream is 0 and `iteration` addresses the streams.
+#[allow(clippy::too_many_arguments)]
+pub fn transitions(
+    p: &Problem,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    pool: &[f64],
+    count: usize,
+    repeats: usize,
+    base: u64,
+    iteration: u64,
+) -> CoreResult<TransitionsOut> {
+    p.validate()?;
+    check_gain("k_pi", k_pi, p.m, p.n)?;
+    check_gain("k_mu", k_mu, p.m, p.n)?;
+    let pool_len = check_pool(pool, p.n)?;
+    if repeats == 0 {
+        return Err(CoreError::invalid("repeats", "must be >= 1, got 0"));
+    }
+    if base > u64::MAX - 3 {
+        return Err(CoreError::invalid("base", "must leave room for base + 3"));
+    }
+    let n = p.n;
+    let m = p.m;
+    let d = feature_dim(n);
+    let rc = p.consts();
+    let tasks = tasks(repeats, count);
+    let part_len = d * d + d;
+    let mut partials = vec![0.0; tasks.len() * part_len];
+    let mut rho = vec![0.0; count];
+    let rho_pieces = split_lengths(&mut rho, tasks.iter().map(|t| t.end - t.start));
+    let seed = p.seed;
+
+    tasks
+        .par_iter()
+        .zip(rho_pieces.into_par_iter())
+        .zip(partials.par_chunks_mut(part_len))
+        .for_each_init(
+            || TransScratch {
+                step: StepScratch::new(n, m),
+                za: vec![0.0; m],
+                ze: vec![0.0; n],
+                phi: vec![0.0; d],
+                phi_next: vec![0.0; d],
+            },
+            |sc, ((task, rho_out), part)| {
+                let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
+                let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
+                let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
+                let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
+                let (a_part, b_part) = part.split_at_mut(d * d);
+                for (slot, k) in (task.start..task.end).enumerate() {
+                    let ku = k as u64;
+                    let idx = pick(pick_u.get(ku), pool_len);
+                    let s = &pool[idx * n..(idx + 1) * n];
+                    let u = mix.get(ku);
+                    for j in 0..m {
+                        sc.za[j] = act.get(ku * m as u64 + j as u64);
+                    }
+                    for i in 0..n {
+                        sc.ze[i] = env.get(ku * n as u64 + i as u64);
+                    }
+                    let st = step(p, &rc, k_pi, k_mu, s, u, &sc.za, &sc.ze, &mut sc.step);
+                    features(s, &mut sc.phi);
+                    features(&sc.step.s_next, &mut sc.phi_next);
+                    // e_j = phi_j(s) - gamma * phi_j(s'), kept in phi_next
+                    for j in 0..d {
+                        sc.phi_next[j] = sc.phi[j] - p.gamma * sc.phi_next[j];
+                    }
+                    for i in 0..d {
+                        let c = st.rho_bar * sc.phi[i];
+                        let row = &mut a_part[i * d..(i + 1) * d];
+                        for j in 0..d {
+                            row[j] += c * sc.phi_next[j];
+                        }
+                    }
+                    let rb = st.rho_bar * st.reward;
+                    for i in 0..d {
+                        b_part[i] += rb * sc.phi[i];
+                    }
+                    rho_out[slot] = st.rho;
+                }
+            },
+        );
+
+    let mut a_sums = vec![0.0; repeats * d * d];
+    let mut b_sums = vec![0.0; repeats * d];
+    let mut counts = vec![0u64; repeats];
+    for (task, part) in tasks.iter().zip(partials.chunks_exact(part_len)) {
+        let r = task.r;
+        for (t, x) in a_sums[r * d * d..(r + 1) * d * d].iter_mut().zip(&part[..d * d]) {
+            *t += *x;
+        }
+        for (t, x) in b_sums[r * d..(r + 1) * d].iter_mut().zip(&part[d * d..]) {
+            *t += *x;
+        }
+    }
+    for (r, c) in counts.iter_mut().enumerate() {
+        let (lo, hi) = sub_batch(r, repeats, count);
+        *c = (hi - lo) as u64;
+    }
+    Ok(TransitionsOut { repeats, a_sums, b_sums, counts, rho })
+}
+
+/// The distribution probe's draws (4.1): `count` samples with states picked from `pool`, actions
+/// from mu, ratios pi/mu; the first `mmd_count` samples also get a pi action (the MMD set).
+#[allow(clippy::too_many_arguments)]
+pub fn policy_samples(
+    n: usize,
+    m: usize,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    seed: u64,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    pool: &[f64],
+    count: usize,
+    mmd_count: usize,
+    iteration: u64,
+) -> CoreResult<PolicySamplesOut> {
+    for (arg, x) in [("sigma_pi", sigma_pi), ("sigma_mu", sigma_mu)] {
+        if !(x.is_finite() && x > 0.0) {
+            return Err(CoreError::invalid(arg, format!("must be finite and > 0, got {x}")));
+        }
+    }
+    if m == 0 {
+        return Err(CoreError::invalid("k_pi", "action dimension m must be >= 1"));
+    }
+    check_gain("k_pi", k_pi, m, n)?;
+    check_gain("k_mu", k_mu, m, n)?;
+    let pool_len = check_pool(pool, n)?;
+    if mmd_count > count {
+        return Err(CoreError::invalid(
+            "mmd_count",
+            format!("must be <= count = {count}, got {mmd_count}"),
+        ));
+    }
+    let rc = RatioConsts::new(m, sigma_pi, sigma_mu, 0.0);
+    let nblocks = count.div_ceil(BLOCK);
+    let part_len = 1 + n * (n + 1) / 2;
+    let mut partials = vec![0.0; nblocks * part_len];
+    let mut rho = vec![0.0; count];
+    let mut mmd_s = vec![0.0; mmd_count * n];
+    let mut mmd_a_pi = vec![0.0; mmd_count * m];
+    let mut mmd_a_mu = vec![0.0; mmd_count * m];
+    // MMD rows belong to the block holding their sample
+    let mmd_blocks = mmd_count.div_ceil(BLOCK);
+    let mut mmd_s_pieces = split_lengths(&mut mmd_s, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * n));
+    let mut mmd_pi_pieces = split_lengths(&mut mmd_a_pi, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m));
+    let mut mmd_mu_pieces = split_lengths(&mut mmd_a_mu, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m));
+    debug_assert!(mmd_blocks <= nblocks);
+    let pieces: Vec<_> = rho
+        .chunks_mut(BLOCK)
+        .zip(partials.chunks_mut(part_len))
+        .zip(mmd_s_pieces.drain(..))
+        .zip(mmd_pi_pieces.drain(..))
+        .zip(mmd_mu_pieces.drain(..))
+        .enumerate()
+        .collect();
+
+    pieces.into_par_iter().for_each(|(b, ((((rho_out, part), ms), mpi), mmu))| {
+        let mut pick_u = Uniforms::new(Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0));
+        let mut z_mu = Normals::new(Stream::new(seed, PURPOSE_DIST_MU, iteration, 0));
+        let mut z_pi = Normals::new(Stream::new(seed, PURPOSE_DIST_PI, iteration, 0));
+        let mut kpi_s = vec![0.0; m];
+        let mut kmu_s = vec![0.0; m];
+        let mut a = vec![0.0; m];
+        let (tv, moment) = part.split_at_mut(1);
+        for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
+            let ku = k as u64;
+            let idx = pick(pick_u.get(ku), pool_len);
+            let s = &pool[idx * n..(idx + 1) * n];
+            matvec(k_pi, s, &mut kpi_s);
+            matvec(k_mu, s, &mut kmu_s);
+            for j in 0..m {
+                a[j] = kmu_s[j] + sigma_mu * z_mu.get(ku * m as u64 + j as u64);
+            }
+            let mut qpi = 0.0;
+            let mut qmu = 0.0;
+            for j in 0..m {
+                let dp = a[j] - kpi_s[j];
+                qpi += dp * dp;
+                let dm = a[j] - kmu_s[j];
+                qmu += dm * dm;
+            }
+            let r = (rc.log_pi(qpi) - rc.log_mu(qmu)).exp();
+            rho_out[slot] = r;
+            // Python's max(1 - rho, 0.0)
+            let t = 1.0 - r;
+            tv[0] += if 0.0 > t { 0.0 } else { t };
+            let mut c = 0;
+            for i in 0..n {
+                for j in i..n {
+                    moment[c] += s[i] * s[j];
+                    c += 1;
+                }
+            }
+            if k < mmd_count {
+                ms[slot * n..(slot + 1) * n].copy_from_slice(s);
+                mmu[slot * m..(slot + 1) * m].copy_from_slice(&a);
+                for j in 0..m {
+                    mpi[slot * m + j] = kpi_s[j] + sigma_pi * z_pi.get(ku * m as u64 + j as u64);
+                }
+            }
+        }
+    });
+
+    let mut total = vec![0.0; part_len];
+    for part in partials.chunks_exact(part_len) {
+        for (t, x) in total.iter_mut().zip(part) {
+            *t += *x;
+        }
+    }
+    let mut state_moment = vec![0.0; n * n];
+    let mut c = 1;
+    for i in 0..n {
+        for j in i..n {
+            state_moment[i * n + j] = total[c];
+            state_moment[j * n + i] = total[c];
+            c += 1;
+        }
+    }
+    Ok(PolicySamplesOut { rho, tv_sum: total[0], state_moment, mmd_s, mmd_a_pi, mmd_a_mu })
+}
+
+/// How many MMD rows fall in block `b`.
+fn mmd_rows(b: usize, mmd_count: usize) -> usize {
+    let lo = b * BLOCK;
+    let hi = (lo + BLOCK).min(mmd_count);
+    hi.saturating_sub(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [f64; 4] = [0.9, 0.1, 0.0, 0.8];
+    const B: [f64; 2] = [0.0, 1.0];
+    const Q: [f64; 4] = [1.0, 0.0, 0.0, 1.0];
+    const R: [f64; 1] = [0.1];
+
+    fn problem(p_mix: f64) -> Problem<'static> {
+        Problem {
+            n: 2,
+            m: 1,
+            a: &A,
+            b: &B,
+            q: &Q,
+            r: &R,
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 0.5,
+            sigma_pi: 0.3,
+            sigma_mu: 0.5,
+            p_mix,
+            gamma: 0.9,
+            rho_clip: 1.5,
+            seed: 99,
+        }
+    }
+
+    fn pool() -> Vec<f64> {
+        (0..40).map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0).collect()
+    }
+
+    #[test]
+    fn sub_batches_partition_samples() {
+        for (r_, k_) in [(1, 10), (3, 10), (4, 4), (5, 3), (7, 3000)] {
+            let mut next = 0;
+            for r in 0..r_ {
+                let (lo, hi) = sub_batch(r, r_, k_);
+                assert_eq!(lo, next);
+                next = hi;
+            }
+            assert_eq!(next, k_);
+        }
+    }
+
+    #[test]
+    fn transitions_thread_invariant_and_consistent() {
+        let p = problem(0.3);
+        let kp = [-0.1, -0.2];
+        let km = [0.0, -0.25];
+        let pool = pool();
+        let run = |threads: usize, repeats: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| transitions(&p, &kp, &km, &pool, 2500, repeats, 20, 4).unwrap())
+        };
+        let one = run(1, 3);
+        assert_eq!(one, run(3, 3));
+        assert_eq!(one.counts, vec![833, 833, 834]);
+        // ratios do not depend on the sub-batch split, sums nearly do
+        let single = run(2, 1);
+        assert_eq!(single.rho, one.rho);
+        let d = 6;
+        for i in 0..d * d {
+            let tot: f64 = (0..3).map(|r| one.a_sums[r * d * d + i]).sum();
+            assert!((tot - single.a_sums[i]).abs() <= 1e-9 * (1.0 + tot.abs()));
+        }
+        assert!(one.rho.iter().all(|&r| r.is_finite() && r > 0.0 && r <= 1.0 / 0.3 + 1e-12));
+    }
+
+    #[test]
+    fn policy_samples_basic() {
+        let kp = [-0.1, -0.2];
+        let km = [0.0, -0.25];
+        let pool = pool();
+        let out = policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 2100, 1030, 2).unwrap();
+        assert_eq!(out.rho.len(), 2100);
+        assert_eq!(out.mmd_s.len(), 2060);
+        let tv: f64 = out.rho.iter().map(|r| (1.0 - r).max(0.0)).sum();
+        assert!((tv - out.tv_sum).abs() < 1e-9);
+        assert_eq!(out.state_moment[1], out.state_moment[2]);
+        let other = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 2100, 1030, 2).unwrap());
+        assert_eq!(out, other);
+        // every MMD state is a pool state
+        for row in out.mmd_s.chunks(2) {
+            assert!(pool.chunks(2).any(|p| p == row));
+        }
+        assert_eq!(
+            policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 10, 11, 2).unwrap_err().arg(),
+            "mmd_count"
+        );
+    }
+}
