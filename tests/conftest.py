@@ -23,3 +23,47 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _subprocess_env() -> dict[str, str]:
+    """Environment for `python -m offtd` subprocesses: import the same offtd the tests import."""
+    import offtd
+
+    env = dict(os.environ)
+    pkg_parent = str(Path(offtd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="session")
+def offtd_cmd():
+    """Run the CLI as a subprocess: offtd_cmd(*args, **kw) -> CompletedProcess."""
+    import subprocess
+
+    env = _subprocess_env()
+
+    def run(*args: str, timeout: float = 600, **kw):
+        return subprocess.run(
+            [sys.executable, "-m", "offtd", *args], capture_output=True, text=True, env=env, timeout=timeout, **kw
+        )
+
+    return run
+
+
+def rust_available() -> bool:
+    try:
+        import offtd._core  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+requires_rust = pytest.mark.skipif(not rust_available(), reason="offtd._core is not built")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .loop import LoopResult
+from .model import e_mu_rho2
 from .spec import Spec
 from .summary import mean_last_k
 
@@ -187,7 +188,7 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict) -> li
             if "rho exceeds" in by["rho_sane"].reason
             else "importance weights are heavy-tailed (PSIS k_hat) -> enable rho.clip, raise p_mix, or bring sigma_pi closer to sigma_mu."
         )
-        if not math.isfinite(theory.get("e_mu_rho2", 0.0)):
+        if math.isinf(e_mu_rho2(spec.env.action_dim, p.sigma_pi, p.sigma_mu)):
             steps.append(
                 f"theory: E_mu[(pi/mu)^2] is infinite because sigma_pi^2 = {p.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
                 f"{2 * p.sigma_mu**2:.4g}; without p_mix or clipping the variance of every importance-weighted average is unbounded."

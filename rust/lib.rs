@@ -1,0 +1,30 @@
+//! offtd's Rust core (`offtd._core`): the per-transition and per-sample kernels of `specs/MODEL.md`.
+//!
+//! The kernels follow MODEL.md to the letter, including its order of floating-point operations, so
+//! they return the same bits as the pure-Python reference (`offtd.reference`) on identical inputs:
+//!
+//! - [`philox`]: Philox4x64-10 and the addressed random streams (section 1);
+//! - [`model`]: features, log densities, the importance ratio, one environment step (sections 2-3);
+//! - [`rollout`]: trajectories with their TD, actor and Gram sums (section 3);
+//! - [`transitions`]: probe transitions (4.2) and the distribution probe's policy samples (4.1);
+//! - [`ratios`]: importance-ratio statistics including PSIS `k_hat` (section 5);
+//! - [`solver`]: restarted GMRES and a direct LU solve (section 6);
+//! - [`power`]: power iteration (section 6);
+//! - [`mmd`]: median-heuristic bandwidth and unbiased MMD^2 (4.1);
+//! - [`error`]: the one error type, [`error::CoreError`].
+//!
+//! Parallel kernels (rayon) combine per-trajectory or per-block partial sums sequentially in a fixed
+//! order, so results are bit-identical for any thread count. Only [`bindings`] knows about Python.
+
+pub mod bindings;
+pub mod error;
+pub mod mmd;
+pub mod model;
+pub mod philox;
+pub mod power;
+pub mod ratios;
+pub mod rollout;
+pub mod solver;
+pub mod transitions;
+
+pub use error::{CoreError, CoreResult};

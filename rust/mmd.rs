@@ -1,0 +1,290 @@
+//! The distribution probe's MMD (MODEL.md 4.1): the median-heuristic bandwidth over the pooled set
+//! and the unbiased U-statistic MMD^2 with a Gaussian kernel.
+//!
+//! The median is an exact order statistic of the `L = M(2M-1)` pairwise distances. It is found on
+//! the squared distances (sqrt is monotone, so the order statistic commutes with it) by selection:
+//! directly when `L` is moderate, otherwise by histogram passes over the distances' bit patterns
+//! that narrow the range holding the wanted rank until few enough values remain to select among, so
+//! memory stays O(M (n+m)) whatever `M`.
+//! Each kernel sum is one left-to-right running sum (i outer, j inner); rows of kernel values are
+//! computed in parallel and added in order, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::error::{CoreError, CoreResult};
+use crate::model::check_finite;
+
+/// Pair counts up to this are selected directly.
+const DIRECT_CAP: usize = 1 << 22;
+/// Buckets per histogram pass.
+const BUCKETS: usize = 4096;
+/// Rows of kernel values computed in parallel before they are added in order.
+const ROW_GROUP: usize = 64;
+
+#[inline(always)]
+fn sq_dist(u: &[f64], v: &[f64]) -> f64 {
+    let mut acc = 0.0;
+    for (a, b) in u.iter().zip(v) {
+        let t = a - b;
+        acc += t * t;
+    }
+    acc
+}
+
+/// Row `i` of the pooled set `[x; y]`.
+#[inline(always)]
+fn pooled<'a>(x: &'a [f64], y: &'a [f64], m: usize, dim: usize, i: usize) -> &'a [f64] {
+    if i < m {
+        &x[i * dim..(i + 1) * dim]
+    } else {
+        &y[(i - m) * dim..(i - m + 1) * dim]
+    }
+}
+
+/// Calls `f(d2)` for every pair i < j of row `i` in the pooled set.
+#[inline(always)]
+fn row_pairs(x: &[f64], y: &[f64], m: usize, dim: usize, i: usize, mut f: impl FnMut(f64)) {
+    let zi = pooled(x, y, m, dim, i);
+    for j in i + 1..2 * m {
+        f(sq_dist(zi, pooled(x, y, m, dim, j)));
+    }
+}
+
+/// The `rank`-th smallest (0-based) squared pairwise distance of the pooled set.
+fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -> f64 {
+    let pairs = m * (2 * m - 1);
+    if pairs <= DIRECT_CAP {
+        let mut all: Vec<f64> = (0..2 * m)
+            .into_par_iter()
+            .flat_map_iter(|i| {
+                let mut row = Vec::with_capacity(2 * m - i - 1);
+                row_pairs(x, y, m, dim, i, |d2| row.push(d2));
+                row
+            })
+            .collect();
+        let (_, v, _) = all.select_nth_unstable_by(rank, |a, b| a.total_cmp(b));
+        return *v;
+    }
+    // Squared distances are >= +0.0 (or +inf), so their bit patterns sort like their values.
+    let mut lo: u64 = 0;
+    let mut hi: u64 = f64::INFINITY.to_bits();
+    let mut rank = rank;
+    loop {
+        let width = (hi - lo) as u128 + 1;
+        let bucket_of = |bits: u64| (((bits - lo) as u128 * BUCKETS as u128) / width) as usize;
+        // per bucket: count, min bits, max bits
+        let hist = (0..2 * m)
+            .into_par_iter()
+            .fold(
+                || vec![(0usize, u64::MAX, 0u64); BUCKETS],
+                |mut h, i| {
+                    row_pairs(x, y, m, dim, i, |d2| {
+                        let bits = d2.to_bits();
+                        if bits >= lo && bits <= hi {
+                            let e = &mut h[bucket_of(bits)];
+                            e.0 += 1;
+                            e.1 = e.1.min(bits);
+                            e.2 = e.2.max(bits);
+                        }
+                    });
+                    h
+                },
+            )
+            .reduce(
+                || vec![(0usize, u64::MAX, 0u64); BUCKETS],
+                |mut a, b| {
+                    for (p, q) in a.iter_mut().zip(b) {
+                        p.0 += q.0;
+                        p.1 = p.1.min(q.1);
+                        p.2 = p.2.max(q.2);
+                    }
+                    a
+                },
+            );
+        let mut cum = 0usize;
+        let mut chosen = BUCKETS - 1;
+        for (b, e) in hist.iter().enumerate() {
+            if rank < cum + e.0 {
+                chosen = b;
+                break;
+            }
+            cum += e.0;
+        }
+        let (count, bmin, bmax) = hist[chosen];
+        rank -= cum;
+        lo = bmin;
+        hi = bmax;
+        if lo == hi {
+            return f64::from_bits(lo);
+        }
+        if count <= DIRECT_CAP {
+            let mut vals: Vec<f64> = (0..2 * m)
+                .into_par_iter()
+                .flat_map_iter(|i| {
+                    let mut row = Vec::new();
+                    row_pairs(x, y, m, dim, i, |d2| {
+                        let bits = d2.to_bits();
+                        if bits >= lo && bits <= hi {
+                            row.push(d2);
+                        }
+                    });
+                    row
+                })
+                .collect();
+            let (_, v, _) = vals.select_nth_unstable_by(rank, |a, b| a.total_cmp(b));
+            return *v;
+        }
+    }
+}
+
+/// The median-heuristic bandwidth: the lower median (1-based order statistic `ceil(L/2)`) of the
+/// pairwise Euclidean distances of the pooled set, or 1.0 if that median is 0.
+pub fn median_sigma(x: &[f64], y: &[f64], m: usize, dim: usize) -> f64 {
+    let pairs = m * (2 * m - 1);
+    let rank = pairs.div_ceil(2) - 1;
+    let med = select_sq_distance(x, y, m, dim, rank).sqrt();
+    if med == 0.0 {
+        1.0
+    } else {
+        med
+    }
+}
+
+/// `sum_i sum_j k(a_i, b_j)` (skipping i == j when `skip_diag`), one running sum, i outer, j inner.
+fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: bool) -> f64 {
+    let mut acc = 0.0;
+    let mut start = 0;
+    while start < m {
+        let end = (start + ROW_GROUP).min(m);
+        let rows: Vec<Vec<f64>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let ai = &a[i * dim..(i + 1) * dim];
+                (0..m)
+                    .map(|j| {
+                        if skip_diag && i == j {
+                            0.0
+                        } else {
+                            (-sq_dist(ai, &b[j * dim..(j + 1) * dim]) / den).exp()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for (r, i) in rows.iter().zip(start..end) {
+            for (j, &k) in r.iter().enumerate() {
+                if !(skip_diag && i == j) {
+                    acc += k;
+                }
+            }
+        }
+        start = end;
+    }
+    acc
+}
+
+/// `(mmd2, mmd_sigma)` for the (M, dim) sets `x` and `y`, M >= 2.
+pub fn mmd2(x: &[f64], y: &[f64], dim: usize) -> CoreResult<(f64, f64)> {
+    if dim == 0 {
+        return Err(CoreError::invalid("x", "rows must hold at least one value"));
+    }
+    if x.len() % dim != 0 {
+        return Err(CoreError::invalid("x", "length is not a multiple of the row length"));
+    }
+    let m = x.len() / dim;
+    if y.len() != x.len() {
+        return Err(CoreError::shape("y", &[m, dim], &[y.len() / dim, dim]));
+    }
+    if m < 2 {
+        return Err(CoreError::invalid("x", format!("needs at least 2 rows, got {m}")));
+    }
+    check_finite("x", x)?;
+    check_finite("y", y)?;
+    let sigma = median_sigma(x, y, m, dim);
+    let den = 2.0 * (sigma * sigma);
+    let kxx = kernel_sum(x, x, m, dim, den, true);
+    let kyy = kernel_sum(y, y, m, dim, den, true);
+    let kxy = kernel_sum(x, y, m, dim, den, false);
+    let mf = m as f64;
+    let mm1 = (m * (m - 1)) as f64;
+    let mmd = (kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf);
+    Ok((mmd, sigma))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_sq(x: &[f64], y: &[f64], m: usize, dim: usize) -> Vec<f64> {
+        let mut v = Vec::new();
+        for i in 0..2 * m {
+            row_pairs(x, y, m, dim, i, |d| v.push(d));
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+
+    #[test]
+    fn median_by_hand() {
+        // pooled points 0, 1, 3, 7 on a line: distances 1 3 7 2 6 4 -> sorted 1 2 3 4 6 7, L = 6,
+        // rank ceil(6/2) = 3 -> 3
+        let x = [0.0, 1.0];
+        let y = [3.0, 7.0];
+        assert_eq!(median_sigma(&x, &y, 2, 1), 3.0);
+        // identical points: median 0 -> 1.0
+        assert_eq!(median_sigma(&[2.0, 2.0], &[2.0, 2.0], 2, 1), 1.0);
+    }
+
+    #[test]
+    fn histogram_path_equals_direct_selection() {
+        let m = 1500; // L = 4.5M > DIRECT_CAP
+        let dim = 3;
+        let mut s: u64 = 12345;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / 9007199254740992.0 * 4.0).round() / 4.0 // ties on purpose
+        };
+        let x: Vec<f64> = (0..m * dim).map(|_| next()).collect();
+        let y: Vec<f64> = (0..m * dim).map(|_| next() + 0.5).collect();
+        let sorted = all_sq(&x, &y, m, dim);
+        assert!(sorted.len() > DIRECT_CAP);
+        for rank in [0, 1, sorted.len() / 3, sorted.len().div_ceil(2) - 1, sorted.len() - 1] {
+            assert_eq!(select_sq_distance(&x, &y, m, dim, rank), sorted[rank], "rank {rank}");
+        }
+    }
+
+    #[test]
+    fn mmd_by_hand() {
+        let x = [0.0, 1.0];
+        let y = [3.0, 7.0];
+        let (mmd, sigma) = mmd2(&x, &y, 1).unwrap();
+        assert_eq!(sigma, 3.0);
+        let k = |a: f64, b: f64| (-((a - b) * (a - b)) / (2.0 * 9.0)).exp();
+        let kxx = k(0.0, 1.0) + k(1.0, 0.0);
+        let kyy = k(3.0, 7.0) + k(7.0, 3.0);
+        let kxy = ((0.0 + k(0.0, 3.0)) + k(0.0, 7.0) + k(1.0, 3.0)) + k(1.0, 7.0);
+        let expect = (kxx / 2.0 + kyy / 2.0) - 2.0 * kxy / 4.0;
+        assert_eq!(mmd, expect);
+        // identical sets: mmd2 = 2 kxx/(M(M-1)) - 2 sum_ij k/M^2 < 0 (the U-statistic can be negative)
+        let (same, _) = mmd2(&x, &x, 1).unwrap();
+        assert!(same < 0.0);
+    }
+
+    #[test]
+    fn kernel_sum_is_thread_independent() {
+        let m = 200;
+        let x: Vec<f64> = (0..m * 2).map(|i| ((i * 31 % 97) as f64).sin()).collect();
+        let y: Vec<f64> = (0..m * 2).map(|i| ((i * 17 % 89) as f64).cos()).collect();
+        let a = mmd2(&x, &y, 2).unwrap();
+        let b = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| mmd2(&x, &y, 2).unwrap());
+        assert_eq!(a.0.to_bits(), b.0.to_bits());
+        assert_eq!(a.1.to_bits(), b.1.to_bits());
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(mmd2(&[1.0], &[1.0], 1).unwrap_err().arg(), "x");
+        assert_eq!(mmd2(&[1.0, 2.0], &[1.0], 1).unwrap_err().arg(), "y");
+        assert_eq!(mmd2(&[1.0, f64::NAN], &[1.0, 2.0], 1).unwrap_err().arg(), "x");
+    }
+}
