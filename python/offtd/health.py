@@ -61,10 +61,11 @@ def check_finite(spec: Spec, result: LoopResult) -> Check:
             "FAIL",
             f"values stopped being finite at iteration {result.diverged_at} ({result.diverged_what})",
         )
-    w = result.series["w_norm"][: result.completed]
-    if w.size and np.nanmax(w) > spec.health.w_norm_max:
-        t = int(np.argmax(w > spec.health.w_norm_max))
-        return Check("finite", "FAIL", f"w_norm exceeded {_fmt(spec.health.w_norm_max)} at iteration {t}")
+    for metric, bound in (("w_norm", spec.health.w_norm_max), ("td_loss", spec.health.td_loss_max)):
+        v = result.series[metric][: result.completed]
+        if v.size and np.nanmax(v) > bound:
+            t = int(np.argmax(v > bound))
+            return Check("finite", "FAIL", f"{metric} exceeded {_fmt(bound)} at iteration {t}: diverging")
     return Check("finite", "PASS", "all core metrics finite")
 
 

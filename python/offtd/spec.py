@@ -131,6 +131,7 @@ class HealthCfg:
     khat_warn: float = _f(0.5, "WARN above this PSIS k_hat", lo=-math.inf)
     khat_fail: float = _f(0.7, "FAIL above this PSIS k_hat", lo=-math.inf)
     w_norm_max: float = _f(1e6, "FAIL when ||w|| exceeds this", lo=0.0, lo_open=True)
+    td_loss_max: float = _f(1e12, "FAIL when td_loss exceeds this (values this large have diverged)", lo=0.0, lo_open=True)
     stab_tol: float = _f(1e-6, "absolute slack of the stability check", lo=0.0)
     stab_z: float = _f(3.0, "standard errors of slack in the stability check", lo=0.0)
     step_scale_tol: float = _f(1e-9, "allowed |ratio - 1| of the scale check", lo=0.0)

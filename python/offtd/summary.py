@@ -32,6 +32,11 @@ def summarize(iters: Sequence[float] | np.ndarray, values: Sequence[float] | np.
     """{last, min, max, mean_last_k, slope_last_k}; min and max over finite entries."""
     v = np.asarray(values, dtype=float)
     finite = v[np.isfinite(v)]
+    with np.errstate(all="ignore"):  # inf - inf in a diverged series is nan, as it should read
+        return _summary(iters, v, finite, k)
+
+
+def _summary(iters, v: np.ndarray, finite: np.ndarray, k: int) -> dict[str, float]:
     return {
         "last": float(v[-1]) if v.size else math.nan,
         "min": float(finite.min()) if finite.size else math.nan,

@@ -1,0 +1,653 @@
+//! The Python module `offtd._core`: thin `*_py` wrappers around the kernels.
+//!
+//! This is the only module that knows about Python. Each wrapper checks its arrays (numpy float64,
+//! number of dimensions, shape, C-contiguity, finiteness where the math needs it), releases the
+//! interpreter lock around the kernel with `py.detach`, and converts the result to numpy arrays,
+//! dicts and tuples. Wrong dtype / number of dimensions / non-array raise `TypeError`; wrong shape,
+//! non-contiguous, non-finite and out-of-domain values raise `ValueError`; every message starts with
+//! the argument's name. [`CoreError`]s become exceptions in one place, [`to_py_err`].
+
+use numpy::ndarray::{Array, IxDyn};
+use numpy::{
+    dtype, IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
+    PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySequence};
+
+use crate::error::{fmt_shape, CoreError};
+use crate::model::{check_finite, feature_dim, features, Problem, BLOCK};
+use crate::philox::{self, Stream};
+use crate::{mmd, power, ratios, rollout, solver, transitions};
+
+/// Largest number of elements any one output or scratch array may hold (8 GiB of float64).
+const MAX_ELEMS: u128 = 1 << 30;
+
+/// The one place core errors become Python exceptions.
+pub fn to_py_err(e: CoreError) -> PyErr {
+    if e.is_type_error() {
+        PyTypeError::new_err(e.to_string())
+    } else {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+fn value_err(arg: &'static str, reason: impl Into<String>) -> PyErr {
+    to_py_err(CoreError::invalid(arg, reason))
+}
+
+/// A borrowed float64 array that passed the checks.
+struct F64Array<'py> {
+    arr: PyReadonlyArrayDyn<'py, f64>,
+    shape: Vec<usize>,
+}
+
+impl<'py> F64Array<'py> {
+    fn slice(&self) -> &[f64] {
+        // contiguity was checked, so this cannot fail; an empty slice is the harmless fallback
+        self.arr.as_slice().unwrap_or(&[])
+    }
+}
+
+/// Checks `obj` is a C-contiguous numpy float64 array with `ndim` dimensions.
+fn array_arg<'py>(obj: &Bound<'py, PyAny>, arg: &'static str, ndim: usize) -> PyResult<F64Array<'py>> {
+    let py = obj.py();
+    let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
+        let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+        to_py_err(CoreError::WrongType { arg, expected: "a numpy.ndarray of float64".into(), got: tname })
+    })?;
+    let dt = untyped.dtype();
+    if !dt.is_equiv_to(&dtype::<f64>(py)) {
+        let got = dt.str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into());
+        return Err(to_py_err(CoreError::WrongType {
+            arg,
+            expected: "dtype float64".into(),
+            got: format!("dtype {got}"),
+        }));
+    }
+    if untyped.ndim() != ndim {
+        return Err(to_py_err(CoreError::WrongType {
+            arg,
+            expected: format!("a {ndim}-D array"),
+            got: format!("{}-D", untyped.ndim()),
+        }));
+    }
+    if !untyped.is_c_contiguous() {
+        return Err(to_py_err(CoreError::NotContiguous { arg }));
+    }
+    let shape = untyped.shape().to_vec();
+    let typed = obj
+        .cast::<PyArrayDyn<f64>>()
+        .map_err(|_| to_py_err(CoreError::WrongType { arg, expected: "dtype float64".into(), got: "other".into() }))?;
+    let arr = typed
+        .try_readonly()
+        .map_err(|e| value_err(arg, format!("cannot borrow the array: {e}")))?;
+    Ok(F64Array { arr, shape })
+}
+
+/// `array_arg` plus an exact shape (`None` = any size on that axis) and optional finiteness.
+fn array_shaped<'py>(
+    obj: &Bound<'py, PyAny>,
+    arg: &'static str,
+    shape: &[Option<usize>],
+    finite: bool,
+) -> PyResult<F64Array<'py>> {
+    let a = array_arg(obj, arg, shape.len())?;
+    let fits = a.shape.iter().zip(shape).all(|(g, e)| e.is_none_or(|e| e == *g));
+    if !fits {
+        let expected: Vec<String> = shape
+            .iter()
+            .map(|e| e.map_or_else(|| "*".to_string(), |v| v.to_string()))
+            .collect();
+        let expected =
+            if expected.len() == 1 { format!("({},)", expected[0]) } else { format!("({})", expected.join(", ")) };
+        return Err(to_py_err(CoreError::ShapeMismatch { arg, expected, got: fmt_shape(&a.shape) }));
+    }
+    if finite {
+        check_finite(arg, a.slice()).map_err(to_py_err)?;
+    }
+    Ok(a)
+}
+
+/// An integer in `[0, 2^64)`: `TypeError` for a non-integer, `ValueError` (naming `arg`) when out of range.
+fn u64_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<u64> {
+    if obj.is_instance_of::<pyo3::types::PyFloat>() {
+        return Err(to_py_err(CoreError::WrongType { arg, expected: "int".into(), got: "float".into() }));
+    }
+    match obj.extract::<u64>() {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
+            Err(value_err(arg, format!("must be an integer in [0, 2**64), got {obj}")))
+        }
+        Err(_) => {
+            let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            Err(to_py_err(CoreError::WrongType { arg, expected: "int".into(), got: tname }))
+        }
+    }
+}
+
+/// A size argument: an integer in `[min, 2^30]`.
+fn size_arg(obj: &Bound<'_, PyAny>, arg: &'static str, min: u64) -> PyResult<usize> {
+    let v = u64_arg(obj, arg)?;
+    if v < min {
+        return Err(value_err(arg, format!("must be >= {min}, got {v}")));
+    }
+    if v as u128 > MAX_ELEMS {
+        return Err(value_err(arg, format!("must be <= {MAX_ELEMS}, got {v}")));
+    }
+    Ok(v as usize)
+}
+
+fn check_alloc(arg: &'static str, elems: u128) -> PyResult<()> {
+    if elems > MAX_ELEMS {
+        Err(value_err(arg, format!("the result would need {elems} elements (limit {MAX_ELEMS})")))
+    } else {
+        Ok(())
+    }
+}
+
+fn to_numpy<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+    let arr = Array::from_shape_vec(IxDyn(shape), v)
+        .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
+    Ok(arr.into_pyarray(py).into_any())
+}
+
+/// The LQG problem's arrays and scalars, checked.
+struct ProblemArgs<'py> {
+    a: F64Array<'py>,
+    b: F64Array<'py>,
+    q: F64Array<'py>,
+    r: F64Array<'py>,
+}
+
+impl<'py> ProblemArgs<'py> {
+    fn new(
+        a: &Bound<'py, PyAny>,
+        b: &Bound<'py, PyAny>,
+        q: &Bound<'py, PyAny>,
+        r: &Bound<'py, PyAny>,
+    ) -> PyResult<Self> {
+        let a = array_arg(a, "a", 2)?;
+        let n = a.shape[0];
+        if n == 0 {
+            return Err(value_err("a", "state dimension n must be >= 1"));
+        }
+        let a = {
+            let fits = a.shape[1] == n;
+            if !fits {
+                return Err(to_py_err(CoreError::shape("a", &[n, n], &a.shape)));
+            }
+            check_finite("a", a.slice()).map_err(to_py_err)?;
+            a
+        };
+        let b = array_shaped(b, "b", &[Some(n), None], true)?;
+        let m = b.shape[1];
+        if m == 0 {
+            return Err(value_err("b", "action dimension m must be >= 1"));
+        }
+        let q = array_shaped(q, "q", &[Some(n), Some(n)], true)?;
+        let r = array_shaped(r, "r", &[Some(m), Some(m)], true)?;
+        Ok(ProblemArgs { a, b, q, r })
+    }
+    fn n(&self) -> usize {
+        self.a.shape[0]
+    }
+    fn m(&self) -> usize {
+        self.b.shape[1]
+    }
+}
+
+/// `philox4x64(counter, key)`: the Philox4x64-10 block of a 4-word counter and a 2-word key.
+#[pyfunction]
+#[pyo3(name = "philox4x64")]
+fn philox4x64_py(counter: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> PyResult<(u64, u64, u64, u64)> {
+    let c = words::<4>(counter, "counter")?;
+    let k = words::<2>(key, "key")?;
+    let b = philox::philox4x64_10(c, k);
+    Ok((b[0], b[1], b[2], b[3]))
+}
+
+fn words<const N: usize>(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<[u64; N]> {
+    let seq = obj.cast::<PySequence>().map_err(|_| {
+        to_py_err(CoreError::WrongType { arg, expected: format!("a sequence of {N} ints"), got: "non-sequence".into() })
+    })?;
+    let len = seq.len()?;
+    if len != N {
+        return Err(value_err(arg, format!("expected {N} words, got {len}")));
+    }
+    let mut out = [0u64; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u64_arg(&seq.get_item(i)?, arg)?;
+    }
+    Ok(out)
+}
+
+/// The stream arguments shared by the draw functions.
+fn stream_args(
+    seed: &Bound<'_, PyAny>,
+    purpose: &Bound<'_, PyAny>,
+    iteration: &Bound<'_, PyAny>,
+    substream: &Bound<'_, PyAny>,
+    start: &Bound<'_, PyAny>,
+    count: &Bound<'_, PyAny>,
+) -> PyResult<(Stream, u64, usize)> {
+    let stream = Stream::new(
+        u64_arg(seed, "seed")?,
+        u64_arg(purpose, "purpose")?,
+        u64_arg(iteration, "iteration")?,
+        u64_arg(substream, "substream")?,
+    );
+    let start = u64_arg(start, "start")?;
+    let count = size_arg(count, "count", 0)?;
+    if start.checked_add(count as u64).is_none() {
+        return Err(value_err("count", "start + count exceeds 2**64"));
+    }
+    Ok((stream, start, count))
+}
+
+/// `philox_blocks(seed, purpose, iteration, substream, start, count)`: blocks `start .. start+count`
+/// of a stream as a (count, 4) uint64 array.
+#[pyfunction]
+#[pyo3(name = "philox_blocks")]
+fn philox_blocks_py<'py>(
+    py: Python<'py>,
+    seed: &Bound<'py, PyAny>,
+    purpose: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+    substream: &Bound<'py, PyAny>,
+    start: &Bound<'py, PyAny>,
+    count: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
+    check_alloc("count", count as u128 * 4)?;
+    let v = py.detach(|| philox::blocks(stream, start, count));
+    to_numpy(py, v, &[count, 4])
+}
+
+/// `uniforms(seed, purpose, iteration, substream, start, count)`: uniform #start .. #start+count.
+#[pyfunction]
+#[pyo3(name = "uniforms")]
+fn uniforms_py<'py>(
+    py: Python<'py>,
+    seed: &Bound<'py, PyAny>,
+    purpose: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+    substream: &Bound<'py, PyAny>,
+    start: &Bound<'py, PyAny>,
+    count: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
+    let v = py.detach(|| philox::uniforms(stream, start, count));
+    to_numpy(py, v, &[count])
+}
+
+/// `normals(seed, purpose, iteration, substream, start, count)`: normal #start .. #start+count.
+#[pyfunction]
+#[pyo3(name = "normals")]
+fn normals_py<'py>(
+    py: Python<'py>,
+    seed: &Bound<'py, PyAny>,
+    purpose: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+    substream: &Bound<'py, PyAny>,
+    start: &Bound<'py, PyAny>,
+    count: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
+    let v = py.detach(|| philox::normals(stream, start, count));
+    to_numpy(py, v, &[count])
+}
+
+/// `features(states)`: phi(s) for each row of an (N, n) array -> (N, d).
+#[pyfunction]
+#[pyo3(name = "features")]
+fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let s = array_arg(states, "states", 2)?;
+    let (rows, n) = (s.shape[0], s.shape[1]);
+    if n == 0 {
+        return Err(value_err("states", "state dimension n must be >= 1"));
+    }
+    let d = feature_dim(n);
+    check_alloc("states", rows as u128 * d as u128)?;
+    let src = s.slice();
+    let out = py.detach(|| {
+        let mut out = vec![0.0; rows * d];
+        for (row, o) in src.chunks_exact(n).zip(out.chunks_exact_mut(d)) {
+            features(row, o);
+        }
+        out
+    });
+    to_numpy(py, out, &[rows, d])
+}
+
+/// `rollout(...)`: one iteration's rollout (MODEL.md section 3) as a dict with keys `states`
+/// (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`, `grad_w` (d,),
+/// `grad_k` (m, n), `gram` (d, d).
+#[pyfunction]
+#[pyo3(name = "rollout")]
+#[allow(clippy::too_many_arguments)]
+fn rollout_py<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    q: &Bound<'py, PyAny>,
+    r: &Bound<'py, PyAny>,
+    sigma_eps: f64,
+    sigma_0: f64,
+    reward_scale: f64,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    p_mix: f64,
+    gamma: f64,
+    rho_clip: f64,
+    seed: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    k_pi: &Bound<'py, PyAny>,
+    k_mu: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+    batch: &Bound<'py, PyAny>,
+    horizon: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let pa = ProblemArgs::new(a, b, q, r)?;
+    let (n, m) = (pa.n(), pa.m());
+    let d = feature_dim(n);
+    let seed = u64_arg(seed, "seed")?;
+    let w = array_shaped(w, "w", &[Some(d)], true)?;
+    let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
+    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
+    let iteration = u64_arg(iteration, "iteration")?;
+    let batch = size_arg(batch, "batch", 1)?;
+    let horizon = size_arg(horizon, "horizon", 1)?;
+    let per_traj = ((horizon as u128 + 1) * n as u128).max(2 + d as u128 * (d as u128 + 3) + (m * n) as u128);
+    check_alloc("batch", batch as u128 * per_traj)?;
+    let p = Problem {
+        n,
+        m,
+        a: pa.a.slice(),
+        b: pa.b.slice(),
+        q: pa.q.slice(),
+        r: pa.r.slice(),
+        sigma_eps,
+        sigma_0,
+        reward_scale,
+        sigma_pi,
+        sigma_mu,
+        p_mix,
+        gamma,
+        rho_clip,
+        seed,
+    };
+    let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
+    let out = py
+        .detach(|| rollout::rollout(&p, ws, kp, km, iteration, batch, horizon))
+        .map_err(to_py_err)?;
+    let dict = PyDict::new(py);
+    dict.set_item("states", to_numpy(py, out.states, &[batch, horizon + 1, n])?)?;
+    dict.set_item("rewards", to_numpy(py, out.rewards, &[batch, horizon])?)?;
+    dict.set_item("rho", to_numpy(py, out.rho, &[batch, horizon])?)?;
+    dict.set_item("count", out.count)?;
+    dict.set_item("td_sq", out.td_sq)?;
+    dict.set_item("rho2", out.rho2)?;
+    dict.set_item("grad_w", to_numpy(py, out.grad_w, &[d])?)?;
+    dict.set_item("grad_k", to_numpy(py, out.grad_k, &[m, n])?)?;
+    dict.set_item("gram", to_numpy(py, out.gram, &[d, d])?)?;
+    Ok(dict)
+}
+
+/// `transitions(...)`: probe transitions (MODEL.md 4.2) as a dict with keys `a_sums` (R, d, d),
+/// `b_sums` (R, d), `counts` (R,) int64, `rho` (count,).
+#[pyfunction]
+#[pyo3(name = "transitions")]
+#[allow(clippy::too_many_arguments)]
+fn transitions_py<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    q: &Bound<'py, PyAny>,
+    r: &Bound<'py, PyAny>,
+    sigma_eps: f64,
+    reward_scale: f64,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    p_mix: f64,
+    gamma: f64,
+    rho_clip: f64,
+    seed: &Bound<'py, PyAny>,
+    k_pi: &Bound<'py, PyAny>,
+    k_mu: &Bound<'py, PyAny>,
+    pool: &Bound<'py, PyAny>,
+    count: &Bound<'py, PyAny>,
+    repeats: &Bound<'py, PyAny>,
+    base: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let pa = ProblemArgs::new(a, b, q, r)?;
+    let (n, m) = (pa.n(), pa.m());
+    let d = feature_dim(n);
+    let seed = u64_arg(seed, "seed")?;
+    let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
+    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
+    let pool = array_shaped(pool, "pool", &[None, Some(n)], false)?;
+    if pool.shape[0] == 0 {
+        return Err(value_err("pool", "must hold at least one state"));
+    }
+    let count = size_arg(count, "count", 0)?;
+    let repeats = size_arg(repeats, "repeats", 1)?;
+    let base = u64_arg(base, "base")?;
+    let iteration = u64_arg(iteration, "iteration")?;
+    let dd = (d * d + d) as u128;
+    check_alloc("repeats", (repeats as u128 + (count / BLOCK) as u128 + 1) * dd)?;
+    let p = Problem {
+        n,
+        m,
+        a: pa.a.slice(),
+        b: pa.b.slice(),
+        q: pa.q.slice(),
+        r: pa.r.slice(),
+        sigma_eps,
+        sigma_0: 0.0,
+        reward_scale,
+        sigma_pi,
+        sigma_mu,
+        p_mix,
+        gamma,
+        rho_clip,
+        seed,
+    };
+    let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
+    let out = py
+        .detach(|| transitions::transitions(&p, kp, km, pl, count, repeats, base, iteration))
+        .map_err(to_py_err)?;
+    let counts: Vec<i64> = out.counts.iter().map(|&c| c as i64).collect();
+    let dict = PyDict::new(py);
+    dict.set_item("a_sums", to_numpy(py, out.a_sums, &[repeats, d, d])?)?;
+    dict.set_item("b_sums", to_numpy(py, out.b_sums, &[repeats, d])?)?;
+    dict.set_item("counts", to_numpy(py, counts, &[repeats])?)?;
+    dict.set_item("rho", to_numpy(py, out.rho, &[count])?)?;
+    Ok(dict)
+}
+
+/// `policy_samples(...)`: the distribution probe's draws (MODEL.md 4.1) as a dict with keys `rho`
+/// (count,), `tv_sum`, `state_moment` (n, n), `mmd_s` (M, n), `mmd_a_pi`, `mmd_a_mu` (M, m).
+#[pyfunction]
+#[pyo3(name = "policy_samples")]
+#[allow(clippy::too_many_arguments)]
+fn policy_samples_py<'py>(
+    py: Python<'py>,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    seed: &Bound<'py, PyAny>,
+    k_pi: &Bound<'py, PyAny>,
+    k_mu: &Bound<'py, PyAny>,
+    pool: &Bound<'py, PyAny>,
+    count: &Bound<'py, PyAny>,
+    mmd_count: &Bound<'py, PyAny>,
+    iteration: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let seed = u64_arg(seed, "seed")?;
+    let k_pi = array_arg(k_pi, "k_pi", 2)?;
+    let (m, n) = (k_pi.shape[0], k_pi.shape[1]);
+    if m == 0 || n == 0 {
+        return Err(value_err("k_pi", format!("needs m >= 1 and n >= 1, got shape {}", fmt_shape(&k_pi.shape))));
+    }
+    check_finite("k_pi", k_pi.slice()).map_err(to_py_err)?;
+    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
+    let pool = array_shaped(pool, "pool", &[None, Some(n)], false)?;
+    if pool.shape[0] == 0 {
+        return Err(value_err("pool", "must hold at least one state"));
+    }
+    let count = size_arg(count, "count", 0)?;
+    let mmd_count = size_arg(mmd_count, "mmd_count", 0)?;
+    let iteration = u64_arg(iteration, "iteration")?;
+    let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
+    let out = py
+        .detach(|| transitions::policy_samples(n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration))
+        .map_err(to_py_err)?;
+    let dict = PyDict::new(py);
+    dict.set_item("rho", to_numpy(py, out.rho, &[count])?)?;
+    dict.set_item("tv_sum", out.tv_sum)?;
+    dict.set_item("state_moment", to_numpy(py, out.state_moment, &[n, n])?)?;
+    dict.set_item("mmd_s", to_numpy(py, out.mmd_s, &[mmd_count, n])?)?;
+    dict.set_item("mmd_a_pi", to_numpy(py, out.mmd_a_pi, &[mmd_count, m])?)?;
+    dict.set_item("mmd_a_mu", to_numpy(py, out.mmd_a_mu, &[mmd_count, m])?)?;
+    Ok(dict)
+}
+
+/// `rho_stats(rho, clip, clip_enabled)`: MODEL.md section 5 as a dict with keys `n`, `nonfinite`,
+/// `mean`, `rho2_mean`, `min`, `max`, `p95`, `p99`, `clip`, `clip_active`, `clip_frac`, `ess_frac`,
+/// `khat`. Non-finite ratios are allowed (counted and excluded).
+#[pyfunction]
+#[pyo3(name = "rho_stats")]
+fn rho_stats_py<'py>(
+    py: Python<'py>,
+    rho: &Bound<'py, PyAny>,
+    clip: f64,
+    clip_enabled: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rho = array_arg(rho, "rho", 1)?;
+    if clip.is_nan() {
+        return Err(value_err("clip", "must not be NaN"));
+    }
+    let xs = rho.slice();
+    let s = py.detach(|| ratios::rho_stats(xs, clip, clip_enabled));
+    let dict = PyDict::new(py);
+    dict.set_item("n", s.n)?;
+    dict.set_item("nonfinite", s.nonfinite)?;
+    dict.set_item("mean", s.mean)?;
+    dict.set_item("rho2_mean", s.rho2_mean)?;
+    dict.set_item("min", s.min)?;
+    dict.set_item("max", s.max)?;
+    dict.set_item("p95", s.p95)?;
+    dict.set_item("p99", s.p99)?;
+    dict.set_item("clip", s.clip)?;
+    dict.set_item("clip_active", s.clip_active as i64)?;
+    dict.set_item("clip_frac", s.clip_frac)?;
+    dict.set_item("ess_frac", s.ess_frac)?;
+    dict.set_item("khat", s.khat)?;
+    Ok(dict)
+}
+
+/// `gmres(a, b, max_iters, tol)`: restarted GMRES (MODEL.md section 6) ->
+/// `(x, converged, iterations, residual)`.
+#[pyfunction]
+#[pyo3(name = "gmres")]
+fn gmres_py<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    max_iters: &Bound<'py, PyAny>,
+    tol: f64,
+) -> PyResult<(Bound<'py, PyAny>, bool, u64, f64)> {
+    let b = array_arg(b, "b", 1)?;
+    let d = b.shape[0];
+    if d == 0 {
+        return Err(value_err("b", "must hold at least one value"));
+    }
+    let a = array_shaped(a, "a", &[Some(d), Some(d)], true)?;
+    check_finite("b", b.slice()).map_err(to_py_err)?;
+    let max_iters = u64_arg(max_iters, "max_iters")?;
+    if tol.is_nan() || tol < 0.0 {
+        return Err(value_err("tol", format!("must be >= 0, got {tol}")));
+    }
+    let (asl, bsl) = (a.slice(), b.slice());
+    let out = py.detach(|| solver::gmres(asl, bsl, max_iters, tol)).map_err(to_py_err)?;
+    Ok((to_numpy(py, out.x, &[d])?, out.converged, out.iterations, out.residual))
+}
+
+/// `lu_solve(a, b)`: the direct solve (LU, partial pivoting); `ValueError` if `a` is singular.
+#[pyfunction]
+#[pyo3(name = "lu_solve")]
+fn lu_solve_py<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let b = array_arg(b, "b", 1)?;
+    let d = b.shape[0];
+    if d == 0 {
+        return Err(value_err("b", "must hold at least one value"));
+    }
+    let a = array_shaped(a, "a", &[Some(d), Some(d)], true)?;
+    check_finite("b", b.slice()).map_err(to_py_err)?;
+    let (asl, bsl) = (a.slice(), b.slice());
+    let x = py.detach(|| solver::lu_solve(asl, bsl)).map_err(to_py_err)?;
+    to_numpy(py, x, &[d])
+}
+
+/// `power_iteration(m, v0, iters)`: the power-iteration estimate of M's spectral radius (NaN for
+/// `iters == 0`).
+#[pyfunction]
+#[pyo3(name = "power_iteration")]
+fn power_iteration_py<'py>(
+    py: Python<'py>,
+    m: &Bound<'py, PyAny>,
+    v0: &Bound<'py, PyAny>,
+    iters: &Bound<'py, PyAny>,
+) -> PyResult<f64> {
+    let v0 = array_arg(v0, "v0", 1)?;
+    let d = v0.shape[0];
+    if d == 0 {
+        return Err(value_err("v0", "must hold at least one value"));
+    }
+    let m = array_shaped(m, "m", &[Some(d), Some(d)], true)?;
+    check_finite("v0", v0.slice()).map_err(to_py_err)?;
+    let iters = u64_arg(iters, "iters")?;
+    let (msl, vsl) = (m.slice(), v0.slice());
+    py.detach(|| power::power_iteration(msl, vsl, iters)).map_err(to_py_err)
+}
+
+/// `mmd2(x, y)`: `(mmd2, mmd_sigma)` for two (M, D) sample sets, M >= 2 (MODEL.md 4.1).
+#[pyfunction]
+#[pyo3(name = "mmd2")]
+fn mmd2_py<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, y: &Bound<'py, PyAny>) -> PyResult<(f64, f64)> {
+    let x = array_arg(x, "x", 2)?;
+    let (rows, dim) = (x.shape[0], x.shape[1]);
+    if rows < 2 {
+        return Err(value_err("x", format!("needs at least 2 rows, got {rows}")));
+    }
+    if dim == 0 {
+        return Err(value_err("x", "rows must hold at least one value"));
+    }
+    check_finite("x", x.slice()).map_err(to_py_err)?;
+    let y = array_shaped(y, "y", &[Some(rows), Some(dim)], true)?;
+    let (xs, ys) = (x.slice(), y.slice());
+    py.detach(|| mmd::mmd2(xs, ys, dim)).map_err(to_py_err)
+}
+
+/// The extension module `offtd._core`.
+#[pymodule]
+#[pyo3(name = "_core")]
+pub fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("BLOCK", BLOCK)?;
+    m.add_function(wrap_pyfunction!(philox4x64_py, m)?)?;
+    m.add_function(wrap_pyfunction!(philox_blocks_py, m)?)?;
+    m.add_function(wrap_pyfunction!(uniforms_py, m)?)?;
+    m.add_function(wrap_pyfunction!(normals_py, m)?)?;
+    m.add_function(wrap_pyfunction!(features_py, m)?)?;
+    m.add_function(wrap_pyfunction!(rollout_py, m)?)?;
+    m.add_function(wrap_pyfunction!(transitions_py, m)?)?;
+    m.add_function(wrap_pyfunction!(policy_samples_py, m)?)?;
+    m.add_function(wrap_pyfunction!(rho_stats_py, m)?)?;
+    m.add_function(wrap_pyfunction!(gmres_py, m)?)?;
+    m.add_function(wrap_pyfunction!(lu_solve_py, m)?)?;
+    m.add_function(wrap_pyfunction!(power_iteration_py, m)?)?;
+    m.add_function(wrap_pyfunction!(mmd2_py, m)?)?;
+    Ok(())
+}
