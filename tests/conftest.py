@@ -50,9 +50,14 @@ def offtd_cmd():
 
     env = _subprocess_env()
 
-    def run(*args: str, timeout: float = 600, **kw):
+    def run(*args: str, timeout: float = 600, env_extra: dict[str, str] | None = None, **kw):
         return subprocess.run(
-            [sys.executable, "-m", "offtd", *args], capture_output=True, text=True, env=env, timeout=timeout, **kw
+            [sys.executable, "-m", "offtd", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **(env_extra or {})},
+            timeout=timeout,
+            **kw,
         )
 
     return run

@@ -113,7 +113,7 @@ def run(
     directory = make_run_dir(out, resolved.name, run_dir) if (out is not None or run_dir is not None) else None
     loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
     th = theory(resolved, loop)
-    verdict = evaluate(resolved, loop, th)
+    verdict = evaluate(resolved, loop)
     info = {
         "run_dir": str(directory) if directory is not None else None,
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),

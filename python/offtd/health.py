@@ -73,7 +73,7 @@ def check_rho(spec: Spec, result: LoopResult) -> Check:
     h = spec.health
     m2 = mean_last_k(result.series["mean_rho2"][: result.completed], spec.run.last_k)
     if math.isfinite(m2) and m2 > h.rho2_max:
-        return Check("rho_sane", "FAIL", f"rho exceeds threshold (mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)})")
+        return Check("rho_sane", "FAIL", f"rho exceeds threshold: mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)}")
     worst, where = -math.inf, None
     for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
         rows = _last_rows(result, probe)
@@ -166,17 +166,17 @@ def check_teacher(spec: Spec, result: LoopResult) -> Check:
 CHECKS = (check_finite, check_rho, check_stable, check_fixed_point, check_step_scale, check_td, check_teacher)
 
 
-def evaluate(spec: Spec, result: LoopResult, theory: dict) -> Verdict:
+def evaluate(spec: Spec, result: LoopResult) -> Verdict:
     checks = [c(spec, result) for c in CHECKS]
     status = max((c.status for c in checks), key=ORDER.__getitem__)
     if result.interrupted:
         status = "INTERRUPTED"
     verdict = Verdict(status, checks)
-    verdict.next_steps = advise(spec, result, verdict, theory)
+    verdict.next_steps = advise(spec, result, verdict)
     return verdict
 
 
-def advise(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict) -> list[str]:
+def advise(spec: Spec, result: LoopResult, verdict: Verdict) -> list[str]:
     """Turn findings into advice, citing theory where it applies."""
     steps: list[str] = []
     by = {c.name: c for c in verdict.checks}

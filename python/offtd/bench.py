@@ -1,0 +1,236 @@
+"""`offtd bench`: time every kernel and whole runs on both backends, on the same inputs, in one process.
+
+Prints one row per case: reference time, Rust time (all cores), their ratio, the Rust time on one
+thread, and throughput per core and on all cores. Single-thread Rust figures come from a child process
+started with RAYON_NUM_THREADS=1 (rayon's pool size is fixed per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .backend import STABILITY_BASE, Backend, Problem, get_backend
+
+
+@dataclass
+class Case:
+    name: str
+    unit: str  # what throughput counts ("transitions", "ratios", "solves", ...)
+    items: int  # units per call
+    make: Callable[[Backend], Callable[[], object]]
+    numpy_baseline: Callable[[], object] | None = None
+
+
+def _problem(n: int = 2, m: int = 2) -> Problem:
+    a = np.eye(n) * 0.9 + np.eye(n, k=1) * 0.1
+    b = np.eye(n, m) * 0.5
+    return Problem(a, b, np.eye(n), np.eye(m), 0.1, 1.0, 1.0, 0.4, 0.5, 0.1, 0.9, math.inf, 0)
+
+
+def _gains(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    k = np.zeros((m, n))
+    return k, k.copy()
+
+
+def _pool(n: int, size: int = 4096) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(size, n))
+
+
+def _system(d: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(d)
+    a = np.eye(d) * d + rng.normal(size=(d, d))
+    return a, rng.normal(size=d)
+
+
+def _contraction(d: int) -> np.ndarray:
+    rng = np.random.default_rng(d + 1)
+    q = rng.normal(size=(d, d))
+    lam = np.linspace(0.2, 0.95, d)
+    return q @ np.diag(lam) @ np.linalg.inv(q)
+
+
+def _numpy_power(m: np.ndarray, v0: np.ndarray, iters: int) -> float:
+    v = v0 / np.linalg.norm(v0)
+    lam = 0.0
+    for _ in range(iters):
+        x = m @ v
+        lam = float(np.linalg.norm(x))
+        v = x / lam
+    return lam
+
+
+def cases(quick: bool) -> list[Case]:
+    p = _problem()
+    k_pi, k_mu = _gains(p.m, p.n)
+    w = np.zeros(p.d)
+    pool = _pool(p.n)
+    batch, horizon = (16, 128) if quick else (64, 256)
+    probe_k = 8192 if quick else 65536
+    n_ratios = 100_000 if quick else 1_000_000
+    rho = np.exp(np.random.default_rng(1).normal(0.0, 1.0, n_ratios))
+    out = [
+        Case(
+            f"rollout n=m=2 ({batch}x{horizon})",
+            "transitions",
+            batch * horizon,
+            lambda be: lambda: be.rollout(p, w, k_pi, k_mu, 0, batch, horizon),
+        ),
+        Case(
+            f"probe transitions (K={probe_k}, R=4)",
+            "transitions",
+            probe_k,
+            lambda be: lambda: be.transitions(p, k_pi, k_mu, pool, probe_k, 4, STABILITY_BASE, 0),
+        ),
+        Case(
+            f"policy samples (K={probe_k}, M=64)",
+            "samples",
+            probe_k,
+            lambda be: lambda: be.policy_samples(p, k_pi, k_mu, pool, probe_k, 64, 0),
+        ),
+        Case(
+            f"rho statistics (n={n_ratios})",
+            "ratios",
+            n_ratios,
+            lambda be: lambda: be.rho_stats(rho, 10.0, False),
+        ),
+    ]
+    for d in (6, 64):
+        a, b = _system(d)
+        out.append(
+            Case(f"GMRES solve d={d}", "solves", 1, lambda be, a=a, b=b: lambda: be.solve(a, b, 2000, 1e-10),
+                 numpy_baseline=lambda a=a, b=b: np.linalg.solve(a, b))
+        )  # fmt: skip
+        mat = _contraction(d)
+        v0 = np.ones(d)
+        out.append(
+            Case(f"power iteration d={d} (20 steps)", "steps", 20,
+                 lambda be, mat=mat, v0=v0: lambda: be.power_iteration(mat, v0, 20),
+                 numpy_baseline=lambda mat=mat, v0=v0: _numpy_power(mat, v0, 20))
+        )  # fmt: skip
+    for mset in (64, 512):
+        rng = np.random.default_rng(mset)
+        x, y = rng.normal(size=(mset, 4)), rng.normal(size=(mset, 4)) + 0.1
+        out.append(Case(f"MMD^2 (M={mset}, dim 4)", "pairs", mset * mset, lambda be, x=x, y=y: lambda: be.mmd2(x, y)))
+    from .spec import load_spec
+
+    for spec_name in ("default", "instab_sigma_mismatch"):
+        spec = _spec_path(spec_name)
+        s = load_spec(spec)
+        if quick:
+            s = s.replace(**{"run.outer_iters": 10})
+        transitions = s.run.outer_iters * s.run.batch * s.run.horizon
+        out.append(Case(f"whole run: {spec_name} ({s.run.outer_iters} it)", "transitions", transitions,
+                        lambda be, s=s: lambda: _whole_run(s, be)))  # fmt: skip
+    return out
+
+
+def _spec_path(name: str):
+    from importlib import resources
+
+    return resources.files("offtd").joinpath(f"specs/{name}.toml")
+
+
+def _whole_run(spec, backend: Backend) -> object:
+    from .loop import run_loop
+
+    return run_loop(spec, backend)
+
+
+def time_call(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float:
+    """Median wall time of `fn` over at least `min_reps` calls, more while the budget lasts."""
+    fn()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 1000):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(backend_name: str, quick: bool, budget_s: float) -> dict[str, float]:
+    be = get_backend(backend_name)
+    return {c.name: time_call(c.make(be), budget_s) for c in cases(quick)}
+
+
+def _single_thread_rust(quick: bool, budget_s: float) -> dict[str, float]:
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    code = (
+        "import json, sys; from offtd.bench import measure; "
+        f"json.dump(measure('rust', {quick!r}, {budget_s!r}), sys.stdout)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout)
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} us"
+
+
+def _fmt_rate(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}/s"
+    return f"{x:.3g}/s"
+
+
+def main(quick: bool = False, json_path: str | None = None) -> int:
+    budget = 0.2 if quick else 1.0
+    cores = os.cpu_count() or 1
+    all_cases = cases(quick)
+    ref = measure("python", quick, budget)
+    rust = measure("rust", quick, budget)
+    rust1 = _single_thread_rust(quick, budget)
+    rows = []
+    for c in all_cases:
+        base = time_call(c.numpy_baseline, budget) if c.numpy_baseline is not None else None
+        rows.append(
+            {
+                "case": c.name,
+                "unit": c.unit,
+                "items": c.items,
+                "reference_s": ref[c.name],
+                "rust_s": rust[c.name],
+                "rust_1thread_s": rust1[c.name],
+                "ratio": ref[c.name] / rust[c.name],
+                "per_core_per_s": c.items / rust1[c.name],
+                "all_cores_per_s": c.items / rust[c.name],
+                "numpy_s": base,
+                "rust_vs_numpy": (rust1[c.name] / base) if base else None,
+            }
+        )
+    header = ["case", "reference", "rust", "ratio", "rust 1 thread", f"per core", f"all {cores} cores", "rust/numpy"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["case"],
+                    _fmt_time(r["reference_s"]),
+                    _fmt_time(r["rust_s"]),
+                    f"{r['ratio']:.0f}x",
+                    _fmt_time(r["rust_1thread_s"]),
+                    f"{_fmt_rate(r['per_core_per_s'])} {r['unit']}",
+                    f"{_fmt_rate(r['all_cores_per_s'])} {r['unit']}",
+                    "-" if r["rust_vs_numpy"] is None else f"{r['rust_vs_numpy']:.2f}",
+                ]
+            )
+            + " |"
+        )
+    print("\n".join(lines))
+    print(f"\nmedians; ratio = reference / rust (all cores), measured in this run; {cores} cores; quick={quick}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump({"cores": cores, "quick": quick, "rows": rows}, fh, indent=1)
+    return 0
