@@ -51,15 +51,30 @@ impl<'py> F64Array<'py> {
 }
 
 /// Checks `obj` is a C-contiguous numpy float64 array with `ndim` dimensions.
-fn array_arg<'py>(obj: &Bound<'py, PyAny>, arg: &'static str, ndim: usize) -> PyResult<F64Array<'py>> {
+fn array_arg<'py>(
+    obj: &Bound<'py, PyAny>,
+    arg: &'static str,
+    ndim: usize,
+) -> PyResult<F64Array<'py>> {
     let py = obj.py();
     let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
-        let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-        to_py_err(CoreError::WrongType { arg, expected: "a numpy.ndarray of float64".into(), got: tname })
+        let tname = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        to_py_err(CoreError::WrongType {
+            arg,
+            expected: "a numpy.ndarray of float64".into(),
+            got: tname,
+        })
     })?;
     let dt = untyped.dtype();
     if !dt.is_equiv_to(&dtype::<f64>(py)) {
-        let got = dt.str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into());
+        let got = dt
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "?".into());
         return Err(to_py_err(CoreError::WrongType {
             arg,
             expected: "dtype float64".into(),
@@ -77,9 +92,13 @@ fn array_arg<'py>(obj: &Bound<'py, PyAny>, arg: &'static str, ndim: usize) -> Py
         return Err(to_py_err(CoreError::NotContiguous { arg }));
     }
     let shape = untyped.shape().to_vec();
-    let typed = obj
-        .cast::<PyArrayDyn<f64>>()
-        .map_err(|_| to_py_err(CoreError::WrongType { arg, expected: "dtype float64".into(), got: "other".into() }))?;
+    let typed = obj.cast::<PyArrayDyn<f64>>().map_err(|_| {
+        to_py_err(CoreError::WrongType {
+            arg,
+            expected: "dtype float64".into(),
+            got: "other".into(),
+        })
+    })?;
     let arr = typed
         .try_readonly()
         .map_err(|e| value_err(arg, format!("cannot borrow the array: {e}")))?;
@@ -94,15 +113,26 @@ fn array_shaped<'py>(
     finite: bool,
 ) -> PyResult<F64Array<'py>> {
     let a = array_arg(obj, arg, shape.len())?;
-    let fits = a.shape.iter().zip(shape).all(|(g, e)| e.is_none_or(|e| e == *g));
+    let fits = a
+        .shape
+        .iter()
+        .zip(shape)
+        .all(|(g, e)| e.is_none_or(|e| e == *g));
     if !fits {
         let expected: Vec<String> = shape
             .iter()
             .map(|e| e.map_or_else(|| "*".to_string(), |v| v.to_string()))
             .collect();
-        let expected =
-            if expected.len() == 1 { format!("({},)", expected[0]) } else { format!("({})", expected.join(", ")) };
-        return Err(to_py_err(CoreError::ShapeMismatch { arg, expected, got: fmt_shape(&a.shape) }));
+        let expected = if expected.len() == 1 {
+            format!("({},)", expected[0])
+        } else {
+            format!("({})", expected.join(", "))
+        };
+        return Err(to_py_err(CoreError::ShapeMismatch {
+            arg,
+            expected,
+            got: fmt_shape(&a.shape),
+        }));
     }
     if finite {
         check_finite(arg, a.slice()).map_err(to_py_err)?;
@@ -113,18 +143,63 @@ fn array_shaped<'py>(
 /// An integer in `[0, 2^64)`: `TypeError` for a non-integer, `ValueError` (naming `arg`) when out of range.
 fn u64_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<u64> {
     if obj.is_instance_of::<pyo3::types::PyFloat>() {
-        return Err(to_py_err(CoreError::WrongType { arg, expected: "int".into(), got: "float".into() }));
+        return Err(to_py_err(CoreError::WrongType {
+            arg,
+            expected: "int".into(),
+            got: "float".into(),
+        }));
     }
     match obj.extract::<u64>() {
         Ok(v) => Ok(v),
-        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-            Err(value_err(arg, format!("must be an integer in [0, 2**64), got {obj}")))
-        }
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Err(value_err(
+            arg,
+            format!("must be an integer in [0, 2**64), got {obj}"),
+        )),
         Err(_) => {
-            let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-            Err(to_py_err(CoreError::WrongType { arg, expected: "int".into(), got: tname }))
+            let tname = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into());
+            Err(to_py_err(CoreError::WrongType {
+                arg,
+                expected: "int".into(),
+                got: tname,
+            }))
         }
     }
+}
+
+/// A real number (Python float or int, numpy scalar): `TypeError` naming `arg` otherwise.
+fn f64_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<f64> {
+    obj.extract::<f64>().map_err(|_| {
+        let tname = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        to_py_err(CoreError::WrongType {
+            arg,
+            expected: "a real number".into(),
+            got: tname,
+        })
+    })
+}
+
+/// A bool (Python or numpy): `TypeError` naming `arg` otherwise.
+fn bool_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<bool> {
+    obj.extract::<bool>().map_err(|_| {
+        let tname = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        to_py_err(CoreError::WrongType {
+            arg,
+            expected: "bool".into(),
+            got: tname,
+        })
+    })
 }
 
 /// A size argument: an integer in `[min, 2^30]`.
@@ -141,13 +216,20 @@ fn size_arg(obj: &Bound<'_, PyAny>, arg: &'static str, min: u64) -> PyResult<usi
 
 fn check_alloc(arg: &'static str, elems: u128) -> PyResult<()> {
     if elems > MAX_ELEMS {
-        Err(value_err(arg, format!("the result would need {elems} elements (limit {MAX_ELEMS})")))
+        Err(value_err(
+            arg,
+            format!("the result would need {elems} elements (limit {MAX_ELEMS})"),
+        ))
     } else {
         Ok(())
     }
 }
 
-fn to_numpy<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+fn to_numpy<'py, T: numpy::Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyAny>> {
     let arr = Array::from_shape_vec(IxDyn(shape), v)
         .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
     Ok(arr.into_pyarray(py).into_any())
@@ -201,7 +283,10 @@ impl<'py> ProblemArgs<'py> {
 /// `philox4x64(counter, key)`: the Philox4x64-10 block of a 4-word counter and a 2-word key.
 #[pyfunction]
 #[pyo3(name = "philox4x64")]
-fn philox4x64_py(counter: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> PyResult<(u64, u64, u64, u64)> {
+fn philox4x64_py(
+    counter: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+) -> PyResult<(u64, u64, u64, u64)> {
     let c = words::<4>(counter, "counter")?;
     let k = words::<2>(key, "key")?;
     let b = philox::philox4x64_10(c, k);
@@ -210,7 +295,11 @@ fn philox4x64_py(counter: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> PyResult
 
 fn words<const N: usize>(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<[u64; N]> {
     let seq = obj.cast::<PySequence>().map_err(|_| {
-        to_py_err(CoreError::WrongType { arg, expected: format!("a sequence of {N} ints"), got: "non-sequence".into() })
+        to_py_err(CoreError::WrongType {
+            arg,
+            expected: format!("a sequence of {N} ints"),
+            got: "non-sequence".into(),
+        })
     })?;
     let len = seq.len()?;
     if len != N {
@@ -333,14 +422,14 @@ fn rollout_py<'py>(
     b: &Bound<'py, PyAny>,
     q: &Bound<'py, PyAny>,
     r: &Bound<'py, PyAny>,
-    sigma_eps: f64,
-    sigma_0: f64,
-    reward_scale: f64,
-    sigma_pi: f64,
-    sigma_mu: f64,
-    p_mix: f64,
-    gamma: f64,
-    rho_clip: f64,
+    sigma_eps: &Bound<'py, PyAny>,
+    sigma_0: &Bound<'py, PyAny>,
+    reward_scale: &Bound<'py, PyAny>,
+    sigma_pi: &Bound<'py, PyAny>,
+    sigma_mu: &Bound<'py, PyAny>,
+    p_mix: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    rho_clip: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     w: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
@@ -349,6 +438,14 @@ fn rollout_py<'py>(
     batch: &Bound<'py, PyAny>,
     horizon: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
+    let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
+    let reward_scale = f64_arg(reward_scale, "reward_scale")?;
+    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
+    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
+    let p_mix = f64_arg(p_mix, "p_mix")?;
+    let gamma = f64_arg(gamma, "gamma")?;
+    let rho_clip = f64_arg(rho_clip, "rho_clip")?;
     let pa = ProblemArgs::new(a, b, q, r)?;
     let (n, m) = (pa.n(), pa.m());
     let d = feature_dim(n);
@@ -359,7 +456,8 @@ fn rollout_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let batch = size_arg(batch, "batch", 1)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
-    let per_traj = ((horizon as u128 + 1) * n as u128).max(2 + d as u128 * (d as u128 + 3) + (m * n) as u128);
+    let per_traj =
+        ((horizon as u128 + 1) * n as u128).max(2 + d as u128 * (d as u128 + 3) + (m * n) as u128);
     check_alloc("batch", batch as u128 * per_traj)?;
     let p = Problem {
         n,
@@ -383,7 +481,10 @@ fn rollout_py<'py>(
         .detach(|| rollout::rollout(&p, ws, kp, km, iteration, batch, horizon))
         .map_err(to_py_err)?;
     let dict = PyDict::new(py);
-    dict.set_item("states", to_numpy(py, out.states, &[batch, horizon + 1, n])?)?;
+    dict.set_item(
+        "states",
+        to_numpy(py, out.states, &[batch, horizon + 1, n])?,
+    )?;
     dict.set_item("rewards", to_numpy(py, out.rewards, &[batch, horizon])?)?;
     dict.set_item("rho", to_numpy(py, out.rho, &[batch, horizon])?)?;
     dict.set_item("count", out.count)?;
@@ -406,13 +507,13 @@ fn transitions_py<'py>(
     b: &Bound<'py, PyAny>,
     q: &Bound<'py, PyAny>,
     r: &Bound<'py, PyAny>,
-    sigma_eps: f64,
-    reward_scale: f64,
-    sigma_pi: f64,
-    sigma_mu: f64,
-    p_mix: f64,
-    gamma: f64,
-    rho_clip: f64,
+    sigma_eps: &Bound<'py, PyAny>,
+    reward_scale: &Bound<'py, PyAny>,
+    sigma_pi: &Bound<'py, PyAny>,
+    sigma_mu: &Bound<'py, PyAny>,
+    p_mix: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    rho_clip: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
@@ -422,6 +523,13 @@ fn transitions_py<'py>(
     base: &Bound<'py, PyAny>,
     iteration: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
+    let reward_scale = f64_arg(reward_scale, "reward_scale")?;
+    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
+    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
+    let p_mix = f64_arg(p_mix, "p_mix")?;
+    let gamma = f64_arg(gamma, "gamma")?;
+    let rho_clip = f64_arg(rho_clip, "rho_clip")?;
     let pa = ProblemArgs::new(a, b, q, r)?;
     let (n, m) = (pa.n(), pa.m());
     let d = feature_dim(n);
@@ -437,7 +545,10 @@ fn transitions_py<'py>(
     let base = u64_arg(base, "base")?;
     let iteration = u64_arg(iteration, "iteration")?;
     let dd = (d * d + d) as u128;
-    check_alloc("repeats", (repeats as u128 + (count / BLOCK) as u128 + 1) * dd)?;
+    check_alloc(
+        "repeats",
+        (repeats as u128 + (count / BLOCK) as u128 + 1) * dd,
+    )?;
     let p = Problem {
         n,
         m,
@@ -475,8 +586,8 @@ fn transitions_py<'py>(
 #[allow(clippy::too_many_arguments)]
 fn policy_samples_py<'py>(
     py: Python<'py>,
-    sigma_pi: f64,
-    sigma_mu: f64,
+    sigma_pi: &Bound<'py, PyAny>,
+    sigma_mu: &Bound<'py, PyAny>,
     seed: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
@@ -485,11 +596,19 @@ fn policy_samples_py<'py>(
     mmd_count: &Bound<'py, PyAny>,
     iteration: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
+    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
     let seed = u64_arg(seed, "seed")?;
     let k_pi = array_arg(k_pi, "k_pi", 2)?;
     let (m, n) = (k_pi.shape[0], k_pi.shape[1]);
     if m == 0 || n == 0 {
-        return Err(value_err("k_pi", format!("needs m >= 1 and n >= 1, got shape {}", fmt_shape(&k_pi.shape))));
+        return Err(value_err(
+            "k_pi",
+            format!(
+                "needs m >= 1 and n >= 1, got shape {}",
+                fmt_shape(&k_pi.shape)
+            ),
+        ));
     }
     check_finite("k_pi", k_pi.slice()).map_err(to_py_err)?;
     let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
@@ -502,7 +621,11 @@ fn policy_samples_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
     let out = py
-        .detach(|| transitions::policy_samples(n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration))
+        .detach(|| {
+            transitions::policy_samples(
+                n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration,
+            )
+        })
         .map_err(to_py_err)?;
     let dict = PyDict::new(py);
     dict.set_item("rho", to_numpy(py, out.rho, &[count])?)?;
@@ -522,9 +645,11 @@ fn policy_samples_py<'py>(
 fn rho_stats_py<'py>(
     py: Python<'py>,
     rho: &Bound<'py, PyAny>,
-    clip: f64,
-    clip_enabled: bool,
+    clip: &Bound<'py, PyAny>,
+    clip_enabled: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let clip = f64_arg(clip, "clip")?;
+    let clip_enabled = bool_arg(clip_enabled, "clip_enabled")?;
     let rho = array_arg(rho, "rho", 1)?;
     if clip.is_nan() {
         return Err(value_err("clip", "must not be NaN"));
@@ -557,8 +682,9 @@ fn gmres_py<'py>(
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
     max_iters: &Bound<'py, PyAny>,
-    tol: f64,
+    tol: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, bool, u64, f64)> {
+    let tol = f64_arg(tol, "tol")?;
     let b = array_arg(b, "b", 1)?;
     let d = b.shape[0];
     if d == 0 {
@@ -571,14 +697,25 @@ fn gmres_py<'py>(
         return Err(value_err("tol", format!("must be >= 0, got {tol}")));
     }
     let (asl, bsl) = (a.slice(), b.slice());
-    let out = py.detach(|| solver::gmres(asl, bsl, max_iters, tol)).map_err(to_py_err)?;
-    Ok((to_numpy(py, out.x, &[d])?, out.converged, out.iterations, out.residual))
+    let out = py
+        .detach(|| solver::gmres(asl, bsl, max_iters, tol))
+        .map_err(to_py_err)?;
+    Ok((
+        to_numpy(py, out.x, &[d])?,
+        out.converged,
+        out.iterations,
+        out.residual,
+    ))
 }
 
 /// `lu_solve(a, b)`: the direct solve (LU, partial pivoting); `ValueError` if `a` is singular.
 #[pyfunction]
 #[pyo3(name = "lu_solve")]
-fn lu_solve_py<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn lu_solve_py<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let b = array_arg(b, "b", 1)?;
     let d = b.shape[0];
     if d == 0 {
@@ -587,7 +724,9 @@ fn lu_solve_py<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny
     let a = array_shaped(a, "a", &[Some(d), Some(d)], true)?;
     check_finite("b", b.slice()).map_err(to_py_err)?;
     let (asl, bsl) = (a.slice(), b.slice());
-    let x = py.detach(|| solver::lu_solve(asl, bsl)).map_err(to_py_err)?;
+    let x = py
+        .detach(|| solver::lu_solve(asl, bsl))
+        .map_err(to_py_err)?;
     to_numpy(py, x, &[d])
 }
 
@@ -610,23 +749,25 @@ fn power_iteration_py<'py>(
     check_finite("v0", v0.slice()).map_err(to_py_err)?;
     let iters = u64_arg(iters, "iters")?;
     let (msl, vsl) = (m.slice(), v0.slice());
-    py.detach(|| power::power_iteration(msl, vsl, iters)).map_err(to_py_err)
+    py.detach(|| power::power_iteration(msl, vsl, iters))
+        .map_err(to_py_err)
 }
 
-/// `mmd2(x, y)`: `(mmd2, mmd_sigma)` for two (M, D) sample sets, M >= 2 (MODEL.md 4.1).
+/// `mmd2(x, y)`: `(mmd2, mmd_sigma)` for two (M, D) sample sets (MODEL.md 4.1); `mmd2` is NaN for
+/// M < 2, both are NaN when some pairwise distance is NaN (NaN input or `inf - inf`).
 #[pyfunction]
 #[pyo3(name = "mmd2")]
-fn mmd2_py<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, y: &Bound<'py, PyAny>) -> PyResult<(f64, f64)> {
+fn mmd2_py<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+) -> PyResult<(f64, f64)> {
     let x = array_arg(x, "x", 2)?;
     let (rows, dim) = (x.shape[0], x.shape[1]);
-    if rows < 2 {
-        return Err(value_err("x", format!("needs at least 2 rows, got {rows}")));
-    }
     if dim == 0 {
         return Err(value_err("x", "rows must hold at least one value"));
     }
-    check_finite("x", x.slice()).map_err(to_py_err)?;
-    let y = array_shaped(y, "y", &[Some(rows), Some(dim)], true)?;
+    let y = array_shaped(y, "y", &[Some(rows), Some(dim)], false)?;
     let (xs, ys) = (x.slice(), y.slice());
     py.detach(|| mmd::mmd2(xs, ys, dim)).map_err(to_py_err)
 }

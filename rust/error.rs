@@ -12,13 +12,21 @@ pub enum CoreError {
     /// A value outside its domain (a negative size, a sigma <= 0, p_mix outside [0, 1], ...).
     InvalidArgument { arg: &'static str, reason: String },
     /// An array whose shape does not fit the others.
-    ShapeMismatch { arg: &'static str, expected: String, got: String },
+    ShapeMismatch {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// An array or scalar that must be finite holds NaN or +-inf.
     NonFinite { arg: &'static str },
     /// An array that is not a C-contiguous buffer.
     NotContiguous { arg: &'static str },
     /// An argument of the wrong kind (dtype, number of dimensions, not an array).
-    WrongType { arg: &'static str, expected: String, got: String },
+    WrongType {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
     /// A matrix the direct solver cannot factor.
     Singular { arg: &'static str },
 }
@@ -26,12 +34,19 @@ pub enum CoreError {
 impl CoreError {
     /// Shorthand for [`CoreError::InvalidArgument`].
     pub fn invalid(arg: &'static str, reason: impl Into<String>) -> Self {
-        CoreError::InvalidArgument { arg, reason: reason.into() }
+        CoreError::InvalidArgument {
+            arg,
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`CoreError::ShapeMismatch`] with shapes printed like numpy's, e.g. `(2, 3)`.
     pub fn shape(arg: &'static str, expected: &[usize], got: &[usize]) -> Self {
-        CoreError::ShapeMismatch { arg, expected: fmt_shape(expected), got: fmt_shape(got) }
+        CoreError::ShapeMismatch {
+            arg,
+            expected: fmt_shape(expected),
+            got: fmt_shape(got),
+        }
     }
 
     /// The name of the argument at fault.
@@ -72,7 +87,9 @@ impl fmt::Display for CoreError {
             }
             CoreError::NonFinite { arg } => write!(f, "{arg}: must be finite (holds NaN or inf)"),
             CoreError::NotContiguous { arg } => write!(f, "{arg}: array must be C-contiguous"),
-            CoreError::WrongType { arg, expected, got } => write!(f, "{arg}: expected {expected}, got {got}"),
+            CoreError::WrongType { arg, expected, got } => {
+                write!(f, "{arg}: expected {expected}, got {got}")
+            }
             CoreError::Singular { arg } => write!(f, "{arg}: matrix is singular"),
         }
     }
@@ -93,24 +110,44 @@ mod tests {
             CoreError::shape("k_pi", &[2, 2], &[3, 2]).to_string(),
             "k_pi: expected shape (2, 2), got (3, 2)"
         );
-        assert_eq!(CoreError::shape("w", &[6], &[5]).to_string(), "w: expected shape (6,), got (5,)");
+        assert_eq!(
+            CoreError::shape("w", &[6], &[5]).to_string(),
+            "w: expected shape (6,), got (5,)"
+        );
         assert_eq!(
             CoreError::invalid("sigma_pi", "must be > 0, got -1").to_string(),
             "sigma_pi: must be > 0, got -1"
         );
-        assert_eq!(CoreError::NonFinite { arg: "w" }.to_string(), "w: must be finite (holds NaN or inf)");
-        assert_eq!(CoreError::NotContiguous { arg: "pool" }.to_string(), "pool: array must be C-contiguous");
         assert_eq!(
-            CoreError::WrongType { arg: "a", expected: "dtype float64".into(), got: "int64".into() }
-                .to_string(),
+            CoreError::NonFinite { arg: "w" }.to_string(),
+            "w: must be finite (holds NaN or inf)"
+        );
+        assert_eq!(
+            CoreError::NotContiguous { arg: "pool" }.to_string(),
+            "pool: array must be C-contiguous"
+        );
+        assert_eq!(
+            CoreError::WrongType {
+                arg: "a",
+                expected: "dtype float64".into(),
+                got: "int64".into()
+            }
+            .to_string(),
             "a: expected dtype float64, got int64"
         );
-        assert_eq!(CoreError::Singular { arg: "a" }.to_string(), "a: matrix is singular");
+        assert_eq!(
+            CoreError::Singular { arg: "a" }.to_string(),
+            "a: matrix is singular"
+        );
     }
 
     #[test]
     fn arg_and_kind() {
-        let e = CoreError::WrongType { arg: "x", expected: "2-D".into(), got: "1-D".into() };
+        let e = CoreError::WrongType {
+            arg: "x",
+            expected: "2-D".into(),
+            got: "1-D".into(),
+        };
         assert_eq!(e.arg(), "x");
         assert!(e.is_type_error());
         assert!(!CoreError::NonFinite { arg: "y" }.is_type_error());

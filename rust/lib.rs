@@ -16,6 +16,9 @@
 //! Parallel kernels (rayon) combine per-trajectory or per-block partial sums sequentially in a fixed
 //! order, so results are bit-identical for any thread count. Only [`bindings`] knows about Python.
 
+// Index loops mirror MODEL.md's formulas (`sum_j K[i][j] * s[j]`) term by term, which is the point.
+#![allow(clippy::needless_range_loop)]
+
 pub mod bindings;
 pub mod error;
 pub mod mmd;

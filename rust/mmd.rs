@@ -12,7 +12,6 @@
 use rayon::prelude::*;
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::check_finite;
 
 /// Pair counts up to this are selected directly.
 const DIRECT_CAP: usize = 1 << 22;
@@ -183,24 +182,63 @@ fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: b
     acc
 }
 
-/// `(mmd2, mmd_sigma)` for the (M, dim) sets `x` and `y`, M >= 2.
+/// True when some input is NaN, or some pair's difference is `inf - inf` = NaN (two pooled points
+/// hold the same infinity in the same coordinate): then some distance is NaN and the median is
+/// undefined.
+fn has_nan_distance(x: &[f64], y: &[f64], m: usize, dim: usize) -> bool {
+    if x.iter().chain(y).any(|v| v.is_nan()) {
+        return true;
+    }
+    (0..dim).any(|c| {
+        let col = (0..m)
+            .map(|i| x[i * dim + c])
+            .chain((0..m).map(|i| y[i * dim + c]));
+        let (mut pos, mut neg) = (0, 0);
+        for v in col {
+            pos += (v == f64::INFINITY) as usize;
+            neg += (v == f64::NEG_INFINITY) as usize;
+        }
+        pos > 1 || neg > 1
+    })
+}
+
+/// `(mmd2, mmd_sigma)` for the (M, dim) sets `x` and `y`.
+///
+/// `M < 2`: the U-statistic is undefined and `mmd2` is NaN (`mmd_sigma` is still the median of the
+/// pooled set's distances, 1.0 when there is no pair). Infinite coordinates (a diverged run's states)
+/// give infinite distances, which order like any other (IEEE arithmetic throughout, as in the
+/// reference); but when a distance is NaN (a NaN input, or `inf - inf`) the median is undefined and
+/// the result is `(NaN, NaN)`.
 pub fn mmd2(x: &[f64], y: &[f64], dim: usize) -> CoreResult<(f64, f64)> {
     if dim == 0 {
         return Err(CoreError::invalid("x", "rows must hold at least one value"));
     }
-    if x.len() % dim != 0 {
-        return Err(CoreError::invalid("x", "length is not a multiple of the row length"));
+    if !x.len().is_multiple_of(dim) {
+        return Err(CoreError::invalid(
+            "x",
+            "length is not a multiple of the row length",
+        ));
     }
     let m = x.len() / dim;
+    if m > 1 << 30 {
+        return Err(CoreError::invalid(
+            "x",
+            format!("at most 2**30 rows, got {m}"),
+        ));
+    }
     if y.len() != x.len() {
         return Err(CoreError::shape("y", &[m, dim], &[y.len() / dim, dim]));
     }
-    if m < 2 {
-        return Err(CoreError::invalid("x", format!("needs at least 2 rows, got {m}")));
+    if has_nan_distance(x, y, m, dim) {
+        return Ok((f64::NAN, f64::NAN));
     }
-    check_finite("x", x)?;
-    check_finite("y", y)?;
+    if m == 0 {
+        return Ok((f64::NAN, 1.0));
+    }
     let sigma = median_sigma(x, y, m, dim);
+    if m < 2 {
+        return Ok((f64::NAN, sigma));
+    }
     let den = 2.0 * (sigma * sigma);
     let kxx = kernel_sum(x, x, m, dim, den, true);
     let kyy = kernel_sum(y, y, m, dim, den, true);
@@ -241,15 +279,27 @@ mod tests {
         let dim = 3;
         let mut s: u64 = 12345;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / 9007199254740992.0 * 4.0).round() / 4.0 // ties on purpose
         };
         let x: Vec<f64> = (0..m * dim).map(|_| next()).collect();
         let y: Vec<f64> = (0..m * dim).map(|_| next() + 0.5).collect();
         let sorted = all_sq(&x, &y, m, dim);
         assert!(sorted.len() > DIRECT_CAP);
-        for rank in [0, 1, sorted.len() / 3, sorted.len().div_ceil(2) - 1, sorted.len() - 1] {
-            assert_eq!(select_sq_distance(&x, &y, m, dim, rank), sorted[rank], "rank {rank}");
+        for rank in [
+            0,
+            1,
+            sorted.len() / 3,
+            sorted.len().div_ceil(2) - 1,
+            sorted.len() - 1,
+        ] {
+            assert_eq!(
+                select_sq_distance(&x, &y, m, dim, rank),
+                sorted[rank],
+                "rank {rank}"
+            );
         }
     }
 
@@ -276,15 +326,33 @@ mod tests {
         let x: Vec<f64> = (0..m * 2).map(|i| ((i * 31 % 97) as f64).sin()).collect();
         let y: Vec<f64> = (0..m * 2).map(|i| ((i * 17 % 89) as f64).cos()).collect();
         let a = mmd2(&x, &y, 2).unwrap();
-        let b = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| mmd2(&x, &y, 2).unwrap());
+        let b = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| mmd2(&x, &y, 2).unwrap());
         assert_eq!(a.0.to_bits(), b.0.to_bits());
         assert_eq!(a.1.to_bits(), b.1.to_bits());
     }
 
     #[test]
-    fn errors() {
-        assert_eq!(mmd2(&[1.0], &[1.0], 1).unwrap_err().arg(), "x");
+    fn errors_and_degenerate_sets() {
         assert_eq!(mmd2(&[1.0, 2.0], &[1.0], 1).unwrap_err().arg(), "y");
-        assert_eq!(mmd2(&[1.0, f64::NAN], &[1.0, 2.0], 1).unwrap_err().arg(), "x");
+        assert_eq!(mmd2(&[1.0, 2.0], &[1.0, 2.0], 0).unwrap_err().arg(), "x");
+        let (v, s) = mmd2(&[1.0], &[4.0], 1).unwrap();
+        assert!(v.is_nan());
+        assert_eq!(s, 3.0);
+        let (v, s) = mmd2(&[], &[], 2).unwrap();
+        assert!(v.is_nan());
+        assert_eq!(s, 1.0);
+        let (v, s) = mmd2(&[1.0, f64::NAN], &[1.0, 2.0], 1).unwrap();
+        assert!(v.is_nan() && s.is_nan());
+        // inf - inf in some pair: undefined median
+        let (v, s) = mmd2(&[1.0, f64::INFINITY], &[f64::INFINITY, 2.0], 1).unwrap();
+        assert!(v.is_nan() && s.is_nan());
+        // a single infinity: distances 1, inf, 1, inf, 0, inf -> sorted 0 1 1 inf inf inf, rank 3 -> 1
+        let (v, s) = mmd2(&[1.0, f64::INFINITY], &[1.0, 2.0], 1).unwrap();
+        assert_eq!(s, 1.0);
+        assert!(v.is_finite());
     }
 }

@@ -97,10 +97,16 @@ impl<'a> Problem<'a> {
         check_finite_scalar("gamma", self.gamma)?;
         check_finite_scalar("p_mix", self.p_mix)?;
         if !(0.0..=1.0).contains(&self.p_mix) {
-            return Err(CoreError::invalid("p_mix", format!("must be in [0, 1], got {}", self.p_mix)));
+            return Err(CoreError::invalid(
+                "p_mix",
+                format!("must be in [0, 1], got {}", self.p_mix),
+            ));
         }
         if self.rho_clip.is_nan() || self.rho_clip <= 0.0 {
-            return Err(CoreError::invalid("rho_clip", format!("must be > 0 (inf disables), got {}", self.rho_clip)));
+            return Err(CoreError::invalid(
+                "rho_clip",
+                format!("must be > 0 (inf disables), got {}", self.rho_clip),
+            ));
         }
         Ok(())
     }
@@ -202,9 +208,20 @@ impl RatioConsts {
             let y = lpi + self.log_p;
             // Python's max(x, y): x unless y > x
             let mx = if y > x { y } else { x };
-            let lb = mx + ((x - mx).exp() + (y - mx).exp()).ln();
+            let lb = mx + (exp_or_one(x - mx) + exp_or_one(y - mx)).ln();
             lpi - lb
         }
+    }
+}
+
+/// `exp(t)`, skipping the call when `t` is +-0 (one of the two terms of the mixture's log-sum-exp
+/// always is): C's `exp(+-0)` is exactly 1, so the result is the same bits.
+#[inline(always)]
+fn exp_or_one(t: f64) -> f64 {
+    if t == 0.0 {
+        1.0
+    } else {
+        t.exp()
     }
 }
 
@@ -347,7 +364,11 @@ pub fn step(
     let sqs = quad_form(s, p.q);
     let ara = quad_form(&sc.a, p.r);
     let reward = -p.reward_scale * (sqs + ara);
-    StepResult { reward, rho, rho_bar }
+    StepResult {
+        reward,
+        rho,
+        rho_bar,
+    }
 }
 
 /// `min(floor(u * N), N - 1)`: the state-pool pick of section 4.
@@ -355,6 +376,199 @@ pub fn step(
 pub fn pick(u: f64, pool_len: usize) -> usize {
     let idx = (u * pool_len as f64).floor() as usize;
     idx.min(pool_len - 1)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fixed-size kernels: the same operations in the same order as `features` / `step` above, on stack
+// arrays whose sizes are compile-time constants (the hot loops for n, m <= 4 are fully unrolled and
+// free of bounds checks). `step_fixed_equals_step` checks the two agree bit for bit.
+
+/// `phi(s)` into a `[f64; D]`, `D = feature_dim(N)`.
+#[inline(always)]
+pub fn features_fixed<const N: usize, const D: usize>(s: &[f64; N]) -> [f64; D] {
+    let mut out = [0.0; D];
+    let mut c = 0;
+    for i in 0..N {
+        for j in i..N {
+            out[c] = s[i] * s[j];
+            c += 1;
+        }
+    }
+    out[c..c + N].copy_from_slice(s);
+    out[c + N] = 1.0;
+    out
+}
+
+/// `x . y` for fixed-size arrays, left to right from 0.0.
+#[inline(always)]
+pub fn dot_fixed<const K: usize>(x: &[f64; K], y: &[f64; K]) -> f64 {
+    let mut acc = 0.0;
+    for i in 0..K {
+        acc += x[i] * y[i];
+    }
+    acc
+}
+
+#[inline(always)]
+fn matvec_fixed<const R: usize, const C: usize>(k: &[[f64; C]; R], s: &[f64; C]) -> [f64; R] {
+    let mut out = [0.0; R];
+    for i in 0..R {
+        out[i] = dot_fixed(&k[i], s);
+    }
+    out
+}
+
+#[inline(always)]
+fn quad_form_fixed<const K: usize>(x: &[f64; K], q: &[[f64; K]; K]) -> f64 {
+    let mut acc = 0.0;
+    for i in 0..K {
+        for j in 0..K {
+            acc += (x[i] * q[i][j]) * x[j];
+        }
+    }
+    acc
+}
+
+fn to_rows<const R: usize, const C: usize>(v: &[f64]) -> [[f64; C]; R] {
+    let mut out = [[0.0; C]; R];
+    for i in 0..R {
+        out[i].copy_from_slice(&v[i * C..(i + 1) * C]);
+    }
+    out
+}
+
+/// The problem and a gain pair as fixed-size arrays (n = N, m = M).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedModel<const N: usize, const M: usize> {
+    pub a: [[f64; N]; N],
+    pub b: [[f64; M]; N],
+    pub q: [[f64; N]; N],
+    pub r: [[f64; M]; M],
+    pub k_pi: [[f64; N]; M],
+    pub k_mu: [[f64; N]; M],
+    pub sigma_eps: f64,
+    pub reward_scale: f64,
+    pub gamma: f64,
+    pub rho_clip: f64,
+    pub rc: RatioConsts,
+}
+
+/// One fixed-size transition: what `step` computes.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedStep<const N: usize, const M: usize> {
+    pub a: [f64; M],
+    pub dpi: [f64; M],
+    pub s_next: [f64; N],
+    pub reward: f64,
+    pub rho: f64,
+    pub rho_bar: f64,
+}
+
+impl<const N: usize, const M: usize> FixedModel<N, M> {
+    /// Copies a validated problem (p.n == N, p.m == M) and gains into fixed-size arrays.
+    pub fn new(p: &Problem, k_pi: &[f64], k_mu: &[f64]) -> Self {
+        debug_assert!(p.n == N && p.m == M);
+        FixedModel {
+            a: to_rows(p.a),
+            b: to_rows(p.b),
+            q: to_rows(p.q),
+            r: to_rows(p.r),
+            k_pi: to_rows(k_pi),
+            k_mu: to_rows(k_mu),
+            sigma_eps: p.sigma_eps,
+            reward_scale: p.reward_scale,
+            gamma: p.gamma,
+            rho_clip: p.rho_clip,
+            rc: p.consts(),
+        }
+    }
+
+    /// [`step`] for fixed sizes.
+    #[inline(always)]
+    pub fn step(&self, s: &[f64; N], u: f64, za: &[f64; M], ze: &[f64; N]) -> FixedStep<N, M> {
+        let rc = &self.rc;
+        let kpi_s = matvec_fixed(&self.k_pi, s);
+        let kmu_s = matvec_fixed(&self.k_mu, s);
+        let mut a = [0.0; M];
+        if u < rc.p {
+            for k in 0..M {
+                a[k] = kpi_s[k] + rc.sigma_pi * za[k];
+            }
+        } else {
+            for k in 0..M {
+                a[k] = kmu_s[k] + rc.sigma_mu * za[k];
+            }
+        }
+        let mut dpi = [0.0; M];
+        let mut qpi = 0.0;
+        let mut qmu = 0.0;
+        for k in 0..M {
+            let dp = a[k] - kpi_s[k];
+            dpi[k] = dp;
+            qpi += dp * dp;
+            let dm = a[k] - kmu_s[k];
+            qmu += dm * dm;
+        }
+        let lpi = rc.log_pi(qpi);
+        let lmu = rc.log_mu(qmu);
+        let rho = rc.log_ratio(lpi, lmu).exp();
+        let rho_bar = clip_rho(rho, self.rho_clip);
+        let mut s_next = [0.0; N];
+        for i in 0..N {
+            let x = dot_fixed(&self.a[i], s);
+            let y = dot_fixed(&self.b[i], &a);
+            s_next[i] = (x + y) + self.sigma_eps * ze[i];
+        }
+        let sqs = quad_form_fixed(s, &self.q);
+        let ara = quad_form_fixed(&a, &self.r);
+        let reward = -self.reward_scale * (sqs + ara);
+        FixedStep {
+            a,
+            dpi,
+            s_next,
+            reward,
+            rho,
+            rho_bar,
+        }
+    }
+}
+
+/// Calls `$body` with the const sizes `N`, `M`, `D` (= feature_dim(N)) bound for `n, m` in 1..=4;
+/// `$fallback` otherwise.
+#[macro_export]
+macro_rules! dispatch_dims {
+    ($n:expr, $m:expr, |$N:ident, $M:ident, $D:ident| $body:expr, $fallback:expr) => {{
+        macro_rules! __arm {
+            ($nn:literal, $mm:literal, $dd:literal) => {{
+                #[allow(non_upper_case_globals, dead_code)]
+                {
+                    const $N: usize = $nn;
+                    const $M: usize = $mm;
+                    const $D: usize = $dd;
+                    $body
+                }
+            }};
+        }
+        match ($n, $m) {
+            (1, 1) => __arm!(1, 1, 3),
+            (1, 2) => __arm!(1, 2, 3),
+            (1, 3) => __arm!(1, 3, 3),
+            (1, 4) => __arm!(1, 4, 3),
+            (2, 1) => __arm!(2, 1, 6),
+            (2, 2) => __arm!(2, 2, 6),
+            (2, 3) => __arm!(2, 3, 6),
+            (2, 4) => __arm!(2, 4, 6),
+            (3, 1) => __arm!(3, 1, 10),
+            (3, 2) => __arm!(3, 2, 10),
+            (3, 3) => __arm!(3, 3, 10),
+            (3, 4) => __arm!(3, 4, 10),
+            (4, 1) => __arm!(4, 1, 15),
+            (4, 2) => __arm!(4, 2, 15),
+            (4, 3) => __arm!(4, 3, 15),
+            (4, 4) => __arm!(4, 4, 15),
+            _ => $fallback,
+        }
+    }};
 }
 
 #[cfg(test)]
@@ -422,7 +636,69 @@ mod tests {
         assert_eq!(p.validate().unwrap_err().arg(), "sigma_pi");
         let ok = Problem { sigma_pi: 1.0, ..p };
         assert!(ok.validate().is_ok());
-        assert_eq!(Problem { p_mix: 1.5, ..ok }.validate().unwrap_err().arg(), "p_mix");
-        assert_eq!(Problem { rho_clip: f64::NAN, ..ok }.validate().unwrap_err().arg(), "rho_clip");
+        assert_eq!(
+            Problem { p_mix: 1.5, ..ok }.validate().unwrap_err().arg(),
+            "p_mix"
+        );
+        assert_eq!(
+            Problem {
+                rho_clip: f64::NAN,
+                ..ok
+            }
+            .validate()
+            .unwrap_err()
+            .arg(),
+            "rho_clip"
+        );
+    }
+
+    #[test]
+    fn step_fixed_equals_step() {
+        let a = [0.9, 0.1, -0.2, 0.7];
+        let b = [0.3, -1.0, 0.5, 0.25, 2.0, -0.5];
+        let q = [1.0, 0.2, 0.2, 2.0];
+        let r = [0.1, 0.0, 0.01, 0.0, 0.2, 0.0, 0.01, 0.0, 0.3];
+        let kp = [0.1, -0.2, 0.3, 0.05, -0.4, 0.2];
+        let km = [0.0, -0.1, 0.2, 0.1, -0.3, 0.25];
+        for (p_mix, clip) in [(0.0, f64::INFINITY), (0.3, 1.5), (1.0, 2.0)] {
+            let p = Problem {
+                n: 2,
+                m: 3,
+                a: &a,
+                b: &b,
+                q: &q,
+                r: &r,
+                sigma_eps: 0.1,
+                sigma_0: 1.0,
+                reward_scale: 0.5,
+                sigma_pi: 0.3,
+                sigma_mu: 0.7,
+                p_mix,
+                gamma: 0.9,
+                rho_clip: clip,
+                seed: 0,
+            };
+            let rc = p.consts();
+            let fm = FixedModel::<2, 3>::new(&p, &kp, &km);
+            let mut sc = StepScratch::new(2, 3);
+            let zs = crate::philox::normals(crate::philox::Stream::new(1, 2, 3, 4), 0, 500);
+            for t in 0..100 {
+                let s = [zs[5 * t] * 2.0, zs[5 * t + 1]];
+                let za = [zs[5 * t + 2], zs[5 * t + 3], zs[5 * t + 4]];
+                let ze = [zs[5 * t + 1], -zs[5 * t + 3]];
+                let u = (t as f64) / 100.0;
+                let st = step(&p, &rc, &kp, &km, &s, u, &za, &ze, &mut sc);
+                let fx = fm.step(&s, u, &za, &ze);
+                assert_eq!(st.reward.to_bits(), fx.reward.to_bits());
+                assert_eq!(st.rho.to_bits(), fx.rho.to_bits());
+                assert_eq!(st.rho_bar.to_bits(), fx.rho_bar.to_bits());
+                assert_eq!(sc.a, fx.a.to_vec());
+                assert_eq!(sc.dpi, fx.dpi.to_vec());
+                assert_eq!(sc.s_next, fx.s_next.to_vec());
+                let mut phi = vec![0.0; 6];
+                features(&s, &mut phi);
+                assert_eq!(phi, features_fixed::<2, 6>(&s).to_vec());
+            }
+        }
     }
 }

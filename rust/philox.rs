@@ -13,8 +13,8 @@ pub const PHILOX_M1: u64 = 0xCA5A_8263_9512_1157;
 pub const PHILOX_W0: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Weyl increment of key word 1.
 pub const PHILOX_W1: u64 = 0xBB67_AE85_84CA_A73B;
-/// 2 pi as MODEL.md writes it.
-pub const TAU: f64 = 6.283185307179586;
+/// 2 pi; MODEL.md writes it as 6.283185307179586 (the same double, checked in the tests).
+pub const TAU: f64 = std::f64::consts::TAU;
 /// 2^-53: the spacing of the uniforms.
 const TWO_POW_M53: f64 = 1.0 / 9_007_199_254_740_992.0;
 
@@ -90,13 +90,21 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(seed: u64, purpose: u64, iteration: u64, substream: u64) -> Self {
-        Stream { seed, purpose, iteration, substream }
+        Stream {
+            seed,
+            purpose,
+            iteration,
+            substream,
+        }
     }
 
     /// Block number `b` (holding draws `4b .. 4b+3`).
     #[inline(always)]
     pub fn block(&self, b: u64) -> [u64; 4] {
-        philox4x64_10([b, self.iteration, self.substream, 0], [self.seed, self.purpose])
+        philox4x64_10(
+            [b, self.iteration, self.substream, 0],
+            [self.seed, self.purpose],
+        )
     }
 
     /// Uniform #i, uncached.
@@ -122,7 +130,11 @@ pub struct Uniforms {
 
 impl Uniforms {
     pub fn new(stream: Stream) -> Self {
-        Uniforms { stream, cached: NO_BLOCK, vals: [0.0; 4] }
+        Uniforms {
+            stream,
+            cached: NO_BLOCK,
+            vals: [0.0; 4],
+        }
     }
 
     #[inline(always)]
@@ -146,7 +158,11 @@ pub struct Normals {
 
 impl Normals {
     pub fn new(stream: Stream) -> Self {
-        Normals { stream, cached: NO_BLOCK, vals: [0.0; 4] }
+        Normals {
+            stream,
+            cached: NO_BLOCK,
+            vals: [0.0; 4],
+        }
     }
 
     #[inline(always)]
@@ -190,17 +206,37 @@ mod tests {
         (
             [0, 0, 0, 0],
             [0, 0],
-            [0x16554d9eca36314c, 0xdb20fe9d672d0fdc, 0xd7e772cee186176b, 0x7e68b68aec7ba23b],
+            [
+                0x16554d9eca36314c,
+                0xdb20fe9d672d0fdc,
+                0xd7e772cee186176b,
+                0x7e68b68aec7ba23b,
+            ],
         ),
         (
             [u64::MAX, u64::MAX, u64::MAX, u64::MAX],
             [u64::MAX, u64::MAX],
-            [0x87b092c3013fe90b, 0x438c3c67be8d0224, 0x9cc7d7c69cd777b6, 0xa09caebf594f0ba0],
+            [
+                0x87b092c3013fe90b,
+                0x438c3c67be8d0224,
+                0x9cc7d7c69cd777b6,
+                0xa09caebf594f0ba0,
+            ],
         ),
         (
-            [0x243f6a8885a308d3, 0x13198a2e03707344, 0xa4093822299f31d0, 0x082efa98ec4e6c89],
+            [
+                0x243f6a8885a308d3,
+                0x13198a2e03707344,
+                0xa4093822299f31d0,
+                0x082efa98ec4e6c89,
+            ],
             [0x452821e638d01377, 0xbe5466cf34e90c6c],
-            [0xa528f45403e61d95, 0x38c72dbd566e9788, 0xa5a1610e72fd18b5, 0x57bd43b5e52b7fe6],
+            [
+                0xa528f45403e61d95,
+                0x38c72dbd566e9788,
+                0xa5a1610e72fd18b5,
+                0x57bd43b5e52b7fe6,
+            ],
         ),
     ];
 
@@ -257,6 +293,14 @@ mod tests {
         let var: f64 = many.iter().map(|z| z * z).sum::<f64>() / many.len() as f64;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.03, "var {var}");
+    }
+
+    #[test]
+    fn tau_is_the_literal_of_the_model() {
+        assert_eq!(
+            TAU.to_bits(),
+            "6.283185307179586".parse::<f64>().unwrap().to_bits()
+        );
     }
 
     #[test]

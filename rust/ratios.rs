@@ -60,7 +60,13 @@ fn block_sums(xs: &[f64], clip: f64) -> BlockSums {
         }
         above += (x > clip) as u64;
     }
-    BlockSums { sum, sq, min, max, above }
+    BlockSums {
+        sum,
+        sq,
+        min,
+        max,
+        above,
+    }
 }
 
 /// 1-based rank `max(1, ceil(p * n))` (p*n a double product), as a 0-based index.
@@ -92,8 +98,9 @@ fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<
     let lowest = indices.iter().copied().chain(tail_from).min().unwrap_or(0);
     if n >= SMALL {
         // estimate a threshold t below y[lowest] from a strided sample, keep x >= t, select there
-        let mut sample: Vec<f64> =
-            (0..SAMPLE).map(|i| xs[((i as u128 * n as u128) / SAMPLE as u128) as usize]).collect();
+        let mut sample: Vec<f64> = (0..SAMPLE)
+            .map(|i| xs[((i as u128 * n as u128) / SAMPLE as u128) as usize])
+            .collect();
         sample.sort_unstable_by(cmp);
         let frac = lowest as f64 / n as f64;
         let margin = 3.0 * (SAMPLE as f64).sqrt() + 64.0;
@@ -118,7 +125,11 @@ fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<
     select_in_place(xs.to_vec(), indices, tail_from)
 }
 
-fn select_in_place(mut v: Vec<f64>, indices: &[usize], tail_from: Option<usize>) -> (Vec<f64>, Vec<f64>) {
+fn select_in_place(
+    mut v: Vec<f64>,
+    indices: &[usize],
+    tail_from: Option<usize>,
+) -> (Vec<f64>, Vec<f64>) {
     let mut targets: Vec<usize> = indices.to_vec();
     targets.sort_unstable();
     targets.dedup();
@@ -149,12 +160,37 @@ fn select_in_place(mut v: Vec<f64>, indices: &[usize], tail_from: Option<usize>)
 
 /// PSIS `k_hat` from `u = y[n-T-1]` and the top `T` values `y[n-T..]`, ascending.
 pub fn khat_from_top(u: f64, top_sorted: &[f64]) -> f64 {
-    let tail: Vec<f64> = top_sorted.iter().filter(|&&y| y > u).map(|&y| y - u).collect();
+    let tail: Vec<f64> = top_sorted
+        .iter()
+        .filter(|&&y| y > u)
+        .map(|&y| y - u)
+        .collect();
     gpd_khat(&tail)
 }
 
+/// Block sum (0.2) of a sequence of samples.
+fn block_sum(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut total = 0.0;
+    let mut part = 0.0;
+    let mut k = 0;
+    for x in xs {
+        part += x;
+        k += 1;
+        if k == BLOCK {
+            total += part;
+            part = 0.0;
+            k = 0;
+        }
+    }
+    if k > 0 {
+        total += part;
+    }
+    total
+}
+
 /// Zhang & Stephens (2009) generalized-Pareto shape with PSIS's weak prior, on ascending positive
-/// exceedances `x`. NaN for fewer than 5 points.
+/// exceedances `x`. NaN for fewer than 5 points. The means over tail points are block sums (0.2:
+/// the tail points are ratio samples), the sums over the `mc` candidates plain sums.
 pub fn gpd_khat(x: &[f64]) -> f64 {
     let tn = x.len();
     if tn < 5 {
@@ -169,11 +205,7 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
     let mut l = vec![0.0; mc];
     for j in 1..=mc {
         let bj = (1.0 - (mc as f64 / (j as f64 - 0.5)).sqrt()) / (3.0 * xq) + 1.0 / x_last;
-        let mut s = 0.0;
-        for &xi in x {
-            s += (-bj * xi).ln_1p();
-        }
-        let kj = s / tf;
+        let kj = block_sum(x.iter().map(|&xi| (-bj * xi).ln_1p())) / tf;
         b[j - 1] = bj;
         l[j - 1] = tf * ((-bj / kj).ln() - kj - 1.0);
     }
@@ -186,6 +218,8 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
         }
         wt[j] = 1.0 / s;
     }
+    // "drop wt_j < 10 eps": a NaN weight is not dropped (as in the reference)
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let keep: Vec<bool> = wt.iter().map(|&w| !(w < eps10)).collect();
     let mut wsum = 0.0;
     for j in 0..mc {
@@ -199,11 +233,7 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
             bstar += b[j] * (wt[j] / wsum);
         }
     }
-    let mut s = 0.0;
-    for &xi in x {
-        s += (-bstar * xi).ln_1p();
-    }
-    let kstar = s / tf;
+    let kstar = block_sum(x.iter().map(|&xi| (-bstar * xi).ln_1p())) / tf;
     (tf * kstar + 10.0 * 0.5) / (tf + 10.0)
 }
 
@@ -379,7 +409,10 @@ mod tests {
         // Pareto with shape xi: quantile (1-u)^-xi; deterministic u grid
         let n = 20000;
         let pareto = |xi: f64| -> Vec<f64> {
-            (0..n).map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-xi)).rev().collect()
+            (0..n)
+                .map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-xi))
+                .rev()
+                .collect()
         };
         let heavy = rho_stats(&pareto(0.9), 1e9, false).khat;
         let light = rho_stats(&pareto(0.2), 1e9, false).khat;

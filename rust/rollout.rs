@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
-    check_finite, check_gain, dot, feature_dim, features, step, Problem, RatioConsts, StepScratch,
+    check_finite, check_gain, dot, dot_fixed, feature_dim, features, features_fixed, step,
+    FixedModel, Problem, RatioConsts, StepScratch,
 };
 use crate::philox::{Normals, Stream, Uniforms};
 
@@ -53,7 +54,11 @@ impl Layout {
     fn new(n: usize, m: usize) -> Self {
         let d = feature_dim(n);
         let mn = m * n;
-        Layout { d, mn, len: 2 + d + mn + d * (d + 1) / 2 }
+        Layout {
+            d,
+            mn,
+            len: 2 + d + mn + d * (d + 1) / 2,
+        }
     }
     #[inline(always)]
     fn grad_w(&self) -> usize {
@@ -202,6 +207,99 @@ fn trajectory(
     }
 }
 
+/// [`trajectory`] with compile-time sizes (n = N, m = M, d = D): the same operations in the same
+/// order on stack arrays.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
+    fm: &FixedModel<N, M>,
+    seed: u64,
+    sigma_0: f64,
+    lay: &Layout,
+    w: &[f64; D],
+    iteration: u64,
+    j: u64,
+    states: &mut [f64],
+    rewards: &mut [f64],
+    rhos: &mut [f64],
+    part: &mut [f64],
+) {
+    let mut start = Normals::new(Stream::new(seed, PURPOSE_START, iteration, j));
+    let mut mix = Uniforms::new(Stream::new(seed, PURPOSE_MIX, iteration, j));
+    let mut act = Normals::new(Stream::new(seed, PURPOSE_ACTION, iteration, j));
+    let mut env = Normals::new(Stream::new(seed, PURPOSE_ENV, iteration, j));
+
+    let mut s = [0.0; N];
+    for i in 0..N {
+        s[i] = sigma_0 * start.get(i as u64);
+    }
+    states[..N].copy_from_slice(&s);
+    let mut td_sq = 0.0;
+    let mut rho2 = 0.0;
+    let mut grad_w = [0.0; D];
+    let mut grad_k = [[0.0; N]; M];
+    let mut gram = [[0.0; D]; D];
+    let mut phi = features_fixed::<N, D>(&s);
+    let mut v = dot_fixed(w, &phi);
+    let horizon = rewards.len();
+    let states = &mut states[N..N + horizon * N];
+    for h in 0..horizon {
+        let hu = h as u64;
+        let u = mix.get(hu);
+        let mut za = [0.0; M];
+        for k in 0..M {
+            za[k] = act.get(hu * M as u64 + k as u64);
+        }
+        let mut ze = [0.0; N];
+        for i in 0..N {
+            ze[i] = env.get(hu * N as u64 + i as u64);
+        }
+        let st = fm.step(&s, u, &za, &ze);
+        let phi_next = features_fixed::<N, D>(&st.s_next);
+        let v_next = dot_fixed(w, &phi_next);
+        let delta = (st.reward + fm.gamma * v_next) - v;
+
+        td_sq += delta * delta;
+        rho2 += st.rho * st.rho;
+        let g = st.rho_bar * delta;
+        for i in 0..D {
+            grad_w[i] += g * phi[i];
+        }
+        for i in 0..M {
+            let gd = g * st.dpi[i];
+            for jj in 0..N {
+                grad_k[i][jj] += gd * s[jj];
+            }
+        }
+        for i in 0..D {
+            let pi = phi[i];
+            for k in i..D {
+                gram[i][k] += pi * phi[k];
+            }
+        }
+
+        rewards[h] = st.reward;
+        rhos[h] = st.rho;
+        states[h * N..(h + 1) * N].copy_from_slice(&st.s_next);
+        s = st.s_next;
+        phi = phi_next;
+        v = v_next;
+    }
+    part[0] = td_sq;
+    part[1] = rho2;
+    part[lay.grad_w()..lay.grad_w() + D].copy_from_slice(&grad_w);
+    for i in 0..M {
+        part[lay.grad_k() + i * N..lay.grad_k() + (i + 1) * N].copy_from_slice(&grad_k[i]);
+    }
+    let mut c = lay.gram();
+    for i in 0..D {
+        for k in i..D {
+            part[c] = gram[i][k];
+            c += 1;
+        }
+    }
+}
+
 /// The rollout (section 3, steps 1-3). Inputs are validated first; no panic is reachable.
 #[allow(clippy::too_many_arguments)]
 pub fn rollout(
@@ -212,6 +310,21 @@ pub fn rollout(
     iteration: u64,
     batch: usize,
     horizon: usize,
+) -> CoreResult<RolloutOut> {
+    rollout_impl(p, w, k_pi, k_mu, iteration, batch, horizon, true)
+}
+
+/// `rollout`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+fn rollout_impl(
+    p: &Problem,
+    w: &[f64],
+    k_pi: &[f64],
+    k_mu: &[f64],
+    iteration: u64,
+    batch: usize,
+    horizon: usize,
+    allow_fixed: bool,
 ) -> CoreResult<RolloutOut> {
     validate(p, w, k_pi, k_mu, batch, horizon)?;
     let n = p.n;
@@ -224,18 +337,35 @@ pub fn rollout(
     let mut rho = vec![0.0; batch * horizon];
     let mut partials = vec![0.0; batch * lay.len];
 
-    states
+    let chunks = states
         .par_chunks_mut((horizon + 1) * n)
         .zip(rewards.par_chunks_mut(horizon))
         .zip(rho.par_chunks_mut(horizon))
         .zip(partials.par_chunks_mut(lay.len))
-        .enumerate()
-        .for_each_init(
+        .enumerate();
+    crate::dispatch_dims!(
+        if allow_fixed { n } else { 0 },
+        m,
+        |NN, MM, DD| {
+            let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
+            let mut wf = [0.0; DD];
+            wf.copy_from_slice(w);
+            let (seed, sigma_0) = (p.seed, p.sigma_0);
+            chunks.for_each(|(j, (((st, rw), rh), part))| {
+                trajectory_fixed::<NN, MM, DD>(
+                    &fm, seed, sigma_0, &lay, &wf, iteration, j as u64, st, rw, rh, part,
+                );
+            })
+        },
+        chunks.for_each_init(
             || TrajScratch::new(n, m),
             |sc, (j, (((st, rw), rh), part))| {
-                trajectory(p, &rc, &lay, w, k_pi, k_mu, iteration, j as u64, st, rw, rh, part, sc);
+                trajectory(
+                    p, &rc, &lay, w, k_pi, k_mu, iteration, j as u64, st, rw, rh, part, sc,
+                );
             },
-        );
+        )
+    );
 
     // sequential reduction in trajectory order, from 0.0
     let mut total = vec![0.0; lay.len];
@@ -275,7 +405,14 @@ mod tests {
     use super::*;
     use crate::model::{features, quad_form};
 
-    fn problem<'a>(a: &'a [f64], b: &'a [f64], q: &'a [f64], r: &'a [f64], p_mix: f64, clip: f64) -> Problem<'a> {
+    fn problem<'a>(
+        a: &'a [f64],
+        b: &'a [f64],
+        q: &'a [f64],
+        r: &'a [f64],
+        p_mix: f64,
+        clip: f64,
+    ) -> Problem<'a> {
         Problem {
             n: 2,
             m: 1,
@@ -345,7 +482,10 @@ mod tests {
 
     #[test]
     fn thread_count_does_not_change_bits() {
-        let p = problem(&A, &B, &Q, &R, 0.0, f64::INFINITY);
+        let p = Problem {
+            sigma_mu: 0.3,
+            ..problem(&A, &B, &Q, &R, 0.0, f64::INFINITY)
+        };
         let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
         let k = [-0.1, -0.2];
         let run = |threads: usize| {
@@ -359,7 +499,7 @@ mod tests {
         for t in [2, 3, 4] {
             assert_eq!(one, run(t));
         }
-        // equal gains and p = 0: every ratio is exactly 1
+        // equal policies and p = 0: every ratio is exactly 1
         assert!(one.rho.iter().all(|&r| r == 1.0));
     }
 
@@ -368,11 +508,56 @@ mod tests {
         let p = problem(&A, &B, &Q, &R, 0.0, f64::INFINITY);
         let w = [0.0; 6];
         let k = [0.0, 0.0];
-        assert_eq!(rollout(&p, &w[..5], &k, &k, 0, 1, 1).unwrap_err().arg(), "w");
-        assert_eq!(rollout(&p, &w, &k[..1], &k, 0, 1, 1).unwrap_err().arg(), "k_pi");
+        assert_eq!(
+            rollout(&p, &w[..5], &k, &k, 0, 1, 1).unwrap_err().arg(),
+            "w"
+        );
+        assert_eq!(
+            rollout(&p, &w, &k[..1], &k, 0, 1, 1).unwrap_err().arg(),
+            "k_pi"
+        );
         assert_eq!(rollout(&p, &w, &k, &k, 0, 0, 1).unwrap_err().arg(), "batch");
-        assert_eq!(rollout(&p, &w, &k, &k, 0, 1, 0).unwrap_err().arg(), "horizon");
+        assert_eq!(
+            rollout(&p, &w, &k, &k, 0, 1, 0).unwrap_err().arg(),
+            "horizon"
+        );
         let bad = [f64::NAN, 0.0];
-        assert_eq!(rollout(&p, &w, &k, &bad, 0, 1, 1).unwrap_err().arg(), "k_mu");
+        assert_eq!(
+            rollout(&p, &w, &k, &bad, 0, 1, 1).unwrap_err().arg(),
+            "k_mu"
+        );
+    }
+
+    #[test]
+    fn fixed_kernels_equal_the_dynamic_kernel() {
+        let a3 = [0.9, 0.1, 0.0, -0.2, 0.8, 0.1, 0.05, 0.0, 0.7];
+        let b3 = [0.0, 1.0, 0.5, -0.3, 1.0, 0.2];
+        let q3 = [1.0, 0.1, 0.0, 0.1, 2.0, 0.0, 0.0, 0.0, 0.5];
+        let r3 = [0.1, 0.01, 0.01, 0.2];
+        for (p_mix, clip) in [(0.0, f64::INFINITY), (0.25, 1.5), (1.0, 2.0)] {
+            let p = Problem {
+                n: 3,
+                m: 2,
+                a: &a3,
+                b: &b3,
+                q: &q3,
+                r: &r3,
+                sigma_eps: 0.1,
+                sigma_0: 1.0,
+                reward_scale: 0.5,
+                sigma_pi: 0.3,
+                sigma_mu: 0.5,
+                p_mix,
+                gamma: 0.9,
+                rho_clip: clip,
+                seed: 77,
+            };
+            let w: Vec<f64> = (0..10).map(|i| (i as f64 * 0.37).sin()).collect();
+            let kp = [0.1, -0.2, 0.05, 0.0, 0.3, -0.1];
+            let km = [0.0, -0.1, 0.1, 0.1, 0.2, 0.0];
+            let fixed = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, true).unwrap();
+            let dynamic = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, false).unwrap();
+            assert_eq!(fixed, dynamic);
+        }
     }
 }

@@ -1,6 +1,13 @@
 //! Linear solves of MODEL.md section 6: restarted GMRES (restart = dimension, x0 = 0, modified
 //! Gram-Schmidt Arnoldi, Givens rotations) and a direct LU solve (nalgebra, partial pivoting) for
 //! checking.
+//!
+//! Where MODEL.md leaves the order open, GMRES makes the same literal choices as the reference
+//! (`offtd/reference/solver.py`): norms `sqrt(sum v_i*v_i)`; Givens `den = sqrt(h_kk^2 + h_k1k^2)`,
+//! `c = h_kk/den`, `s = h_k1k/den`; back substitution `y_i = (g_i - sum_{j>i} h_ij y_j) / h_ii`;
+//! `x_i += sum_j V[j][i] y_j`; a cycle whose starting residual is already `<= tol` (or NaN) spends no
+//! iteration. Only in the degenerate `den == 0` case (A singular on the Krylov space) does it differ:
+//! the reference divides 0/0 and returns NaN, this keeps the solution of the non-singular part.
 
 use nalgebra::{DMatrix, DVector};
 
@@ -51,12 +58,20 @@ fn check_system(a: &[f64], b: &[f64]) -> CoreResult<usize> {
 pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<SolveOut> {
     let d = check_system(a, b)?;
     if tol.is_nan() || tol < 0.0 {
-        return Err(CoreError::invalid("tol", format!("must be >= 0, got {tol}")));
+        return Err(CoreError::invalid(
+            "tol",
+            format!("must be >= 0, got {tol}"),
+        ));
     }
     let bnorm = norm(b);
     let mut x = vec![0.0; d];
     if bnorm == 0.0 {
-        return Ok(SolveOut { x, converged: true, iterations: 0, residual: 0.0 });
+        return Ok(SolveOut {
+            x,
+            converged: true,
+            iterations: 0,
+            residual: 0.0,
+        });
     }
     let restart = d;
     let mut iterations = 0u64;
@@ -73,7 +88,9 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
     'outer: while iterations < max_iters {
         residual_vec(a, b, &x, &mut r);
         let beta = norm(&r);
-        if beta / bnorm <= tol {
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !(beta / bnorm > tol) {
+            // already there (or NaN): no iteration is spent on this cycle
             break;
         }
         for i in 0..d {
@@ -112,8 +129,10 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
             // new rotation zeroing h[k+1][k]
             let hkk = h[k * restart + k];
             let hk1 = h[(k + 1) * restart + k];
-            let den = hkk.hypot(hk1);
+            let den = (hkk * hkk + hk1 * hk1).sqrt();
             if den == 0.0 {
+                // only when w = 0 and h_kk = 0 (A singular on the Krylov space): an identity
+                // rotation instead of 0/0, and the zero diagonal is left out of the back substitution
                 cs[k] = 1.0;
                 sn[k] = 0.0;
             } else {
@@ -132,7 +151,7 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
                 converged_estimate = true;
                 break;
             }
-            if hnext == 0.0 || !hnext.is_finite() {
+            if hnext == 0.0 {
                 // breakdown: the cycle ends with its Krylov solution
                 break;
             }
@@ -145,18 +164,21 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
         while kk > 0 && h[(kk - 1) * restart + (kk - 1)] == 0.0 {
             kk -= 1;
         }
+        // y_i = (g_i - sum_{j>i} h_ij y_j) / h_ii, the sum left to right from 0.0
         for i in (0..kk).rev() {
-            let mut s = g[i];
+            let mut acc = 0.0;
             for j in i + 1..kk {
-                s -= h[i * restart + j] * y[j];
+                acc += h[i * restart + j] * y[j];
             }
-            y[i] = s / h[i * restart + i];
+            y[i] = (g[i] - acc) / h[i * restart + i];
         }
-        for j in 0..kk {
-            let vj = &v[j * d..(j + 1) * d];
-            for i in 0..d {
-                x[i] += y[j] * vj[i];
+        // x_i = x_i + sum_j V[j][i] y_j, the sum left to right from 0.0
+        for i in 0..d {
+            let mut acc = 0.0;
+            for j in 0..kk {
+                acc += v[j * d + i] * y[j];
             }
+            x[i] += acc;
         }
         if converged_estimate || kk == 0 {
             // stop on the updated residual; kk == 0 means A v = 0 and restarting cannot help
@@ -165,7 +187,12 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
     }
     residual_vec(a, b, &x, &mut r);
     let residual = norm(&r) / bnorm;
-    Ok(SolveOut { x, converged: residual <= tol, iterations, residual })
+    Ok(SolveOut {
+        x,
+        converged: residual <= tol,
+        iterations,
+        residual,
+    })
 }
 
 /// Direct solve with LU and partial pivoting (nalgebra); for checking GMRES.
@@ -235,7 +262,15 @@ mod tests {
     fn zero_rhs_and_breakdown() {
         let a = [2.0, 0.0, 0.0, 3.0];
         let s = gmres(&a, &[0.0, 0.0], 10, 1e-10).unwrap();
-        assert_eq!(s, SolveOut { x: vec![0.0, 0.0], converged: true, iterations: 0, residual: 0.0 });
+        assert_eq!(
+            s,
+            SolveOut {
+                x: vec![0.0, 0.0],
+                converged: true,
+                iterations: 0,
+                residual: 0.0
+            }
+        );
         // b an eigenvector: breakdown after one step with the exact solution
         let s = gmres(&a, &[4.0, 0.0], 10, 1e-14).unwrap();
         assert_eq!(s.iterations, 1);
@@ -246,7 +281,10 @@ mod tests {
     #[test]
     fn singular_systems() {
         let a = [1.0, 2.0, 2.0, 4.0];
-        assert_eq!(lu_solve(&a, &[1.0, 0.0]).unwrap_err(), CoreError::Singular { arg: "a" });
+        assert_eq!(
+            lu_solve(&a, &[1.0, 0.0]).unwrap_err(),
+            CoreError::Singular { arg: "a" }
+        );
         let s = gmres(&a, &[1.0, 0.0], 20, 1e-12).unwrap();
         assert!(!s.converged);
         assert!(s.residual.is_finite());
@@ -258,7 +296,10 @@ mod tests {
 
     #[test]
     fn input_errors() {
-        assert_eq!(gmres(&[1.0, 2.0], &[1.0, 2.0], 5, 1e-8).unwrap_err().arg(), "a");
+        assert_eq!(
+            gmres(&[1.0, 2.0], &[1.0, 2.0], 5, 1e-8).unwrap_err().arg(),
+            "a"
+        );
         assert_eq!(gmres(&[1.0], &[f64::NAN], 5, 1e-8).unwrap_err().arg(), "b");
         assert_eq!(gmres(&[1.0], &[1.0], 5, -1.0).unwrap_err().arg(), "tol");
     }

@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
-    check_gain, feature_dim, features, matvec, pick, step, Problem, RatioConsts, StepScratch, BLOCK,
+    check_gain, feature_dim, features, features_fixed, matvec, pick, step, FixedModel, Problem,
+    RatioConsts, StepScratch, BLOCK,
 };
 use crate::philox::{Normals, Stream, Uniforms};
 
@@ -50,8 +51,11 @@ pub struct PolicySamplesOut {
 
 /// Checks a state pool of `len / n` states.
 fn check_pool(pool: &[f64], n: usize) -> CoreResult<usize> {
-    if n == 0 || pool.len() % n != 0 {
-        return Err(CoreError::invalid("pool", format!("length {} is not a multiple of n = {n}", pool.len())));
+    if n == 0 || !pool.len().is_multiple_of(n) {
+        return Err(CoreError::invalid(
+            "pool",
+            format!("length {} is not a multiple of n = {n}", pool.len()),
+        ));
     }
     let rows = pool.len() / n;
     if rows == 0 {
@@ -91,7 +95,7 @@ fn tasks(repeats: usize, count: usize) -> Vec<Task> {
 }
 
 /// Splits `v` into consecutive mutable pieces of the given lengths.
-fn split_lengths<'a, T>(mut v: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+fn split_lengths<T>(mut v: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     let mut out = Vec::new();
     for len in lens {
         let (head, tail) = v.split_at_mut(len);
@@ -109,6 +113,66 @@ struct TransScratch {
     phi_next: Vec<f64>,
 }
 
+/// One block of probe transitions with compile-time sizes: the same operations, in the same order, as
+/// the dynamic closure in [`transitions_impl`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_fixed<const N: usize, const M: usize, const D: usize>(
+    fm: &FixedModel<N, M>,
+    seed: u64,
+    base: u64,
+    iteration: u64,
+    pool: &[f64],
+    pool_len: usize,
+    task: &Task,
+    rho_out: &mut [f64],
+    part: &mut [f64],
+) {
+    let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
+    let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
+    let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
+    let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
+    let mut a_part = [[0.0; D]; D];
+    let mut b_part = [0.0; D];
+    for (slot, k) in (task.start..task.end).enumerate() {
+        let ku = k as u64;
+        let idx = pick(pick_u.get(ku), pool_len);
+        let mut s = [0.0; N];
+        s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
+        let u = mix.get(ku);
+        let mut za = [0.0; M];
+        for j in 0..M {
+            za[j] = act.get(ku * M as u64 + j as u64);
+        }
+        let mut ze = [0.0; N];
+        for i in 0..N {
+            ze[i] = env.get(ku * N as u64 + i as u64);
+        }
+        let st = fm.step(&s, u, &za, &ze);
+        let phi = features_fixed::<N, D>(&s);
+        let phi_next = features_fixed::<N, D>(&st.s_next);
+        let mut e = [0.0; D];
+        for j in 0..D {
+            e[j] = phi[j] - fm.gamma * phi_next[j];
+        }
+        for i in 0..D {
+            let c = st.rho_bar * phi[i];
+            for j in 0..D {
+                a_part[i][j] += c * e[j];
+            }
+        }
+        let rb = st.rho_bar * st.reward;
+        for i in 0..D {
+            b_part[i] += rb * phi[i];
+        }
+        rho_out[slot] = st.rho;
+    }
+    for i in 0..D {
+        part[i * D..(i + 1) * D].copy_from_slice(&a_part[i]);
+    }
+    part[D * D..D * D + D].copy_from_slice(&b_part);
+}
+
 /// Probe transitions (4.2). `base` is the probe's state purpose; mix, action and environment use
 /// `base + 1 .. base + 3`; the substream is 0 and `iteration` addresses the streams.
 #[allow(clippy::too_many_arguments)]
@@ -121,6 +185,22 @@ pub fn transitions(
     repeats: usize,
     base: u64,
     iteration: u64,
+) -> CoreResult<TransitionsOut> {
+    transitions_impl(p, k_pi, k_mu, pool, count, repeats, base, iteration, true)
+}
+
+/// `transitions`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+fn transitions_impl(
+    p: &Problem,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    pool: &[f64],
+    count: usize,
+    repeats: usize,
+    base: u64,
+    iteration: u64,
+    allow_fixed: bool,
 ) -> CoreResult<TransitionsOut> {
     p.validate()?;
     check_gain("k_pi", k_pi, p.m, p.n)?;
@@ -143,11 +223,22 @@ pub fn transitions(
     let rho_pieces = split_lengths(&mut rho, tasks.iter().map(|t| t.end - t.start));
     let seed = p.seed;
 
-    tasks
+    let work = tasks
         .par_iter()
         .zip(rho_pieces.into_par_iter())
-        .zip(partials.par_chunks_mut(part_len))
-        .for_each_init(
+        .zip(partials.par_chunks_mut(part_len));
+    crate::dispatch_dims!(
+        if allow_fixed { n } else { 0 },
+        m,
+        |NN, MM, DD| {
+            let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
+            work.for_each(|((task, rho_out), part)| {
+                block_fixed::<NN, MM, DD>(
+                    &fm, seed, base, iteration, pool, pool_len, task, rho_out, part,
+                );
+            })
+        },
+        work.for_each_init(
             || TransScratch {
                 step: StepScratch::new(n, m),
                 za: vec![0.0; m],
@@ -193,14 +284,18 @@ pub fn transitions(
                     rho_out[slot] = st.rho;
                 }
             },
-        );
+        )
+    );
 
     let mut a_sums = vec![0.0; repeats * d * d];
     let mut b_sums = vec![0.0; repeats * d];
     let mut counts = vec![0u64; repeats];
     for (task, part) in tasks.iter().zip(partials.chunks_exact(part_len)) {
         let r = task.r;
-        for (t, x) in a_sums[r * d * d..(r + 1) * d * d].iter_mut().zip(&part[..d * d]) {
+        for (t, x) in a_sums[r * d * d..(r + 1) * d * d]
+            .iter_mut()
+            .zip(&part[..d * d])
+        {
             *t += *x;
         }
         for (t, x) in b_sums[r * d..(r + 1) * d].iter_mut().zip(&part[d * d..]) {
@@ -211,7 +306,13 @@ pub fn transitions(
         let (lo, hi) = sub_batch(r, repeats, count);
         *c = (hi - lo) as u64;
     }
-    Ok(TransitionsOut { repeats, a_sums, b_sums, counts, rho })
+    Ok(TransitionsOut {
+        repeats,
+        a_sums,
+        b_sums,
+        counts,
+        rho,
+    })
 }
 
 /// The distribution probe's draws (4.1): `count` samples with states picked from `pool`, actions
@@ -232,11 +333,17 @@ pub fn policy_samples(
 ) -> CoreResult<PolicySamplesOut> {
     for (arg, x) in [("sigma_pi", sigma_pi), ("sigma_mu", sigma_mu)] {
         if !(x.is_finite() && x > 0.0) {
-            return Err(CoreError::invalid(arg, format!("must be finite and > 0, got {x}")));
+            return Err(CoreError::invalid(
+                arg,
+                format!("must be finite and > 0, got {x}"),
+            ));
         }
     }
     if m == 0 {
-        return Err(CoreError::invalid("k_pi", "action dimension m must be >= 1"));
+        return Err(CoreError::invalid(
+            "k_pi",
+            "action dimension m must be >= 1",
+        ));
     }
     check_gain("k_pi", k_pi, m, n)?;
     check_gain("k_mu", k_mu, m, n)?;
@@ -257,9 +364,16 @@ pub fn policy_samples(
     let mut mmd_a_mu = vec![0.0; mmd_count * m];
     // MMD rows belong to the block holding their sample
     let mmd_blocks = mmd_count.div_ceil(BLOCK);
-    let mut mmd_s_pieces = split_lengths(&mut mmd_s, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * n));
-    let mut mmd_pi_pieces = split_lengths(&mut mmd_a_pi, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m));
-    let mut mmd_mu_pieces = split_lengths(&mut mmd_a_mu, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m));
+    let mut mmd_s_pieces =
+        split_lengths(&mut mmd_s, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * n));
+    let mut mmd_pi_pieces = split_lengths(
+        &mut mmd_a_pi,
+        (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m),
+    );
+    let mut mmd_mu_pieces = split_lengths(
+        &mut mmd_a_mu,
+        (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m),
+    );
     debug_assert!(mmd_blocks <= nblocks);
     let pieces: Vec<_> = rho
         .chunks_mut(BLOCK)
@@ -270,52 +384,55 @@ pub fn policy_samples(
         .enumerate()
         .collect();
 
-    pieces.into_par_iter().for_each(|(b, ((((rho_out, part), ms), mpi), mmu))| {
-        let mut pick_u = Uniforms::new(Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0));
-        let mut z_mu = Normals::new(Stream::new(seed, PURPOSE_DIST_MU, iteration, 0));
-        let mut z_pi = Normals::new(Stream::new(seed, PURPOSE_DIST_PI, iteration, 0));
-        let mut kpi_s = vec![0.0; m];
-        let mut kmu_s = vec![0.0; m];
-        let mut a = vec![0.0; m];
-        let (tv, moment) = part.split_at_mut(1);
-        for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
-            let ku = k as u64;
-            let idx = pick(pick_u.get(ku), pool_len);
-            let s = &pool[idx * n..(idx + 1) * n];
-            matvec(k_pi, s, &mut kpi_s);
-            matvec(k_mu, s, &mut kmu_s);
-            for j in 0..m {
-                a[j] = kmu_s[j] + sigma_mu * z_mu.get(ku * m as u64 + j as u64);
-            }
-            let mut qpi = 0.0;
-            let mut qmu = 0.0;
-            for j in 0..m {
-                let dp = a[j] - kpi_s[j];
-                qpi += dp * dp;
-                let dm = a[j] - kmu_s[j];
-                qmu += dm * dm;
-            }
-            let r = (rc.log_pi(qpi) - rc.log_mu(qmu)).exp();
-            rho_out[slot] = r;
-            // Python's max(1 - rho, 0.0)
-            let t = 1.0 - r;
-            tv[0] += if 0.0 > t { 0.0 } else { t };
-            let mut c = 0;
-            for i in 0..n {
-                for j in i..n {
-                    moment[c] += s[i] * s[j];
-                    c += 1;
-                }
-            }
-            if k < mmd_count {
-                ms[slot * n..(slot + 1) * n].copy_from_slice(s);
-                mmu[slot * m..(slot + 1) * m].copy_from_slice(&a);
+    pieces
+        .into_par_iter()
+        .for_each(|(b, ((((rho_out, part), ms), mpi), mmu))| {
+            let mut pick_u = Uniforms::new(Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0));
+            let mut z_mu = Normals::new(Stream::new(seed, PURPOSE_DIST_MU, iteration, 0));
+            let mut z_pi = Normals::new(Stream::new(seed, PURPOSE_DIST_PI, iteration, 0));
+            let mut kpi_s = vec![0.0; m];
+            let mut kmu_s = vec![0.0; m];
+            let mut a = vec![0.0; m];
+            let (tv, moment) = part.split_at_mut(1);
+            for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
+                let ku = k as u64;
+                let idx = pick(pick_u.get(ku), pool_len);
+                let s = &pool[idx * n..(idx + 1) * n];
+                matvec(k_pi, s, &mut kpi_s);
+                matvec(k_mu, s, &mut kmu_s);
                 for j in 0..m {
-                    mpi[slot * m + j] = kpi_s[j] + sigma_pi * z_pi.get(ku * m as u64 + j as u64);
+                    a[j] = kmu_s[j] + sigma_mu * z_mu.get(ku * m as u64 + j as u64);
+                }
+                let mut qpi = 0.0;
+                let mut qmu = 0.0;
+                for j in 0..m {
+                    let dp = a[j] - kpi_s[j];
+                    qpi += dp * dp;
+                    let dm = a[j] - kmu_s[j];
+                    qmu += dm * dm;
+                }
+                let r = (rc.log_pi(qpi) - rc.log_mu(qmu)).exp();
+                rho_out[slot] = r;
+                // Python's max(1 - rho, 0.0)
+                let t = 1.0 - r;
+                tv[0] += if 0.0 > t { 0.0 } else { t };
+                let mut c = 0;
+                for i in 0..n {
+                    for j in i..n {
+                        moment[c] += s[i] * s[j];
+                        c += 1;
+                    }
+                }
+                if k < mmd_count {
+                    ms[slot * n..(slot + 1) * n].copy_from_slice(s);
+                    mmu[slot * m..(slot + 1) * m].copy_from_slice(&a);
+                    for j in 0..m {
+                        mpi[slot * m + j] =
+                            kpi_s[j] + sigma_pi * z_pi.get(ku * m as u64 + j as u64);
+                    }
                 }
             }
-        }
-    });
+        });
 
     let mut total = vec![0.0; part_len];
     for part in partials.chunks_exact(part_len) {
@@ -332,7 +449,14 @@ pub fn policy_samples(
             c += 1;
         }
     }
-    Ok(PolicySamplesOut { rho, tv_sum: total[0], state_moment, mmd_s, mmd_a_pi, mmd_a_mu })
+    Ok(PolicySamplesOut {
+        rho,
+        tv_sum: total[0],
+        state_moment,
+        mmd_s,
+        mmd_a_pi,
+        mmd_a_mu,
+    })
 }
 
 /// How many MMD rows fall in block `b`.
@@ -372,7 +496,9 @@ mod tests {
     }
 
     fn pool() -> Vec<f64> {
-        (0..40).map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0).collect()
+        (0..40)
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
+            .collect()
     }
 
     #[test]
@@ -412,7 +538,10 @@ mod tests {
             let tot: f64 = (0..3).map(|r| one.a_sums[r * d * d + i]).sum();
             assert!((tot - single.a_sums[i]).abs() <= 1e-9 * (1.0 + tot.abs()));
         }
-        assert!(one.rho.iter().all(|&r| r.is_finite() && r > 0.0 && r <= 1.0 / 0.3 + 1e-12));
+        assert!(one
+            .rho
+            .iter()
+            .all(|&r| r.is_finite() && r > 0.0 && r <= 1.0 / 0.3 + 1e-12));
     }
 
     #[test]
@@ -437,8 +566,23 @@ mod tests {
             assert!(pool.chunks(2).any(|p| p == row));
         }
         assert_eq!(
-            policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 10, 11, 2).unwrap_err().arg(),
+            policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 10, 11, 2)
+                .unwrap_err()
+                .arg(),
             "mmd_count"
         );
+    }
+
+    #[test]
+    fn fixed_kernels_equal_the_dynamic_kernel() {
+        for p_mix in [0.0, 0.4, 1.0] {
+            let p = problem(p_mix);
+            let kp = [-0.1, -0.2];
+            let km = [0.0, -0.25];
+            let pool = pool();
+            let fixed = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, true).unwrap();
+            let dynamic = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, false).unwrap();
+            assert_eq!(fixed, dynamic);
+        }
     }
 }

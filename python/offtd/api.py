@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,7 +16,7 @@ from .backend import get_backend
 from .health import evaluate
 from .loop import run_loop
 from .report import build_report, jsonable, render_markdown, write_run
-from .spec import Spec, SpecError, load_spec
+from .spec import Spec, SpecError, load_spec, memory_terms
 from .theory import theory
 
 
@@ -28,6 +29,7 @@ class RunResult:
     run_dir: Path | None = None
     series: dict[str, np.ndarray] = field(default_factory=dict)
     probe_series: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    elapsed_s: float | None = None  # wall time of the loop (report.md shows it; report.json does not)
 
     @property
     def status(self) -> str:
@@ -43,7 +45,7 @@ class RunResult:
         return self.report["health"]["checks"]
 
     def markdown(self) -> str:
-        return render_markdown(self.report)
+        return render_markdown(self.report, self.elapsed_s)
 
 
 def _arrays(cols: Mapping[str, list]) -> dict[str, np.ndarray]:
@@ -55,18 +57,26 @@ def _normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {k.replace("__", "."): v for k, v in overrides.items()}
 
 
-def make_run_dir(out_root: str | os.PathLike[str], name: str, run_dir: str | os.PathLike[str] | None = None) -> Path:
+def make_run_dir(
+    out_root: str | os.PathLike[str],
+    name: str,
+    run_dir: str | os.PathLike[str] | None = None,
+    need_bytes: int = 0,
+) -> Path:
     """Create a new run directory (never reusing one): `run_dir` if given, else `out_root/name/<timestamp>`
-    with a numeric suffix when that name is taken. Raises SpecError when the location is not writable."""
+    with a numeric suffix when that name is taken. Raises SpecError when the location is not writable or
+    has less than `need_bytes` free."""
     if run_dir is not None:
         path = Path(run_dir)
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise SpecError(str(path), "run directory already exists; offtd never overwrites a run")
         _mkdir(path.parent, parents=True)
+        _check_free_space(path.parent, need_bytes)
         _mkdir(path, parents=False)
         return path
     base = Path(out_root) / name
     _mkdir(base, parents=True)
+    _check_free_space(base, need_bytes)
     stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     for i in range(10000):
         path = base / (stamp if i == 0 else f"{stamp}_{i}")
@@ -84,11 +94,29 @@ def _mkdir(path: Path, parents: bool) -> None:
     try:
         path.mkdir(parents=parents, exist_ok=parents)
     except FileExistsError:
+        if parents:  # exist_ok: something that is not a directory is in the way
+            raise SpecError(str(path), "exists and is not a directory") from None
         raise SpecError(str(path), "run directory already exists; offtd never overwrites a run") from None
     except OSError as exc:
         raise SpecError(str(path), f"cannot create directory: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise SpecError(str(path), "output location is not writable")
+
+
+def output_estimate_bytes(spec: Spec) -> int:
+    """Disk a run directory needs, roughly: the series and probe rows as CSV, JSON and markdown."""
+    return 64 * 1024 + memory_terms(spec)["run.outer_iters"]
+
+
+def _check_free_space(path: Path, need: int) -> None:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:  # pragma: no cover - cannot tell; writing will say
+        return
+    if free < need:
+        raise SpecError(
+            str(path), f"output location is full: {free / 2**20:.3g} MiB free, a run needs about {need / 2**20:.3g} MiB"
+        )
 
 
 def run(
@@ -110,7 +138,9 @@ def run(
     """
     resolved = load_spec(spec, _normalise_overrides(overrides))
     impl = get_backend(backend)
-    directory = make_run_dir(out, resolved.name, run_dir) if (out is not None or run_dir is not None) else None
+    directory = None
+    if out is not None or run_dir is not None:  # before any work: an unusable location fails early
+        directory = make_run_dir(out, resolved.name, run_dir, need_bytes=output_estimate_bytes(resolved))
     loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
     th = theory(resolved, loop)
     verdict = evaluate(resolved, loop)
@@ -121,7 +151,10 @@ def run(
     }
     report = build_report(resolved, loop, verdict, th, info)
     if directory is not None:
-        write_run(directory, resolved, report)
+        try:
+            write_run(directory, resolved, report, loop.elapsed_s)
+        except OSError as exc:  # disk full, file too large, ...: no partial report.json is left behind
+            raise SpecError(str(directory), f"cannot write the run: {exc.strerror or exc}") from None
     plain = jsonable(report)
     return RunResult(
         report=plain,
@@ -129,6 +162,7 @@ def run(
         run_dir=directory,
         series=_arrays(plain["series"]),
         probe_series={k: _arrays(v) for k, v in plain["probe_series"].items()},
+        elapsed_s=loop.elapsed_s,
     )
 
 

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a spec key, e.g. --set policy.p_mix=0.1 (repeatable)")
     r.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when the status is at least this bad")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal (one line per iteration)")
     b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
     b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
@@ -54,14 +56,17 @@ class _StopFlag:
         self.signum = signum
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool, tty: bool):
     if not enabled:
         return None
 
     def show(done: int, total: int) -> None:
-        sys.stderr.write(f"\r  iteration {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
+        if tty:
+            sys.stderr.write(f"\r  iteration {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"iteration {done}/{total}\n")
         sys.stderr.flush()
 
     return show
@@ -79,32 +84,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         sys.stderr.write(f"offtd: error: {exc}\n")
         return EXIT_BAD_INPUT
+    tty = sys.stderr.isatty()
     stop = _StopFlag()
     old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = api.run(
-            spec,
-            backend=args.backend,
-            out=args.out,
-            run_dir=args.run_dir,
-            progress=_progress(sys.stderr.isatty() and not args.quiet),
-            should_stop=stop,
-        )
-    except SpecError as exc:
-        sys.stderr.write(f"offtd: error: {exc}\n")
-        return EXIT_BAD_INPUT
-    except ImportError as exc:
-        sys.stderr.write(f"offtd: error: backend {args.backend!r} is not available: {exc}\n")
-        return EXIT_BAD_INPUT
+    try:  # the handlers stay until the exit code is decided: a late signal still gives 130
+        try:
+            result = api.run(
+                spec,
+                backend=args.backend,
+                out=args.out,
+                run_dir=args.run_dir,
+                progress=_progress((tty or args.progress) and not args.quiet, tty),
+                should_stop=stop,
+            )
+        except SpecError as exc:
+            sys.stderr.write(f"offtd: error: {exc}\n")
+            return EXIT_BAD_INPUT
+        except ImportError as exc:
+            sys.stderr.write(f"offtd: error: backend {args.backend!r} is not available: {exc}\n")
+            return EXIT_BAD_INPUT
+        print(result.run_dir)
+        print(result.status_line, flush=True)
+        if result.status == "INTERRUPTED":
+            return EXIT_INTERRUPTED
+        if stop():  # the signal came after the last iteration: the report is complete, but stop as asked
+            sys.stderr.write("offtd: interrupted after the last iteration; the report is complete\n")
+            return EXIT_INTERRUPTED
+        bad = {"fail": ("FAIL",), "warn": ("FAIL", "WARN")}.get(args.fail_on or "", ())
+        return EXIT_FAIL_ON if result.status in bad else EXIT_OK
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    print(result.run_dir)
-    print(result.status_line)
-    if result.status == "INTERRUPTED":
-        return EXIT_INTERRUPTED
-    bad = {"fail": ("FAIL",), "warn": ("FAIL", "WARN")}.get(args.fail_on or "", ())
-    return EXIT_FAIL_ON if result.status in bad else EXIT_OK
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -114,8 +124,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _cmd_run(args)
-    return _cmd_bench(args)
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_bench(args)
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM, or one before the run started
+        sys.stderr.write("offtd: error: interrupted before a report was written\n")
+        return EXIT_INTERRUPTED
 

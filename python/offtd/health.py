@@ -54,37 +54,66 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def check_finite(spec: Spec, result: LoopResult) -> Check:
-    if result.diverged_at is not None:
-        return Check(
-            "finite",
-            "FAIL",
-            f"values stopped being finite at iteration {result.diverged_at} ({result.diverged_what})",
-        )
+def _first_over_bound(spec: Spec, result: LoopResult) -> tuple[int, str, float] | None:
+    """(iteration, metric, bound) of the earliest w_norm / td_loss above its health bound (inf counts)."""
+    first = None
     for metric, bound in (("w_norm", spec.health.w_norm_max), ("td_loss", spec.health.td_loss_max)):
-        v = result.series[metric][: result.completed]
-        if v.size and np.nanmax(v) > bound:
-            t = int(np.argmax(v > bound))
-            return Check("finite", "FAIL", f"{metric} exceeded {_fmt(bound)} at iteration {t}: diverging")
+        with np.errstate(invalid="ignore"):
+            over = np.flatnonzero(result.series[metric][: result.completed] > bound)
+        if over.size and (first is None or over[0] < first[0]):
+            first = (int(over[0]), metric, bound)
+    return first
+
+
+def check_finite(spec: Spec, result: LoopResult) -> Check:
+    over = _first_over_bound(spec, result)
+    if result.diverged_at is not None:
+        reason = f"values stopped being finite at iteration {result.diverged_at} ({result.diverged_what})"
+        if over is not None and over[0] < result.diverged_at:
+            reason += f"; {over[1]} exceeded {_fmt(over[2])} from iteration {over[0]}"
+        return Check("finite", "FAIL", reason)
+    if over is not None:
+        return Check("finite", "FAIL", f"{over[1]} exceeded {_fmt(over[2])} at iteration {over[0]}: diverging")
     return Check("finite", "PASS", "all core metrics finite")
+
+
+def _nonfinite_ratios(result: LoopResult) -> str | None:
+    """The probes' count of non-finite importance ratios (MODEL.md 5 leaves them out of the statistics)."""
+    total, first = 0, None
+    for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
+        for row in _last_rows(result, probe):
+            count = row.get("rho_nonfinite", 0.0)
+            if count > 0:
+                total += int(count)
+                if first is None or row["iter"] < first[1]:
+                    first = (probe, int(row["iter"]))
+    if first is None:
+        return None
+    return f"{total} non-finite importance ratio(s) left out of the rho statistics (first in {first[0]} at iteration {first[1]})"
 
 
 def check_rho(spec: Spec, result: LoopResult) -> Check:
     h = spec.health
+    if result.completed == 0:
+        return Check("rho_sane", "PASS", "no iteration completed")
     m2 = mean_last_k(result.series["mean_rho2"][: result.completed], spec.run.last_k)
+    note = _nonfinite_ratios(result)
+    more = f"; {note}" if note else ""
     if math.isfinite(m2) and m2 > h.rho2_max:
-        return Check("rho_sane", "FAIL", f"rho exceeds threshold: mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)}")
+        return Check("rho_sane", "FAIL", f"rho exceeds threshold: mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)}{more}")
     worst, where = -math.inf, None
     for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
         rows = _last_rows(result, probe)
         if rows and math.isfinite(rows[-1].get("rho_khat", math.nan)) and rows[-1]["rho_khat"] > worst:
             worst, where = rows[-1]["rho_khat"], probe
     if where is not None and worst > h.khat_fail:
-        return Check("rho_sane", "FAIL", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}: importance weights untrustworthy")
+        return Check("rho_sane", "FAIL", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}: importance weights untrustworthy{more}")
     if where is not None and worst > h.khat_warn:
-        return Check("rho_sane", "WARN", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_warn)} in {where}: slow importance-sampling convergence")
+        return Check("rho_sane", "WARN", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_warn)} in {where}: slow importance-sampling convergence{more}")
     if not math.isfinite(m2):
-        return Check("rho_sane", "WARN", "mean_rho2 has no finite entries")
+        return Check("rho_sane", "WARN", f"mean_last_k(mean_rho2) is not finite ({_fmt(m2)}){more}")
+    if note:
+        return Check("rho_sane", "WARN", note)
     khat = f", worst k_hat {_fmt(worst)}" if where is not None else ""
     return Check("rho_sane", "PASS", f"mean_last_k(mean_rho2) = {_fmt(m2)} <= {_fmt(h.rho2_max)}{khat}")
 
@@ -125,6 +154,8 @@ def check_fixed_point(spec: Spec, result: LoopResult) -> Check:
     if not rows:
         return Check("fixed_point", "PASS", "no fixed-point probe ran")
     failed = [int(r["iter"]) for r in rows if r["converged"] != 1.0]
+    if rows[-1]["converged"] != 1.0 and rows[-1]["iterations"] == 0 and not math.isfinite(rows[-1]["residual"]):
+        return Check("fixed_point", "FAIL", f"no solve at iteration {int(rows[-1]['iter'])}: A_hat or b_hat not finite")
     if rows[-1]["converged"] != 1.0:
         return Check("fixed_point", "FAIL", f"solver did not converge at iteration {int(rows[-1]['iter'])} (residual {_fmt(rows[-1]['residual'])})")
     if failed:
@@ -146,6 +177,10 @@ def check_td(spec: Spec, result: LoopResult) -> Check:
     rows = _last_rows(result, "q_kernel_probe")
     if not rows:
         return Check("td_consistency", "PASS", "no q-kernel probe ran")
+    skipped = [r for r in rows if not math.isfinite(r["td_loss"])]  # a diverged loss says nothing about the kernel form
+    rows = [r for r in rows if math.isfinite(r["td_loss"])]
+    if not rows:
+        return Check("td_consistency", "PASS", f"not compared: td_loss not finite at all {len(skipped)} q-kernel probes")
     worst = max(rows, key=lambda r: r["td_loss_from_Q_rel_diff"] if math.isfinite(r["td_loss_from_Q_rel_diff"]) else math.inf)
     rel = worst["td_loss_from_Q_rel_diff"]
     if not rel <= spec.health.td_rel_tol:
@@ -184,11 +219,16 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict) -> list[str]:
     if result.interrupted:
         steps.append(f"run was interrupted after {result.completed} iteration(s) -> rerun to complete it.")
     if by["rho_sane"].status != "PASS":
-        steps.append(
-            "mean_rho2 is very large -> consider reducing sigma mismatch, increasing beta, increasing p_mix, or enabling rho_clip."
-            if "rho exceeds" in by["rho_sane"].reason
-            else "importance weights are heavy-tailed (PSIS k_hat) -> enable rho.clip, raise p_mix, or bring sigma_pi closer to sigma_mu."
-        )
+        rho_reason = by["rho_sane"].reason
+        if "rho exceeds" in rho_reason:
+            steps.append("mean_rho2 is very large -> consider reducing sigma mismatch, increasing beta, increasing p_mix, or enabling rho_clip.")
+        elif "k_hat" in rho_reason:
+            steps.append("importance weights are heavy-tailed (PSIS k_hat) -> enable rho.clip, raise p_mix, or bring sigma_pi closer to sigma_mu.")
+        if "non-finite importance ratio" in rho_reason:
+            steps.append(
+                "some importance ratios were not finite (states or gains overflowed) -> they are counted in rho_nonfinite and "
+                "left out of the rho statistics; lower actor.alpha_pi or critic.alpha_w."
+            )
         if math.isinf(e_mu_rho2(spec.env.action_dim, p.sigma_pi, p.sigma_mu)):
             steps.append(
                 f"theory: E_mu[(pi/mu)^2] is infinite because sigma_pi^2 = {p.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
@@ -198,7 +238,7 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict) -> list[str]:
             steps.append(f"theory: the defensive mixture bounds rho by 1/p_mix = {1 / p.p_mix:.4g}.")
     if by["finite"].status == "FAIL":
         steps.append(f"{by['finite'].reason} -> lower critic.alpha_w (now {spec.critic.alpha_w:g}) or actor.alpha_pi (now {spec.actor.alpha_pi:g}), or enable rho.clip.")
-    if by["stable"].status == "FAIL":
+    if by["stable"].status == "FAIL" and "not finite" not in by["stable"].reason:
         steps.append(
             "the expected TD update expands (deadly triad) -> reduce the off-policy mismatch (raise p_mix or beta), "
             "lower gamma, or lower alpha_w."
@@ -215,7 +255,7 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict) -> list[str]:
             "theory: the closed loop sqrt(gamma) * rho(A + B K_pi) >= 1, so the policy's value is infinite -> lower actor.alpha_pi "
             "or start from a stabilising policy.k_init."
         )
-    if by["fixed_point"].status != "PASS":
+    if by["fixed_point"].status != "PASS" and "not finite" not in by["fixed_point"].reason:
         steps.append("the fixed-point solve did not converge -> raise probes.fixed_point.num_iters or batch_size (A_hat may be near singular).")
     if by["step_scale"].status == "FAIL":
         steps.append("probe and training disagree on the critic step -> a bug: report it with the spec.")

@@ -153,9 +153,16 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
         "a_min_real_eig": min_re,
         "a_min_real_eig_se": ddof_std(sub_eigs[:, 1]) / math.sqrt(reps),
         "stability_probe_step_scale": step_scale,
-        "stability_probe_step_scale_ratio": step_scale / ctx.train_step_scale,
+        "stability_probe_step_scale_ratio": _ratio(step_scale, ctx.train_step_scale),
         **_rho_metrics(ctx, ts.rho),
     }
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, with 0 / 0 = 1: a frozen critic (alpha_w = 0) has equal, zero steps in both places."""
+    if num == 0.0 and den == 0.0:
+        return 1.0
+    return num / den if den != 0.0 else math.inf
 
 
 def q_kernel_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:

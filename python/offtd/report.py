@@ -66,7 +66,6 @@ def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict,
             "completed_iters": done,
             "diverged_at": result.diverged_at,
             "interrupted": result.interrupted,
-            "elapsed_s": result.elapsed_s,
             "spec": spec.to_dict(),
         },
         "health": verdict.to_dict(),
@@ -119,8 +118,11 @@ def _samples(report: dict) -> tuple[list[list[str]], list[list[str]]]:
     return rows[:SAMPLE_ROWS], rows[-SAMPLE_ROWS:]
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: dict, elapsed_s: float | None = None) -> str:
+    """report.md. `elapsed_s` (wall time) is shown when given; report.json leaves it out so that the same
+    spec and seed give the same report.json apart from timestamp and run_dir."""
     info = report["run_info"]
+    took = f" in {elapsed_s:.3g} s" if elapsed_s is not None else ""
     lines = ["# Run Report", "", "## Run Info"]
     lines += [
         f"- run_dir: {info.get('run_dir')}",
@@ -129,7 +131,7 @@ def render_markdown(report: dict) -> str:
         f"- key_hparams: {info['key_hparams']}",
         f"- backend: {info.get('backend')}",
         f"- name: {info['name']}",
-        f"- iterations: {info['completed_iters']} of {info['outer_iters']} completed in {info['elapsed_s']:.3g} s",
+        f"- iterations: {info['completed_iters']} of {info['outer_iters']} completed{took}",
     ]
     lines += ["", "## Health", f"- {report['health']['status_line']}"]
     sc = report["scale_checks"]
@@ -194,11 +196,20 @@ def series_csv(columns: dict[str, list[float]]) -> str:
     return buf.getvalue()
 
 
+def _file_mode() -> int:
+    """0o666 less the process umask: what `open()` would give (mkstemp alone gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file, even
+    if the process is killed mid-write (at worst a hidden `.<name>.*.tmp` file is left behind)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), _file_mode())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -211,11 +222,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_run(run_dir: Path, spec: Spec, report: dict) -> None:
+def write_run(run_dir: Path, spec: Spec, report: dict, elapsed_s: float | None = None) -> None:
     """Write every file of a run. report.json goes last: its presence marks a complete run directory."""
     write_atomic(run_dir / "spec.toml", to_toml(spec))
     write_atomic(run_dir / "series.csv", series_csv(report["series"]))
     for name, cols in report["probe_series"].items():
         write_atomic(run_dir / f"{name}.csv", series_csv(cols))
-    write_atomic(run_dir / "report.md", render_markdown(report))
+    write_atomic(run_dir / "report.md", render_markdown(report, elapsed_s))
     write_atomic(run_dir / "report.json", to_json(report))

@@ -29,7 +29,12 @@ class SpecError(ValueError):
     def __init__(self, where: str, reason: str):
         self.where = where
         self.reason = reason
-        super().__init__(f"{where}: {reason}")
+        super().__init__(f"{_printable(where)}: {_printable(reason)}")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped (a key or path may hold a newline): messages stay one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _f(default: Any, doc: str = "", **check: Any) -> Any:
@@ -55,15 +60,16 @@ class EnvCfg:
     b: Matrix | None = _f(None, "n x m input matrix; default 0.5 on the diagonal")
     q: Matrix | None = _f(None, "n x n state cost (symmetric PSD); default I")
     r: Matrix | None = _f(None, "m x m action cost (symmetric PSD); default I")
-    sigma_eps: float = _f(0.1, "environment noise", lo=0.0)
-    sigma_0: float = _f(1.0, "start-state scale", lo=0.0)
+    sigma_eps: float = _f(0.1, "environment noise", lo=0.0, hi=1e6)
+    sigma_0: float = _f(1.0, "start-state scale", lo=0.0, hi=1e6)
     reward_scale: float = _f(1.0, "c_r in r = -c_r (s'Qs + a'Ra)", lo=0.0, lo_open=True)
 
 
 @dataclass(frozen=True)
 class PolicyCfg:
-    sigma_mu: float = _f(0.5, "behaviour std", lo=0.0, lo_open=True)
-    sigma_pi: float = _f(0.5, "target std", lo=0.0, lo_open=True)
+    # Noise levels are bounded so that the closed forms (squares, their ratios and logs) stay finite.
+    sigma_mu: float = _f(0.5, "behaviour std", lo=1e-6, hi=1e6)
+    sigma_pi: float = _f(0.5, "target std", lo=1e-6, hi=1e6)
     p_mix: float = _f(0.0, "defensive-mixture weight of pi", lo=0.0, hi=1.0, hi_open=True)
     beta: float = _f(0.1, "behaviour tracking rate", lo=0.0, hi=1.0)
     k_init: Matrix | None = _f(None, "m x n initial gain of pi (and mu); default zeros")
@@ -73,7 +79,7 @@ class PolicyCfg:
 @dataclass(frozen=True)
 class CriticCfg:
     gamma: float = _f(0.9, "discount", lo=0.0, hi=1.0, hi_open=True)
-    alpha_w: float = _f(0.05, "critic step size", lo=0.0)
+    alpha_w: float = _f(0.05, "critic step size (0 freezes the critic)", lo=0.0)
     init: str = _f("zeros", "zeros | teacher | teacher_noise", choices=("zeros", "teacher", "teacher_noise"))
     init_noise: float = _f(0.05, "relative noise on the teacher for teacher_noise (x ||w_teacher|| / sqrt(d))", lo=0.0)
 
@@ -183,6 +189,10 @@ def _suggest(name: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _num(x: float | int) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _check_scalar(key: str, value: Any, ftype: Any, meta: Mapping[str, Any]) -> Any:
     tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
     if tname == "bool":
@@ -207,16 +217,18 @@ def _check_scalar(key: str, value: Any, ftype: Any, meta: Mapping[str, Any]) -> 
         choices = meta.get("choices")
         if choices and value not in choices:
             raise SpecError(key, f"must be one of {', '.join(choices)}, got {value!r}{_suggest(value, list(choices))}")
-        if key == "name" and (not value or "/" in value or value in (".", "..")):
-            raise SpecError(key, f"must be a non-empty name without '/', got {value!r}")
+        if key == "name" and (
+            not value or value in (".", "..") or any(c == "/" or not c.isprintable() for c in value)
+        ):
+            raise SpecError(key, f"must be a non-empty name without '/' or control characters, got {value!r}")
         return value
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         op = ">" if meta.get("lo_open") else ">="
-        raise SpecError(key, f"must be {op} {lo:g}, got {value!r}")
+        raise SpecError(key, f"must be {op} {_num(lo)}, got {value!r}")
     if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
         op = "<" if meta.get("hi_open") else "<="
-        raise SpecError(key, f"must be {op} {hi:g}, got {value!r}")
+        raise SpecError(key, f"must be {op} {_num(hi)}, got {value!r}")
     return value
 
 
@@ -340,19 +352,40 @@ def _resolve(spec: Spec) -> Spec:
     return out
 
 
-def memory_estimate_bytes(spec: Spec) -> int:
-    """Peak bytes of the arrays a run holds at once: the stored batch plus each probe's ratios."""
+# Bytes per outer iteration held by the core series and their report forms (numpy, Python lists, JSON and
+# CSV text), and per probe iteration by the probe rows (dicts of ~25 metrics for each of four probes).
+SERIES_BYTES_PER_ITER = 1024
+PROBE_ROW_BYTES = 16 * 1024
+
+
+def memory_terms(spec: Spec) -> dict[str, int]:
+    """Peak bytes a run holds, by the key that sets each part: the stored batch, the series of every
+    iteration, and each enabled probe's samples."""
     n, m = spec.env.state_dim, spec.env.action_dim
     d = n * (n + 1) // 2 + n + 1
-    b, h = spec.run.batch, spec.run.horizon
-    batch_bytes = 8 * b * ((h + 1) * n + 2 * h)
+    b, h, t = spec.run.batch, spec.run.horizon, spec.run.outer_iters
     p = spec.probes
-    probe = 8 * max(
-        p.distribution.num_samples + p.distribution.action_samples * (n + 2 * m),
-        p.fixed_point.batch_size,
-        p.stability.batch_size + p.stability.repeats * (d * d + d),
-    )
-    return batch_bytes + probe
+    probe_iters = t // spec.run.probe_every + 1
+    terms = {
+        "run.horizon" if h > b else "run.batch": 8 * b * ((h + 1) * n + 2 * h),
+        "run.outer_iters": SERIES_BYTES_PER_ITER * t + PROBE_ROW_BYTES * probe_iters,
+    }
+    if p.distribution.enabled:
+        terms["probes.distribution.num_samples"] = 8 * (
+            p.distribution.num_samples + p.distribution.action_samples * (n + 2 * m)
+        )
+    if p.fixed_point.enabled:
+        terms["probes.fixed_point.batch_size"] = 8 * p.fixed_point.batch_size
+    if p.stability.enabled:
+        terms["probes.stability.batch_size"] = 8 * (p.stability.batch_size + p.stability.repeats * (d * d + d))
+    return terms
+
+
+def memory_estimate_bytes(spec: Spec) -> int:
+    """Peak bytes of the arrays a run holds at once: the stored batch, the series, and the largest probe."""
+    terms = memory_terms(spec)
+    probe = max((v for k, v in terms.items() if k.startswith("probes.")), default=0)
+    return sum(v for k, v in terms.items() if not k.startswith("probes.")) + probe
 
 
 def _check_memory(spec: Spec) -> None:
@@ -364,9 +397,11 @@ def _check_memory(spec: Spec) -> None:
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         pass
     if need > limit:
+        terms = memory_terms(spec)
+        key = max(terms, key=terms.__getitem__)
         raise SpecError(
-            "run.batch",
-            f"this spec needs about {need / 2**30:.3g} GiB for its arrays (batch x horizon and probe sizes), "
+            key,
+            f"this spec needs about {need / 2**30:.3g} GiB for its arrays ({terms[key] / 2**30:.3g} GiB from {key}), "
             f"more than the {limit / 2**30:.3g} GiB allowed (run.max_memory_gb or 80% of RAM)",
         )
 
@@ -386,8 +421,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise SpecError(f"--set {item}", "expected KEY=VALUE, e.g. policy.p_mix=0.1")
     key, raw = item.split("=", 1)
     key, raw = key.strip(), raw.strip()
-    if not key:
-        raise SpecError(f"--set {item}", "empty key")
+    if not key or not all(part.strip() for part in key.split(".")):
+        raise SpecError(f"--set {item}", "empty key or key part, expected e.g. policy.p_mix=0.1")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -8,7 +8,8 @@ pairwise distances ``sqrt(sum_c (z_i[c]-z_j[c])^2)``, ``i < j``, of the pooled s
 ``Sxx/(M(M-1)) + Syy/(M(M-1)) - 2 Sxy/M^2``, each sum left to right, i outer, j inner (i != j for
 Sxx, Syy). Literal choices: each sum is divided once (``S / (M(M-1))``, not term by term);
 ``-||u-v||^2 / (2 sigma^2)`` is ``(-sq) / (2.0 * (sigma * sigma))``; the three parts are combined as
-``(a + b) - (2.0 * Sxy) / (M*M)``. M < 2 gives NaN (the U-statistic is undefined).
+``(a + b) - (2.0 * Sxy) / (M*M)``. M < 2 gives NaN (the U-statistic is undefined); a NaN pairwise
+distance (NaN input, or two points with the same infinity) makes both ``mmd_sigma`` and ``mmd2`` NaN.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def mmd_sigma(x, y) -> float:
             dists.append(ieee_sqrt(sq_dist(z[i], z[j])))
     if not dists:
         return 1.0
+    if any(dd != dd for dd in dists):  # a NaN distance has no rank: the bandwidth is undefined
+        return NAN
     dists.sort()
     med = dists[(len(dists) + 1) // 2 - 1]  # rank ceil(L/2), 1-based
     return 1.0 if med == 0.0 else med
@@ -47,7 +50,7 @@ def mmd2(x, y) -> tuple[float, float]:
     if len(y) != m:
         raise ValueError(f"x and y must have the same number of points ({m} != {len(y)})")
     sigma = mmd_sigma(x, y)
-    if m < 2:
+    if m < 2 or sigma != sigma:
         return NAN, sigma
     den = 2.0 * (sigma * sigma)
 

@@ -1,0 +1,154 @@
+"""Typed stub of the compiled Rust core ``offtd._core`` (rust/bindings.rs).
+
+Array arguments must be C-contiguous numpy float64 arrays of the stated shape: a wrong dtype, number
+of dimensions or a non-array raises ``TypeError``; a wrong shape, a non-contiguous array, a non-finite
+value where one is not allowed, or an out-of-domain scalar raises ``ValueError``; messages start with
+the argument's name (``"k_pi: expected shape (2, 2), got (3, 2)"``). Integer arguments (seeds,
+purposes, iterations, sizes) must lie in ``[0, 2**64)``. The kernels release the interpreter lock.
+Non-finite values are allowed only in ``pool``, ``rho`` (rho_stats), ``x``/``y`` (mmd2) and ``states``
+(features): they are a diverged run's data and propagate as IEEE inf/NaN.
+"""
+
+from typing import TypedDict
+
+import numpy as np
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+
+BLOCK: int
+"""Samples per block of a block sum (MODEL.md 0.2): 1024."""
+
+class RolloutDict(TypedDict):
+    states: F64  # (batch, horizon + 1, n)
+    rewards: F64  # (batch, horizon)
+    rho: F64  # (batch, horizon), unclipped
+    count: int
+    td_sq: float
+    rho2: float
+    grad_w: F64  # (d,)
+    grad_k: F64  # (m, n)
+    gram: F64  # (d, d)
+
+class TransitionsDict(TypedDict):
+    a_sums: F64  # (R, d, d)
+    b_sums: F64  # (R, d)
+    counts: NDArray[np.int64]  # (R,)
+    rho: F64  # (count,)
+
+class PolicySamplesDict(TypedDict):
+    rho: F64  # (count,)
+    tv_sum: float
+    state_moment: F64  # (n, n)
+    mmd_s: F64  # (mmd_count, n)
+    mmd_a_pi: F64  # (mmd_count, m)
+    mmd_a_mu: F64  # (mmd_count, m)
+
+class RhoStatsDict(TypedDict):
+    n: int
+    nonfinite: int
+    mean: float
+    rho2_mean: float
+    min: float
+    max: float
+    p95: float
+    p99: float
+    clip: float
+    clip_active: int
+    clip_frac: float
+    ess_frac: float
+    khat: float
+
+def philox4x64(counter: tuple[int, int, int, int] | list[int], key: tuple[int, int] | list[int]) -> tuple[int, int, int, int]:
+    """Philox4x64-10 block of a 4-word counter and a 2-word key."""
+
+def philox_blocks(seed: int, purpose: int, iteration: int, substream: int, start: int, count: int) -> NDArray[np.uint64]:
+    """Blocks ``start .. start+count`` of the stream, shape (count, 4)."""
+
+def uniforms(seed: int, purpose: int, iteration: int, substream: int, start: int, count: int) -> F64:
+    """Uniforms #start .. #start+count-1 of the stream (MODEL.md section 1)."""
+
+def normals(seed: int, purpose: int, iteration: int, substream: int, start: int, count: int) -> F64:
+    """Normals #start .. #start+count-1 of the stream (Box-Muller, MODEL.md section 1)."""
+
+def features(states: F64) -> F64:
+    """phi(s) for each row of an (N, n) array: (N, d)."""
+
+def rollout(
+    a: F64,
+    b: F64,
+    q: F64,
+    r: F64,
+    sigma_eps: float,
+    sigma_0: float,
+    reward_scale: float,
+    sigma_pi: float,
+    sigma_mu: float,
+    p_mix: float,
+    gamma: float,
+    rho_clip: float,
+    seed: int,
+    w: F64,
+    k_pi: F64,
+    k_mu: F64,
+    iteration: int,
+    batch: int,
+    horizon: int,
+) -> RolloutDict:
+    """One iteration's rollout with its TD/actor/Gram sums (MODEL.md section 3).
+
+    ``a`` (n, n), ``b`` (n, m), ``q`` (n, n), ``r`` (m, m), ``w`` (d,), ``k_pi``/``k_mu`` (m, n), all
+    finite; ``rho_clip`` = inf disables clipping; ``batch``, ``horizon`` >= 1."""
+
+def transitions(
+    a: F64,
+    b: F64,
+    q: F64,
+    r: F64,
+    sigma_eps: float,
+    reward_scale: float,
+    sigma_pi: float,
+    sigma_mu: float,
+    p_mix: float,
+    gamma: float,
+    rho_clip: float,
+    seed: int,
+    k_pi: F64,
+    k_mu: F64,
+    pool: F64,
+    count: int,
+    repeats: int,
+    base: int,
+    iteration: int,
+) -> TransitionsDict:
+    """Probe transitions (MODEL.md 4.2) from the (N, n) state ``pool``, ``repeats`` sub-batches."""
+
+def policy_samples(
+    sigma_pi: float,
+    sigma_mu: float,
+    seed: int,
+    k_pi: F64,
+    k_mu: F64,
+    pool: F64,
+    count: int,
+    mmd_count: int,
+    iteration: int,
+) -> PolicySamplesDict:
+    """The distribution probe's draws (MODEL.md 4.1); ``mmd_count <= count``."""
+
+def rho_stats(rho: F64, clip: float, clip_enabled: bool) -> RhoStatsDict:
+    """Importance-ratio statistics (MODEL.md section 5); non-finite ratios are counted and excluded."""
+
+def gmres(a: F64, b: F64, max_iters: int, tol: float) -> tuple[F64, bool, int, float]:
+    """Restarted GMRES(d) (MODEL.md section 6): ``(x, converged, iterations, residual)``."""
+
+def lu_solve(a: F64, b: F64) -> F64:
+    """Direct LU solve with partial pivoting (for checking); ``ValueError`` if ``a`` is singular."""
+
+def power_iteration(m: F64, v0: F64, iters: int) -> float:
+    """Power-iteration estimate of M's spectral radius (MODEL.md section 6); NaN for ``iters == 0``."""
+
+def mmd2(x: F64, y: F64) -> tuple[float, float]:
+    """``(mmd2, mmd_sigma)`` for two (M, D) sets (MODEL.md 4.1); mmd2 is NaN for M < 2; both are NaN
+    when some pairwise distance is NaN (a NaN input, or two points holding the same infinity in the
+    same coordinate)."""

@@ -1,0 +1,161 @@
+"""The Rust backend (``--backend rust``): a thin adapter from :class:`offtd.backend.Backend` to the
+compiled module :mod:`offtd._core`.
+
+Arrays are passed to the core as C-contiguous float64 (converted here if needed); the core checks
+shapes, releases the interpreter lock while it computes, and returns numpy arrays that are wrapped in
+backend.py's dataclasses unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from .backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, TransitionSums
+
+
+def _f64(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def _env(problem: Problem) -> dict:
+    """The LQG arrays and scalars shared by rollout and transitions."""
+    return dict(
+        a=_f64(problem.a),
+        b=_f64(problem.b),
+        q=_f64(problem.q),
+        r=_f64(problem.r),
+        sigma_eps=float(problem.sigma_eps),
+        reward_scale=float(problem.reward_scale),
+        sigma_pi=float(problem.sigma_pi),
+        sigma_mu=float(problem.sigma_mu),
+        p_mix=float(problem.p_mix),
+        gamma=float(problem.gamma),
+        rho_clip=float(problem.rho_clip),
+        seed=int(problem.seed),
+    )
+
+
+def _pool(pool: np.ndarray, n: int) -> np.ndarray:
+    return _f64(np.asarray(pool).reshape(-1, n))
+
+
+class RustBackend:
+    """Implements :class:`offtd.backend.Backend` with the Rust core."""
+
+    name = "rust"
+
+    def rollout(
+        self,
+        problem: Problem,
+        w: np.ndarray,
+        k_pi: np.ndarray,
+        k_mu: np.ndarray,
+        iteration: int,
+        batch: int,
+        horizon: int,
+    ) -> RolloutBatch:
+        out = _core.rollout(
+            **_env(problem),
+            sigma_0=float(problem.sigma_0),
+            w=_f64(w),
+            k_pi=_f64(k_pi),
+            k_mu=_f64(k_mu),
+            iteration=int(iteration),
+            batch=int(batch),
+            horizon=int(horizon),
+        )
+        return RolloutBatch(
+            states=out["states"],
+            rewards=out["rewards"],
+            rho=out["rho"],
+            count=int(out["count"]),
+            td_sq=float(out["td_sq"]),
+            rho2=float(out["rho2"]),
+            grad_w=out["grad_w"],
+            grad_k=out["grad_k"],
+            gram=out["gram"],
+        )
+
+    def transitions(
+        self,
+        problem: Problem,
+        k_pi: np.ndarray,
+        k_mu: np.ndarray,
+        pool: np.ndarray,
+        count: int,
+        repeats: int,
+        base: int,
+        iteration: int,
+    ) -> TransitionSums:
+        out = _core.transitions(
+            **_env(problem),
+            k_pi=_f64(k_pi),
+            k_mu=_f64(k_mu),
+            pool=_pool(pool, problem.n),
+            count=int(count),
+            repeats=int(repeats),
+            base=int(base),
+            iteration=int(iteration),
+        )
+        return TransitionSums(a_sums=out["a_sums"], b_sums=out["b_sums"], counts=out["counts"], rho=out["rho"])
+
+    def policy_samples(
+        self,
+        problem: Problem,
+        k_pi: np.ndarray,
+        k_mu: np.ndarray,
+        pool: np.ndarray,
+        count: int,
+        mmd_count: int,
+        iteration: int,
+    ) -> PolicySamples:
+        out = _core.policy_samples(
+            sigma_pi=float(problem.sigma_pi),
+            sigma_mu=float(problem.sigma_mu),
+            seed=int(problem.seed),
+            k_pi=_f64(k_pi),
+            k_mu=_f64(k_mu),
+            pool=_pool(pool, problem.n),
+            count=int(count),
+            mmd_count=int(mmd_count),
+            iteration=int(iteration),
+        )
+        return PolicySamples(
+            rho=out["rho"],
+            tv_sum=float(out["tv_sum"]),
+            state_moment=out["state_moment"],
+            mmd_s=out["mmd_s"],
+            mmd_a_pi=out["mmd_a_pi"],
+            mmd_a_mu=out["mmd_a_mu"],
+        )
+
+    def rho_stats(self, rho: np.ndarray, clip: float, clip_enabled: bool) -> RhoStats:
+        s = _core.rho_stats(_f64(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
+        return RhoStats(
+            n=int(s["n"]),
+            nonfinite=int(s["nonfinite"]),
+            mean=s["mean"],
+            rho2_mean=s["rho2_mean"],
+            min=s["min"],
+            max=s["max"],
+            p95=s["p95"],
+            p99=s["p99"],
+            clip=s["clip"],
+            clip_active=int(s["clip_active"]),
+            clip_frac=s["clip_frac"],
+            ess_frac=s["ess_frac"],
+            khat=s["khat"],
+        )
+
+    def solve(self, a: np.ndarray, b: np.ndarray, max_iters: int, tol: float) -> SolveResult:
+        x, converged, iterations, residual = _core.gmres(_f64(a), _f64(b), int(max_iters), float(tol))
+        return SolveResult(x=x, converged=bool(converged), iterations=int(iterations), residual=float(residual))
+
+    def power_iteration(self, m: np.ndarray, v0: np.ndarray, iters: int) -> float:
+        return float(_core.power_iteration(_f64(m), _f64(v0), int(iters)))
+
+    def mmd2(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Returns (mmd2, mmd_sigma)."""
+        value, sigma = _core.mmd2(_f64(x), _f64(y))
+        return float(value), float(sigma)
