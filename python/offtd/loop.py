@@ -38,7 +38,7 @@ class LoopResult:
     teacher_undefined_iters: list[int] = field(default_factory=list)
 
 
-def initial_weights(spec: Spec, problem: Problem, k_pi: np.ndarray) -> np.ndarray:
+def initial_weights(spec: Spec, problem: Problem, k_pi: np.ndarray, backend: Backend) -> np.ndarray:
     """MODEL.md 3, critic initialisation."""
     d = problem.d
     if spec.critic.init == "zeros":
@@ -48,7 +48,7 @@ def initial_weights(spec: Spec, problem: Problem, k_pi: np.ndarray) -> np.ndarra
         return np.zeros(d)  # no teacher to start from; the teacher check reports it
     w = tch.w.copy()
     if spec.critic.init == "teacher_noise":
-        z = np.array(rng.normals(problem.seed, rng.CRITIC_INIT, 0, 0, d))
+        z = backend.normals(problem.seed, rng.CRITIC_INIT, 0, 0, d)
         w = w + (spec.critic.init_noise * float(np.linalg.norm(w)) / math.sqrt(d)) * z
     return w
 
@@ -69,7 +69,7 @@ def run_loop(
     T = spec.run.outer_iters
     k_pi = np.array(spec.policy.k_init, dtype=float)
     k_mu = np.array(spec.policy.k_mu_init, dtype=float)
-    w = initial_weights(spec, problem, k_pi)
+    w = initial_weights(spec, problem, k_pi, backend)
     series = {name: np.full(T, math.nan) for name in CORE_METRICS + EXTRA_CORE_METRICS}
     probe_series: dict[str, list[dict[str, float]]] = {name: [] for name, _ in PROBES}
     state = ProbeState()

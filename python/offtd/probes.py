@@ -131,7 +131,7 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     def proxy(a_hat: np.ndarray, substream: int) -> float:
         if not np.all(np.isfinite(a_hat)):
             return math.nan
-        v0 = np.array(rng.normals(p.seed, rng.POWER_INIT, ctx.iteration, substream, p.d))
+        v0 = ctx.backend.normals(p.seed, rng.POWER_INIT, ctx.iteration, substream, p.d)
         return ctx.backend.power_iteration(eye - alpha * a_hat, v0, cfg.power_iters)
 
     a_hat, _ = _a_b_hat(ts, k)

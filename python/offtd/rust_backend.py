@@ -130,6 +130,9 @@ class RustBackend:
             mmd_a_mu=out["mmd_a_mu"],
         )
 
+    def normals(self, seed: int, purpose: int, iteration: int, substream: int, count: int) -> np.ndarray:
+        return _core.normals(seed, purpose, iteration, substream, 0, count)
+
     def rho_stats(self, rho: np.ndarray, clip: float, clip_enabled: bool) -> RhoStats:
         s = _core.rho_stats(_f64(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
         return RhoStats(

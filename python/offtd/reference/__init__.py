@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import rng
 from ..backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, TransitionSums
 from .common import feature_dim, log_ratio, to_matrix, to_vector
 from .mmd import mmd2 as _mmd2
@@ -141,6 +142,9 @@ class ReferenceBackend:
             mmd_a_pi=_f64(out.mmd_a_pi).reshape(mmd_count, m),
             mmd_a_mu=_f64(out.mmd_a_mu).reshape(mmd_count, m),
         )
+
+    def normals(self, seed: int, purpose: int, iteration: int, substream: int, count: int) -> np.ndarray:
+        return _f64(rng.normals(seed, purpose, iteration, substream, count))
 
     def rho_stats(self, rho: np.ndarray, clip: float, clip_enabled: bool) -> RhoStats:
         st = _rho_stats(to_vector(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
