@@ -209,7 +209,7 @@ def main(quick: bool = False, json_path: str | None = None) -> int:
                 "rust_vs_numpy": (rust1[c.name] / base) if base else None,
             }
         )
-    header = ["case", "reference", "rust", "ratio", "rust 1 thread", f"per core", f"all {cores} cores", "rust/numpy"]
+    header = ["case", "reference", "rust", "ratio", "rust 1 thread", "per core", f"all {cores} cores", "rust/numpy"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(

@@ -62,7 +62,7 @@ class ReferenceBackend:
     ) -> RolloutBatch:
         n, m, d = problem.n, problem.m, problem.d
         out = _rollout(
-            **_env_kwargs(problem),
+            _env_kwargs(problem),
             sigma_0=float(problem.sigma_0),
             w=to_vector(w),
             k_pi=to_matrix(k_pi),
@@ -96,7 +96,7 @@ class ReferenceBackend:
     ) -> TransitionSums:
         d = problem.d
         out = _transitions(
-            **_env_kwargs(problem),
+            _env_kwargs(problem),
             k_pi=to_matrix(k_pi),
             k_mu=to_matrix(k_mu),
             pool=to_matrix(np.asarray(pool).reshape(-1, problem.n)),

@@ -212,6 +212,26 @@ def clip_ratio(rho: float, clip: float) -> float:
     return clip if rho > clip else rho
 
 
+def choose_action(u: float, z, mean_pi, mean_mu, sigma_pi: float, sigma_mu: float, p_mix: float):
+    """``a = K_pi s + sigma_pi z`` if ``u < p``, else ``a = K_mu s + sigma_mu z``."""
+    if u < p_mix:
+        return [mk + sigma_pi * zk for mk, zk in zip(mean_pi, z)]
+    return [mk + sigma_mu * zk for mk, zk in zip(mean_mu, z)]
+
+
+def mixture_step(s, u, z_a, z_e, env: dict, k_pi, k_mu):
+    """One transition of MODEL.md section 2 from state ``s`` (mixture uniform ``u``, action normals
+    ``z_a``, environment normals ``z_e``): returns ``(dpi, rho, rho_bar, r, s_next)``. ``env`` holds
+    a_mat, b_mat, q_mat, r_mat, sigma_eps, reward_scale, sigma_pi, sigma_mu, p_mix and rho_clip."""
+    sigma_pi, sigma_mu, p_mix = env["sigma_pi"], env["sigma_mu"], env["p_mix"]
+    a = choose_action(u, z_a, matvec(k_pi, s), matvec(k_mu, s), sigma_pi, sigma_mu, p_mix)
+    lpi, lmu, dpi = lpi_lmu(a, s, k_pi, k_mu, sigma_pi, sigma_mu)
+    rho = ratio_from_logs(lpi, lmu, p_mix)
+    r = reward(s, a, env["q_mat"], env["r_mat"], env["reward_scale"])
+    s_next = env_step(s, a, env["a_mat"], env["b_mat"], env["sigma_eps"], z_e)
+    return dpi, rho, clip_ratio(rho, env["rho_clip"]), r, s_next
+
+
 def pick(u: float, count: int) -> int:
     """State-pool pick (MODEL.md section 4): ``idx = min(floor(u * N), N - 1)``, ``u * N`` a double
     product."""

@@ -11,17 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import rng
-from .common import (
-    clip_ratio,
-    dot,
-    env_step,
-    feature_dim,
-    lpi_lmu,
-    matvec,
-    phi,
-    ratio_from_logs,
-    reward,
-)
+from .common import dot, feature_dim, mixture_step, phi
 
 
 @dataclass
@@ -39,28 +29,10 @@ class RolloutSums:
     gram: list  # [d][d]
 
 
-def choose_action(u: float, z, mean_pi, mean_mu, sigma_pi: float, sigma_mu: float, p_mix: float):
-    """``a = K_pi s + sigma_pi z`` if ``u < p``, else ``a = K_mu s + sigma_mu z``."""
-    if u < p_mix:
-        return [mk + sigma_pi * zk for mk, zk in zip(mean_pi, z)]
-    return [mk + sigma_mu * zk for mk, zk in zip(mean_mu, z)]
-
-
 def rollout(
+    env: dict,
     *,
-    a_mat,
-    b_mat,
-    q_mat,
-    r_mat,
-    sigma_eps: float,
     sigma_0: float,
-    reward_scale: float,
-    sigma_pi: float,
-    sigma_mu: float,
-    p_mix: float,
-    gamma: float,
-    rho_clip: float,
-    seed: int,
     w,
     k_pi,
     k_mu,
@@ -68,9 +40,11 @@ def rollout(
     batch: int,
     horizon: int,
 ) -> RolloutSums:
-    """Roll out ``batch`` trajectories of ``horizon`` steps (all matrices are lists of rows of floats)."""
-    n = len(a_mat)
-    m = len(b_mat[0]) if n else 0
+    """Roll out ``batch`` trajectories of ``horizon`` steps. ``env`` holds the environment and policy
+    constants (see ``common.mixture_step``) plus ``gamma`` and ``seed``; matrices are lists of rows."""
+    n = len(env["a_mat"])
+    m = len(env["b_mat"][0]) if n else 0
+    gamma, seed = env["gamma"], env["seed"]
     d = feature_dim(n)
 
     tot_td_sq = 0.0
@@ -83,11 +57,12 @@ def rollout(
     all_rho = []
     count = 0
 
+
     for j in range(batch):
         init = rng.Stream(seed, rng.ROLL_INIT, iteration, j)
         mix = rng.Stream(seed, rng.ROLL_MIX, iteration, j)
         act = rng.Stream(seed, rng.ROLL_ACTION, iteration, j)
-        env = rng.Stream(seed, rng.ROLL_ENV, iteration, j)
+        env_noise = rng.Stream(seed, rng.ROLL_ENV, iteration, j)
 
         s = [sigma_0 * init.normal(i) for i in range(n)]
         states = [s]
@@ -102,17 +77,9 @@ def rollout(
         gram = [[0.0] * d for _ in range(d)]  # upper triangle accumulated, mirrored below
 
         for h in range(horizon):
-            u = mix.uniform(h)
             z_a = [act.normal(h * m + k) for k in range(m)]
-            mean_pi = matvec(k_pi, s)
-            mean_mu = matvec(k_mu, s)
-            a = choose_action(u, z_a, mean_pi, mean_mu, sigma_pi, sigma_mu, p_mix)
-            lpi, lmu, dpi = lpi_lmu(a, s, k_pi, k_mu, sigma_pi, sigma_mu)
-            rho = ratio_from_logs(lpi, lmu, p_mix)
-            rho_bar = clip_ratio(rho, rho_clip)
-            r = reward(s, a, q_mat, r_mat, reward_scale)
-            z_e = [env.normal(h * n + i) for i in range(n)]
-            s_next = env_step(s, a, a_mat, b_mat, sigma_eps, z_e)
+            z_e = [env_noise.normal(h * n + i) for i in range(n)]
+            dpi, rho, rho_bar, r, s_next = mixture_step(s, mix.uniform(h), z_a, z_e, env, k_pi, k_mu)
 
             f = phi(s)
             f_next = phi(s_next)

@@ -13,17 +13,14 @@ from dataclasses import dataclass
 from .. import rng
 from .common import (
     BLOCK,
-    clip_ratio,
-    env_step,
     feature_dim,
     lpi_lmu,
     matvec,
+    mixture_step,
     phi,
     pick,
     ratio_from_logs,
-    reward,
 )
-from .rollout import choose_action
 
 
 @dataclass
@@ -50,19 +47,8 @@ def sub_batch_bounds(count: int, repeats: int) -> list[tuple[int, int]]:
 
 
 def transitions(
+    env: dict,
     *,
-    a_mat,
-    b_mat,
-    q_mat,
-    r_mat,
-    sigma_eps: float,
-    reward_scale: float,
-    sigma_pi: float,
-    sigma_mu: float,
-    p_mix: float,
-    gamma: float,
-    rho_clip: float,
-    seed: int,
     k_pi,
     k_mu,
     pool,
@@ -73,9 +59,10 @@ def transitions(
 ) -> TransitionSumsPy:
     """``count`` (= K) probe transitions from the state pool (a list of N states), split in ``repeats``
     (= R) contiguous sub-batches, each block-summed on its own."""
-    n = len(a_mat)
-    m = len(b_mat[0]) if n else 0
+    n = len(env["a_mat"])
+    m = len(env["b_mat"][0]) if n else 0
     d = feature_dim(n)
+    gamma, seed = env["gamma"], env["seed"]
     n_pool = len(pool)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
@@ -97,17 +84,9 @@ def transitions(
             b_blk = [0.0] * d
             for k in range(blk_start, min(blk_start + BLOCK, k1)):
                 s = pool[pick(st_state.uniform(k), n_pool)]
-                u = st_mix.uniform(k)
                 z_a = [st_act.normal(k * m + j) for j in range(m)]
-                mean_pi = matvec(k_pi, s)
-                mean_mu = matvec(k_mu, s)
-                a = choose_action(u, z_a, mean_pi, mean_mu, sigma_pi, sigma_mu, p_mix)
-                lpi, lmu, _ = lpi_lmu(a, s, k_pi, k_mu, sigma_pi, sigma_mu)
-                rho = ratio_from_logs(lpi, lmu, p_mix)
-                rho_bar = clip_ratio(rho, rho_clip)
-                r = reward(s, a, q_mat, r_mat, reward_scale)
                 z_e = [st_env.normal(k * n + i) for i in range(n)]
-                s_next = env_step(s, a, a_mat, b_mat, sigma_eps, z_e)
+                _, rho, rho_bar, r, s_next = mixture_step(s, st_mix.uniform(k), z_a, z_e, env, k_pi, k_mu)
                 f = phi(s)
                 f_next = phi(s_next)
                 e = [f[j] - gamma * f_next[j] for j in range(d)]
