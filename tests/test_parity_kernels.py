@@ -10,7 +10,6 @@ reference is pure Python.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from offtd import model
 from offtd.backend import FIXED_POINT_BASE, Problem
