@@ -58,3 +58,21 @@ def test_fixed_point_approaches_teacher_as_batch_grows():
     # 4x; require at least 2x (averaged over 4 seeds) and a small absolute gap at the large size.
     assert large < small / 2, (small, large)
     assert large < 0.05
+
+
+def test_psis_khat_recovers_the_closed_form_tail_index():
+    # m = 2: ||a - mean||^2 / sigma_mu^2 is exactly exponential, so pi/mu is exactly Pareto-tailed with
+    # shape k = 1 - sigma_mu^2 / sigma_pi^2 (MODEL.md 2). PSIS fits the largest 3 sqrt(n) = 949 ratios
+    # of n = 100000; the fit's SE is about (1 + k) / sqrt(949) ~ 0.05 per sample, so the mean of 8
+    # independent samples lies within 0.1 (~5 SE of the mean) of k, prior shrinkage included.
+    sm, sp = 0.3, 0.5
+    k_true = 1 - sm**2 / sp**2
+    rng = np.random.default_rng(7)
+    khats = []
+    for _ in range(8):
+        a = rng.normal(0.0, sm, size=(100_000, 2))
+        q2 = (a * a).sum(axis=1)
+        rho = np.exp(2 * math.log(sm / sp) - 0.5 * q2 / sp**2 + 0.5 * q2 / sm**2)
+        khats.append(REF.rho_stats(rho, 10.0, False).khat)
+    assert abs(np.mean(khats) - k_true) < 0.1, (khats, k_true)
+    assert math.isclose(model.e_mu_rho2(2, sp, sm), math.inf) == (k_true >= 0.5)

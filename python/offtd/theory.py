@@ -43,6 +43,9 @@ def theory(spec: Spec, result: LoopResult) -> dict[str, dict]:
     row("E_mu[rho^2]", e2, _last(result, dist, "rho2_mean"),
         "infinite: sigma_pi^2 >= 2 sigma_mu^2" if math.isinf(e2) else "finite: sigma_pi^2 < 2 sigma_mu^2")
     if sm < sp:
+        row("rho_khat (pi/mu)", 1.0 - sm**2 / sp**2, _last(result, dist, "rho_khat"),
+            "tail index of pi/mu under mu: P(rho > t) ~ t^(-1/k), k = 1 - sigma_mu^2/sigma_pi^2; "
+            "k >= 0.5 exactly when E_mu[rho^2] is infinite")
         row("rho_p95 (pi/mu)", rho_quantile(0.95, m, sp, sm), _last(result, dist, "rho_p95"), "chi^2_m quantile map")
         row("rho_p99 (pi/mu)", rho_quantile(0.99, m, sp, sm), _last(result, dist, "rho_p99"), "chi^2_m quantile map")
     problem = problem_from_spec(spec)
