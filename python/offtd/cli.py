@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument("--progress", action="store_true",
                    help="show progress even when stderr is not a terminal (one line per iteration)")
+    w = sub.add_parser("sweep", help="run a grid of overrides of one spec; one run directory per cell and a summary table")
+    w.add_argument("spec", nargs="?", help="base spec (TOML); omitted: the embedded default experiment")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="values of one key (repeatable; the sweep is the Cartesian product)")
+    w.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override the base spec")
+    w.add_argument("--out", default="outputs", help="root of the sweep directory (default: outputs)")
+    w.add_argument("--backend", choices=("rust", "python"), default="rust")
+    w.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when any cell's status is at least this bad")
     b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
     b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
@@ -117,6 +125,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .spec import SpecError, load_spec, parse_override
+    from .sweep import cells, parse_grid, sweep
+
+    try:
+        base = load_spec(args.spec, dict(parse_override(item) for item in args.sets))
+        grid = parse_grid(args.grid)
+        total = len(cells(base, grid))  # every cell validated before anything is created
+    except SpecError as exc:
+        sys.stderr.write(f"offtd: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    stop = _StopFlag()
+    old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_cell(i: int, n: int, result) -> None:
+        sys.stderr.write(f"cell {i + 1}/{n}: {result.status_line}\n")
+
+    try:
+        try:
+            root, rows = sweep(base, grid, backend=args.backend, out=args.out, on_cell=on_cell, should_stop=stop)
+        except SpecError as exc:
+            sys.stderr.write(f"offtd: error: {exc}\n")
+            return EXIT_BAD_INPUT
+        print(root)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "WARN", "FAIL", "INTERRUPTED")}
+        print(f"{len(rows)}/{total} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
+        if stop() or len(rows) < total:
+            return EXIT_INTERRUPTED
+        bad = {"fail": ("FAIL",), "warn": ("FAIL", "WARN")}.get(args.fail_on or "", ())
+        return EXIT_FAIL_ON if any(r["status"] in bad for r in rows) else EXIT_OK
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -128,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         return _cmd_bench(args)
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM, or one before the run started
         sys.stderr.write("offtd: error: interrupted before a report was written\n")

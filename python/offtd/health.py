@@ -101,12 +101,26 @@ def check_rho(spec: Spec, result: LoopResult) -> Check:
     more = f"; {note}" if note else ""
     if math.isfinite(m2) and m2 > h.rho2_max:
         return Check("rho_sane", "FAIL", f"rho exceeds threshold: mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)}{more}")
+    # The tail that matters is that of the weights the updates use: pi/b, seen by the fixed-point and
+    # stability probes. The distribution probe's pi/mu (independent of p_mix) stands in only when
+    # neither ran; the Theory section compares it with its closed form.
     worst, where = -math.inf, None
-    for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
-        rows = _last_rows(result, probe)
-        if rows and math.isfinite(rows[-1].get("rho_khat", math.nan)) and rows[-1]["rho_khat"] > worst:
-            worst, where = rows[-1]["rho_khat"], probe
+    for group in (("fixed_point_probe", "stability_probe"), ("distribution_probe",)):
+        for probe in group:
+            rows = _last_rows(result, probe)
+            if rows and math.isfinite(rows[-1].get("rho_khat", math.nan)) and rows[-1]["rho_khat"] > worst:
+                worst, where = rows[-1]["rho_khat"], probe
+        if where is not None:
+            break
+    clipped = spec.rho.clip_enabled
     if where is not None and worst > h.khat_fail:
+        if clipped:
+            return Check(
+                "rho_sane",
+                "WARN",
+                f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}, but the updates clip rho at "
+                f"{_fmt(spec.rho.clip)}: bounded variance, biased updates{more}",
+            )
         return Check("rho_sane", "FAIL", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}: importance weights untrustworthy{more}")
     if where is not None and worst > h.khat_warn:
         return Check("rho_sane", "WARN", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_warn)} in {where}: slow importance-sampling convergence{more}")
