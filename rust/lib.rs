@@ -11,10 +11,11 @@
 //! - [`solver`]: restarted GMRES and a direct LU solve (section 6);
 //! - [`power`]: power iteration (section 6);
 //! - [`mmd`]: median-heuristic bandwidth and unbiased MMD^2 (4.1);
-//! - [`error`]: the one error type, [`error::CoreError`].
+//! - [`error`]: the one error type, [`error::CoreError`];
+//! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake).
 //!
-//! Parallel kernels (rayon) combine per-trajectory or per-block partial sums sequentially in a fixed
-//! order, so results are bit-identical for any thread count. Only [`bindings`] knows about Python.
+//! Parallel kernels combine per-trajectory or per-block partial sums sequentially in a fixed order,
+//! so results are bit-identical for any thread count. Only [`bindings`] knows about Python.
 
 // Index loops mirror MODEL.md's formulas (`sum_j K[i][j] * s[j]`) term by term, which is the point.
 #![allow(clippy::needless_range_loop)]
@@ -23,6 +24,7 @@ pub mod bindings;
 pub mod error;
 pub mod mmd;
 pub mod model;
+pub mod par;
 pub mod philox;
 pub mod power;
 pub mod ratios;

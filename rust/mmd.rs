@@ -2,16 +2,18 @@
 //! and the unbiased U-statistic MMD^2 with a Gaussian kernel.
 //!
 //! The median is an exact order statistic of the `L = M(2M-1)` pairwise distances. It is found on
-//! the squared distances (sqrt is monotone, so the order statistic commutes with it) by selection:
-//! directly when `L` is moderate, otherwise by histogram passes over the distances' bit patterns
-//! that narrow the range holding the wanted rank until few enough values remain to select among, so
-//! memory stays O(M (n+m)) whatever `M`.
+//! the squared distances (sqrt is monotone, so the order statistic commutes with it) by selection.
+//! Up to `MATERIALIZE_CAP` pairs (the usual MMD sets: M = 64 gives 8128), every squared distance is
+//! computed once and stored; the median is selected from a copy, and each stored distance becomes
+//! its kernel value, which serves both terms `k(z_i, z_j)` and `k(z_j, z_i)` of the sums. Larger
+//! sets stream: direct selection when `L` is moderate, otherwise histogram passes over the
+//! distances' bit patterns that narrow the range holding the wanted rank until few enough values
+//! remain to select among (memory O(M (n+m)) whatever `M`), and kernel values row by row.
 //! Each kernel sum is one left-to-right running sum (i outer, j inner); rows of kernel values are
 //! computed in parallel and added in order, so results do not depend on the thread count.
 
-use rayon::prelude::*;
-
 use crate::error::{CoreError, CoreResult};
+use crate::par;
 
 /// Pair counts up to this are selected directly.
 const DIRECT_CAP: usize = 1 << 22;
@@ -53,14 +55,15 @@ fn row_pairs(x: &[f64], y: &[f64], m: usize, dim: usize, i: usize, mut f: impl F
 fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -> f64 {
     let pairs = m * (2 * m - 1);
     if pairs <= DIRECT_CAP {
-        let mut all: Vec<f64> = (0..2 * m)
-            .into_par_iter()
-            .flat_map_iter(|i| {
-                let mut row = Vec::with_capacity(2 * m - i - 1);
-                row_pairs(x, y, m, dim, i, |d2| row.push(d2));
-                row
-            })
-            .collect();
+        let rows: Vec<usize> = (0..2 * m).collect();
+        let mut all: Vec<f64> = par::map_chunks(&rows, ROW_GROUP, true, |rs| {
+            let mut out = Vec::new();
+            for &i in rs {
+                row_pairs(x, y, m, dim, i, |d2| out.push(d2));
+            }
+            out
+        })
+        .concat();
         let (_, v, _) = all.select_nth_unstable_by(rank, |a, b| a.total_cmp(b));
         return *v;
     }
@@ -72,34 +75,30 @@ fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -
         let width = (hi - lo) as u128 + 1;
         let bucket_of = |bits: u64| (((bits - lo) as u128 * BUCKETS as u128) / width) as usize;
         // per bucket: count, min bits, max bits
-        let hist = (0..2 * m)
-            .into_par_iter()
-            .fold(
-                || vec![(0usize, u64::MAX, 0u64); BUCKETS],
-                |mut h, i| {
-                    row_pairs(x, y, m, dim, i, |d2| {
-                        let bits = d2.to_bits();
-                        if bits >= lo && bits <= hi {
-                            let e = &mut h[bucket_of(bits)];
-                            e.0 += 1;
-                            e.1 = e.1.min(bits);
-                            e.2 = e.2.max(bits);
-                        }
-                    });
-                    h
-                },
-            )
-            .reduce(
-                || vec![(0usize, u64::MAX, 0u64); BUCKETS],
-                |mut a, b| {
-                    for (p, q) in a.iter_mut().zip(b) {
-                        p.0 += q.0;
-                        p.1 = p.1.min(q.1);
-                        p.2 = p.2.max(q.2);
+        let rows: Vec<usize> = (0..2 * m).collect();
+        let hists = par::map_chunks(&rows, ROW_GROUP, true, |rs| {
+            let mut h = vec![(0usize, u64::MAX, 0u64); BUCKETS];
+            for &i in rs {
+                row_pairs(x, y, m, dim, i, |d2| {
+                    let bits = d2.to_bits();
+                    if bits >= lo && bits <= hi {
+                        let e = &mut h[bucket_of(bits)];
+                        e.0 += 1;
+                        e.1 = e.1.min(bits);
+                        e.2 = e.2.max(bits);
                     }
-                    a
-                },
-            );
+                });
+            }
+            h
+        });
+        let mut hist = vec![(0usize, u64::MAX, 0u64); BUCKETS];
+        for h in hists {
+            for (p, q) in hist.iter_mut().zip(h) {
+                p.0 += q.0;
+                p.1 = p.1.min(q.1);
+                p.2 = p.2.max(q.2);
+            }
+        }
         let mut cum = 0usize;
         let mut chosen = BUCKETS - 1;
         for (b, e) in hist.iter().enumerate() {
@@ -117,19 +116,20 @@ fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -
             return f64::from_bits(lo);
         }
         if count <= DIRECT_CAP {
-            let mut vals: Vec<f64> = (0..2 * m)
-                .into_par_iter()
-                .flat_map_iter(|i| {
-                    let mut row = Vec::new();
+            let rows: Vec<usize> = (0..2 * m).collect();
+            let mut vals: Vec<f64> = par::map_chunks(&rows, ROW_GROUP, true, |rs| {
+                let mut out = Vec::new();
+                for &i in rs {
                     row_pairs(x, y, m, dim, i, |d2| {
                         let bits = d2.to_bits();
                         if bits >= lo && bits <= hi {
-                            row.push(d2);
+                            out.push(d2);
                         }
                     });
-                    row
-                })
-                .collect();
+                }
+                out
+            })
+            .concat();
             let (_, v, _) = vals.select_nth_unstable_by(rank, |a, b| a.total_cmp(b));
             return *v;
         }
@@ -155,21 +155,20 @@ fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: b
     let mut start = 0;
     while start < m {
         let end = (start + ROW_GROUP).min(m);
-        let rows: Vec<Vec<f64>> = (start..end)
-            .into_par_iter()
-            .map(|i| {
-                let ai = &a[i * dim..(i + 1) * dim];
-                (0..m)
-                    .map(|j| {
-                        if skip_diag && i == j {
-                            0.0
-                        } else {
-                            (-sq_dist(ai, &b[j * dim..(j + 1) * dim]) / den).exp()
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+        let idx: Vec<usize> = (start..end).collect();
+        let rows: Vec<Vec<f64>> = par::map_chunks(&idx, 1, true, |i| {
+            let i = i[0];
+            let ai = &a[i * dim..(i + 1) * dim];
+            (0..m)
+                .map(|j| {
+                    if skip_diag && i == j {
+                        0.0
+                    } else {
+                        (-sq_dist(ai, &b[j * dim..(j + 1) * dim]) / den).exp()
+                    }
+                })
+                .collect()
+        });
         for (r, i) in rows.iter().zip(start..end) {
             for (j, &k) in r.iter().enumerate() {
                 if !(skip_diag && i == j) {
@@ -200,6 +199,109 @@ fn has_nan_distance(x: &[f64], y: &[f64], m: usize, dim: usize) -> bool {
         }
         pos > 1 || neg > 1
     })
+}
+
+/// Pair counts up to this take [`mmd2_materialized`] (two arrays of this many values).
+const MATERIALIZE_CAP: usize = 1 << 21;
+/// Pair counts from which [`mmd2_materialized`] shares its rows among threads.
+const PAR_MIN_PAIRS: usize = 1 << 15;
+/// Pairs per work item of [`mmd2_materialized`].
+const ITEM_PAIRS: usize = 1 << 13;
+
+/// Start of row `i` of the pooled set's upper triangle (pairs `(i, j)`, `i < j < z`) in row-major
+/// order: `sum_{r < i} (z - 1 - r)`.
+#[inline(always)]
+fn tri_offset(i: usize, z: usize) -> usize {
+    i * (z - 1) - i * i.saturating_sub(1) / 2
+}
+
+/// Applies `f(row, values_of_row)` to every row of the pooled triangle stored in `tri`, in items of
+/// whole rows (parallel when `parallel`).
+fn for_rows(tri: &mut [f64], z: usize, parallel: bool, f: impl Fn(usize, &mut [f64]) + Sync) {
+    // split the triangle into items of consecutive rows holding about ITEM_PAIRS values
+    let mut items = Vec::new();
+    let mut rest: &mut [f64] = tri;
+    let mut i = 0;
+    while i + 1 < z {
+        let first = i;
+        let mut len = 0;
+        while i + 1 < z && (len == 0 || len + (z - 1 - i) <= ITEM_PAIRS) {
+            len += z - 1 - i;
+            i += 1;
+        }
+        let (head, tail) = rest.split_at_mut(len);
+        items.push((first, i, head));
+        rest = tail;
+    }
+    par::for_each_item(
+        items,
+        parallel,
+        || (),
+        |_, _, (lo, hi, vals)| {
+            let mut off = 0;
+            for row in lo..hi {
+                let len = z - 1 - row;
+                f(row, &mut vals[off..off + len]);
+                off += len;
+            }
+        },
+    );
+}
+
+/// `(mmd2, mmd_sigma)` with every pairwise squared distance of the pooled set stored once: the
+/// median is selected from them, and each becomes its kernel value, `k(z_i, z_j)` for `i < j`,
+/// which serves both `k(z_i, z_j)` and `k(z_j, z_i)` of the sums (`sq_dist` is symmetric to the
+/// bit: `(v - u)^2 = (u - v)^2` exactly). The three sums then run in their order (i outer, j inner)
+/// over the stored values: one exp per pair instead of one per term, no allocation per row.
+fn mmd2_materialized(x: &[f64], y: &[f64], m: usize, dim: usize) -> (f64, f64) {
+    let z = 2 * m;
+    let pairs = m * (z - 1);
+    let parallel = pairs >= PAR_MIN_PAIRS;
+    let mut tri = vec![0.0; pairs];
+    for_rows(&mut tri, z, parallel, |i, vals| {
+        let zi = pooled(x, y, m, dim, i);
+        for (v, j) in vals.iter_mut().zip(i + 1..z) {
+            *v = sq_dist(zi, pooled(x, y, m, dim, j));
+        }
+    });
+    // median of the squared distances (>= +0.0 or +inf, no NaN here: their bit patterns order like
+    // their values)
+    let rank = pairs.div_ceil(2) - 1;
+    let mut bits: Vec<u64> = tri.iter().map(|v| v.to_bits()).collect();
+    let (_, med_bits, _) = bits.select_nth_unstable(rank);
+    let med = f64::from_bits(*med_bits).sqrt();
+    drop(bits);
+    let sigma = if med == 0.0 { 1.0 } else { med };
+    if m < 2 {
+        return (f64::NAN, sigma);
+    }
+    let den = 2.0 * (sigma * sigma);
+    for_rows(&mut tri, z, parallel, |_, vals| {
+        for v in vals.iter_mut() {
+            *v = (-*v / den).exp();
+        }
+    });
+    // k(z_a, z_b) for a != b
+    let kv = |a: usize, b: usize| -> f64 {
+        if a < b {
+            tri[tri_offset(a, z) + (b - a - 1)]
+        } else {
+            tri[tri_offset(b, z) + (a - b - 1)]
+        }
+    };
+    let (mut kxx, mut kyy, mut kxy) = (0.0, 0.0, 0.0);
+    for i in 0..m {
+        for j in 0..m {
+            if i != j {
+                kxx += kv(i, j);
+                kyy += kv(m + i, m + j);
+            }
+            kxy += kv(i, m + j);
+        }
+    }
+    let mf = m as f64;
+    let mm1 = (m * (m - 1)) as f64;
+    ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf), sigma)
 }
 
 /// `(mmd2, mmd_sigma)` for the (M, dim) sets `x` and `y`.
@@ -234,6 +336,9 @@ pub fn mmd2(x: &[f64], y: &[f64], dim: usize) -> CoreResult<(f64, f64)> {
     }
     if m == 0 {
         return Ok((f64::NAN, 1.0));
+    }
+    if m * (2 * m - 1) <= MATERIALIZE_CAP {
+        return Ok(mmd2_materialized(x, y, m, dim));
     }
     let sigma = median_sigma(x, y, m, dim);
     if m < 2 {
@@ -300,6 +405,41 @@ mod tests {
                 sorted[rank],
                 "rank {rank}"
             );
+        }
+    }
+
+    /// The streaming path of large sets (kernel sums row by row, median by selection or histogram)
+    #[allow(clippy::type_complexity)]
+    fn streaming(x: &[f64], y: &[f64], m: usize, dim: usize) -> (f64, f64) {
+        let sigma = median_sigma(x, y, m, dim);
+        if m < 2 {
+            return (f64::NAN, sigma);
+        }
+        let den = 2.0 * (sigma * sigma);
+        let kxx = kernel_sum(x, x, m, dim, den, true);
+        let kyy = kernel_sum(y, y, m, dim, den, true);
+        let kxy = kernel_sum(x, y, m, dim, den, false);
+        let mf = m as f64;
+        let mm1 = (m * (m - 1)) as f64;
+        ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf), sigma)
+    }
+
+    #[test]
+    fn materialized_equals_streaming() {
+        for (m, dim) in [(1, 1), (2, 3), (3, 1), (17, 4), (64, 4), (130, 2)] {
+            let x: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
+                .collect();
+            let mut y: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
+                .collect();
+            if m > 2 {
+                y[dim] = f64::INFINITY; // an infinite distance orders like any other
+            }
+            let a = mmd2_materialized(&x, &y, m, dim);
+            let b = streaming(&x, &y, m, dim);
+            assert_eq!(a.0.to_bits(), b.0.to_bits(), "m {m}");
+            assert_eq!(a.1.to_bits(), b.1.to_bits(), "m {m}");
         }
     }
 

@@ -53,9 +53,27 @@ fn check_len(arg: &'static str, v: &[f64], shape: &[usize]) -> CoreResult<()> {
     Ok(())
 }
 
+/// True when every value of `v` is finite: `x * 0 == 0` for finite `x` (a signed zero) and is NaN
+/// for inf and NaN, tested eight values at a time without early exit inside a group (so it
+/// vectorizes).
+#[inline]
+pub fn all_finite(v: &[f64]) -> bool {
+    let mut groups = v.chunks_exact(8);
+    for g in &mut groups {
+        let mut ok = true;
+        for &x in g {
+            ok &= x * 0.0 == 0.0;
+        }
+        if !ok {
+            return false;
+        }
+    }
+    groups.remainder().iter().all(|x| x.is_finite())
+}
+
 /// Checks that every value of `v` is finite.
 pub fn check_finite(arg: &'static str, v: &[f64]) -> CoreResult<()> {
-    if v.iter().all(|x| x.is_finite()) {
+    if all_finite(v) {
         Ok(())
     } else {
         Err(CoreError::NonFinite { arg })
@@ -206,12 +224,32 @@ impl RatioConsts {
         } else {
             let x = lmu + self.log1m_p;
             let y = lpi + self.log_p;
-            // Python's max(x, y): x unless y > x
-            let mx = if y > x { y } else { x };
-            let lb = mx + (exp_or_one(x - mx) + exp_or_one(y - mx)).ln();
-            lpi - lb
+            if x.is_finite() && y.is_finite() {
+                // Which term is the larger varies from sample to sample: select without a branch
+                // (a mispredicted branch would also discard the libm calls in flight).
+                // M = max(x, y) (Python's: x unless y > x) and the other term `lo`; then
+                // x - M and y - M are `lo - M` and +-0 in some order, exp(+-0) = 1 exactly, and the
+                // two-term sum is commutative, so `(exp(x-M) + exp(y-M))` = `exp(lo-M) + 1.0`.
+                let y_gt = y > x;
+                let mx = select(y_gt, y, x);
+                let lo = select(y_gt, x, y);
+                let lb = mx + (exp_or_one(lo - mx) + 1.0).ln();
+                lpi - lb
+            } else {
+                // inf/NaN (a diverged run): the formula as written
+                let mx = if y > x { y } else { x };
+                let lb = mx + (exp_or_one(x - mx) + exp_or_one(y - mx)).ln();
+                lpi - lb
+            }
         }
     }
+}
+
+/// `if c { a } else { b }` as a bitwise blend, never a branch.
+#[inline(always)]
+pub fn select(c: bool, a: f64, b: f64) -> f64 {
+    let mask = (c as u64).wrapping_neg();
+    f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
 }
 
 /// `exp(t)`, skipping the call when `t` is +-0 (one of the two terms of the mixture's log-sum-exp
@@ -251,6 +289,40 @@ pub fn matvec(k: &[f64], s: &[f64], out: &mut [f64]) {
     let cols = s.len();
     for (i, o) in out.iter_mut().enumerate() {
         *o = dot(&k[i * cols..(i + 1) * cols], s);
+    }
+}
+
+/// `out[i] = a[i] . v` for the rows of a row-major (out.len(), v.len()) matrix `a`: each row's sum
+/// left to right from 0.0, as [`dot`], with eight rows computed side by side (their dependency
+/// chains interleave; the bits are those of [`matvec`]).
+#[inline(always)]
+pub fn matvec_rows(a: &[f64], v: &[f64], out: &mut [f64]) {
+    const R: usize = 8;
+    let d = v.len();
+    let rows = out.len();
+    if rows < R {
+        // too few rows to interleave: the plain loop (which compiles tighter for tiny matrices)
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = dot(&a[r * d..(r + 1) * d], v);
+        }
+        return;
+    }
+    let mut i = 0;
+    while i + R <= rows {
+        let block = &a[i * d..(i + R) * d];
+        let row: [&[f64]; R] = std::array::from_fn(|r| &block[r * d..r * d + d]);
+        let mut acc = [0.0; R];
+        for c in 0..d {
+            let vc = v[c];
+            for r in 0..R {
+                acc[r] += row[r][c] * vc;
+            }
+        }
+        out[i..i + R].copy_from_slice(&acc);
+        i += R;
+    }
+    for r in i..rows {
+        out[r] = dot(&a[r * d..(r + 1) * d], v);
     }
 }
 
@@ -410,7 +482,7 @@ pub fn dot_fixed<const K: usize>(x: &[f64; K], y: &[f64; K]) -> f64 {
 }
 
 #[inline(always)]
-fn matvec_fixed<const R: usize, const C: usize>(k: &[[f64; C]; R], s: &[f64; C]) -> [f64; R] {
+pub fn matvec_fixed<const R: usize, const C: usize>(k: &[[f64; C]; R], s: &[f64; C]) -> [f64; R] {
     let mut out = [0.0; R];
     for i in 0..R {
         out[i] = dot_fixed(&k[i], s);
@@ -429,7 +501,7 @@ fn quad_form_fixed<const K: usize>(x: &[f64; K], q: &[[f64; K]; K]) -> f64 {
     acc
 }
 
-fn to_rows<const R: usize, const C: usize>(v: &[f64]) -> [[f64; C]; R] {
+pub fn to_rows<const R: usize, const C: usize>(v: &[f64]) -> [[f64; C]; R] {
     let mut out = [[0.0; C]; R];
     for i in 0..R {
         out[i].copy_from_slice(&v[i * C..(i + 1) * C]);
@@ -486,18 +558,38 @@ impl<const N: usize, const M: usize> FixedModel<N, M> {
     /// [`step`] for fixed sizes.
     #[inline(always)]
     pub fn step(&self, s: &[f64; N], u: f64, za: &[f64; M], ze: &[f64; N]) -> FixedStep<N, M> {
+        let dy = self.dynamics(s, u, za, ze);
+        let (rho, rho_bar) = self.ratio(dy.lpi, dy.lmu);
+        FixedStep {
+            a: dy.a,
+            dpi: dy.dpi,
+            s_next: dy.s_next,
+            reward: dy.reward,
+            rho,
+            rho_bar,
+        }
+    }
+
+    /// The part of [`step`](Self::step) without transcendental functions: the action, the log
+    /// densities, the next state and the reward.
+    #[inline(always)]
+    pub fn dynamics(
+        &self,
+        s: &[f64; N],
+        u: f64,
+        za: &[f64; M],
+        ze: &[f64; N],
+    ) -> FixedDynamics<N, M> {
         let rc = &self.rc;
         let kpi_s = matvec_fixed(&self.k_pi, s);
         let kmu_s = matvec_fixed(&self.k_mu, s);
+        // both candidate actions, then a branch-free select (u < p is a coin flip per step)
+        let use_pi = u < rc.p;
         let mut a = [0.0; M];
-        if u < rc.p {
-            for k in 0..M {
-                a[k] = kpi_s[k] + rc.sigma_pi * za[k];
-            }
-        } else {
-            for k in 0..M {
-                a[k] = kmu_s[k] + rc.sigma_mu * za[k];
-            }
+        for k in 0..M {
+            let a_pi = kpi_s[k] + rc.sigma_pi * za[k];
+            let a_mu = kmu_s[k] + rc.sigma_mu * za[k];
+            a[k] = select(use_pi, a_pi, a_mu);
         }
         let mut dpi = [0.0; M];
         let mut qpi = 0.0;
@@ -511,8 +603,6 @@ impl<const N: usize, const M: usize> FixedModel<N, M> {
         }
         let lpi = rc.log_pi(qpi);
         let lmu = rc.log_mu(qmu);
-        let rho = rc.log_ratio(lpi, lmu).exp();
-        let rho_bar = clip_rho(rho, self.rho_clip);
         let mut s_next = [0.0; N];
         for i in 0..N {
             let x = dot_fixed(&self.a[i], s);
@@ -522,15 +612,33 @@ impl<const N: usize, const M: usize> FixedModel<N, M> {
         let sqs = quad_form_fixed(s, &self.q);
         let ara = quad_form_fixed(&a, &self.r);
         let reward = -self.reward_scale * (sqs + ara);
-        FixedStep {
+        FixedDynamics {
             a,
             dpi,
+            lpi,
+            lmu,
             s_next,
             reward,
-            rho,
-            rho_bar,
         }
     }
+
+    /// `(rho, rho_bar)` from the log densities.
+    #[inline(always)]
+    pub fn ratio(&self, lpi: f64, lmu: f64) -> (f64, f64) {
+        let rho = self.rc.log_ratio(lpi, lmu).exp();
+        (rho, clip_rho(rho, self.rho_clip))
+    }
+}
+
+/// [`FixedModel::dynamics`]'s result.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedDynamics<const N: usize, const M: usize> {
+    pub a: [f64; M],
+    pub dpi: [f64; M],
+    pub lpi: f64,
+    pub lmu: f64,
+    pub s_next: [f64; N],
+    pub reward: f64,
 }
 
 /// Calls `$body` with the const sizes `N`, `M`, `D` (= feature_dim(N)) bound for `n, m` in 1..=4;
@@ -598,6 +706,46 @@ mod tests {
                 assert!(rho <= 4.0 * (1.0 + 1e-15), "{rho}");
             }
         }
+    }
+
+    #[test]
+    fn matvec_rows_equals_matvec() {
+        for (rows, cols) in [(1, 1), (7, 3), (8, 8), (13, 64), (64, 64), (9, 0)] {
+            let a: Vec<f64> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1013) as f64).sin())
+                .collect();
+            let v: Vec<f64> = (0..cols).map(|i| ((i * 31) as f64).cos() * 1e3).collect();
+            let mut x = vec![0.0; rows];
+            let mut y = vec![0.0; rows];
+            matvec(&a, &v, &mut x);
+            matvec_rows(&a, &v, &mut y);
+            assert_eq!(
+                x.iter().map(|t| t.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|t| t.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn all_finite_finds_every_non_finite_value() {
+        for len in [0usize, 1, 7, 8, 9, 16, 17, 64] {
+            let v: Vec<f64> = (0..len).map(|i| i as f64 * 1e300 - 3.0).collect();
+            assert!(all_finite(&v));
+            for pos in 0..len {
+                for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                    let mut w = v.clone();
+                    w[pos] = bad;
+                    assert!(!all_finite(&w), "len {len} pos {pos}");
+                }
+            }
+        }
+        assert!(all_finite(&[
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -0.0
+        ]));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const PHILOX_W1: u64 = 0xBB67_AE85_84CA_A73B;
 pub const TAU: f64 = std::f64::consts::TAU;
 /// 2^-53: the spacing of the uniforms.
 const TWO_POW_M53: f64 = 1.0 / 9_007_199_254_740_992.0;
+#[cfg(test)]
+const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
 
 #[inline(always)]
 fn mulhilo(a: u64, b: u64) -> (u64, u64) {
@@ -50,6 +52,30 @@ pub fn word_to_uniform(word: u64) -> f64 {
     ((word >> 11) as f64) * TWO_POW_M53
 }
 
+/// `(sin(x), cos(x))` from one call of glibc's `sincos`, which gives the bits of its `sin` and
+/// `cos` (Python's `math.sin` / `math.cos`) for every Box-Muller angle: see
+/// `tests::sincos_equals_sin_and_cos`. (LLVM already merged the two calls into `sincos` in some
+/// places; calling it explicitly makes every place do so.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[inline(always)]
+pub fn sin_cos(x: f64) -> (f64, f64) {
+    extern "C" {
+        fn sincos(x: f64, s: *mut f64, c: *mut f64);
+    }
+    let mut s = 0.0;
+    let mut c = 0.0;
+    // SAFETY: glibc's sincos writes one double through each (valid, exclusive) pointer.
+    unsafe { sincos(x, &mut s, &mut c) };
+    (s, c)
+}
+
+/// `(sin(x), cos(x))` from the C library's `sin` and `cos`.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[inline(always)]
+pub fn sin_cos(x: f64) -> (f64, f64) {
+    (x.sin(), x.cos())
+}
+
 /// Box-Muller on one pair of words: `(r cos theta, r sin theta)`.
 #[inline(always)]
 pub fn box_muller(x: u64, y: u64) -> (f64, f64) {
@@ -57,7 +83,8 @@ pub fn box_muller(x: u64, y: u64) -> (f64, f64) {
     let u2 = ((y >> 11) as f64) * TWO_POW_M53;
     let r = (-2.0 * u1.ln()).sqrt();
     let theta = TAU * u2;
-    (r * theta.cos(), r * theta.sin())
+    let (s, c) = sin_cos(theta);
+    (r * c, r * s)
 }
 
 /// The four normals of one block (normal #4b .. #4b+3 of its stream).
@@ -120,6 +147,11 @@ impl Stream {
 
 const NO_BLOCK: u64 = u64::MAX;
 
+/// Philox blocks per batch of [`fill_normals`].
+const BATCH_BLOCKS: usize = 128;
+/// Angle buckets of [`normals_batch`]'s counting sort (a power of two).
+const ANGLE_BUCKETS: usize = 64;
+
 /// Reads uniform #i of a stream, caching the last block.
 #[derive(Debug, Clone)]
 pub struct Uniforms {
@@ -176,6 +208,118 @@ impl Normals {
     }
 }
 
+/// Writes uniforms #first .. #first+out.len() of `stream` into `out`, generating each block once.
+///
+/// The blocks are independent of each other, so the loop keeps several Philox evaluations in flight
+/// (no state is carried from one block to the next, unlike the cached [`Uniforms`]).
+#[inline(always)]
+pub fn fill_uniforms(stream: &Stream, first: u64, out: &mut [f64]) {
+    let mut idx = first;
+    let mut pos = 0;
+    while pos < out.len() {
+        let off = (idx & 3) as usize;
+        let take = (4 - off).min(out.len() - pos);
+        let words = stream.block(idx >> 2);
+        for t in 0..take {
+            out[pos + t] = word_to_uniform(words[off + t]);
+        }
+        pos += take;
+        idx += take as u64;
+    }
+}
+
+/// Writes normals #first .. #first+out.len() of `stream` into `out`, generating each block once and
+/// computing only the Box-Muller pairs that `out` needs.
+///
+/// Box-Muller's `r * cos(theta)` and `r * sin(theta)` share one `sincos` call (LLVM fuses the two
+/// glibc calls, as it always has in this crate); `philox::tests::sincos_equals_sin_and_cos` checks
+/// that this gives the bits of separate `sin` and `cos` calls (Python's) for every `theta` that
+/// Box-Muller can produce where glibc's two code paths could differ.
+#[inline(always)]
+pub fn fill_normals(stream: &Stream, first: u64, out: &mut [f64]) {
+    let mut idx = first;
+    let mut pos = 0;
+    let len = out.len();
+    // a leading partial block
+    if idx & 3 != 0 {
+        let off = (idx & 3) as usize;
+        let take = (4 - off).min(len);
+        let v = block_normals(stream.block(idx >> 2));
+        out[..take].copy_from_slice(&v[off..off + take]);
+        pos += take;
+        idx += take as u64;
+    }
+    // whole blocks, in batches
+    while len - pos >= 4 {
+        let nb = ((len - pos) / 4).min(BATCH_BLOCKS);
+        normals_batch(stream, idx >> 2, &mut out[pos..pos + 4 * nb]);
+        pos += 4 * nb;
+        idx += 4 * nb as u64;
+    }
+    // a trailing partial block: one or both pairs
+    let rest = len - pos;
+    if rest > 0 {
+        let w = stream.block(idx >> 2);
+        let (a, b) = box_muller(w[0], w[1]);
+        out[pos] = a;
+        if rest > 1 {
+            out[pos + 1] = b;
+        }
+        if rest > 2 {
+            out[pos + 2] = box_muller(w[2], w[3]).0;
+        }
+    }
+}
+
+/// The normals of the `out.len() / 4` whole blocks from block `b0` on: all Philox blocks first,
+/// then all logarithms, then the sines and cosines in order of their angle.
+///
+/// glibc's `sincos` branches on the range of its argument (and on the quadrant); with angles in
+/// random order those branches are mispredicted about half the time, which costs more than the
+/// computation. Every call is a pure function of its argument, so the calls are made in order of the
+/// angle's leading bits (a counting sort into [`ANGLE_BUCKETS`] buckets) and the results stored in
+/// their places: the same values, at about half the cost.
+#[inline(always)]
+fn normals_batch(stream: &Stream, b0: u64, out: &mut [f64]) {
+    let pairs = out.len() / 2;
+    debug_assert!(pairs <= 2 * BATCH_BLOCKS && out.len().is_multiple_of(4));
+    let mut u1 = [0.0; 2 * BATCH_BLOCKS];
+    let mut y = [0u64; 2 * BATCH_BLOCKS];
+    for b in 0..pairs / 2 {
+        let w = stream.block(b0 + b as u64);
+        u1[2 * b] = 1.0 - ((w[0] >> 11) as f64) * TWO_POW_M53;
+        y[2 * b] = w[1] >> 11;
+        u1[2 * b + 1] = 1.0 - ((w[2] >> 11) as f64) * TWO_POW_M53;
+        y[2 * b + 1] = w[3] >> 11;
+    }
+    let mut r = [0.0; 2 * BATCH_BLOCKS];
+    for p in 0..pairs {
+        r[p] = (-2.0 * u1[p].ln()).sqrt();
+    }
+    // counting sort of the pair indices by the angle's leading bits
+    const SHIFT: u32 = 53 - ANGLE_BUCKETS.trailing_zeros();
+    let mut start = [0u16; ANGLE_BUCKETS + 1];
+    for p in 0..pairs {
+        start[(y[p] >> SHIFT) as usize + 1] += 1;
+    }
+    for k in 0..ANGLE_BUCKETS {
+        start[k + 1] += start[k];
+    }
+    let mut order = [0u16; 2 * BATCH_BLOCKS];
+    for p in 0..pairs {
+        let k = (y[p] >> SHIFT) as usize;
+        order[start[k] as usize] = p as u16;
+        start[k] += 1;
+    }
+    for &p in &order[..pairs] {
+        let p = p as usize;
+        let theta = TAU * ((y[p] as f64) * TWO_POW_M53);
+        let (s, c) = sin_cos(theta);
+        out[2 * p] = r[p] * c;
+        out[2 * p + 1] = r[p] * s;
+    }
+}
+
 /// Blocks `start .. start + count` of a stream, flattened (4 words per block).
 pub fn blocks(stream: Stream, start: u64, count: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(count * 4);
@@ -187,14 +331,16 @@ pub fn blocks(stream: Stream, start: u64, count: usize) -> Vec<u64> {
 
 /// Uniforms #start .. #start+count of a stream.
 pub fn uniforms(stream: Stream, start: u64, count: usize) -> Vec<f64> {
-    let mut u = Uniforms::new(stream);
-    (0..count as u64).map(|k| u.get(start + k)).collect()
+    let mut u = vec![0.0; count];
+    fill_uniforms(&stream, start, &mut u);
+    u
 }
 
 /// Normals #start .. #start+count of a stream.
 pub fn normals(stream: Stream, start: u64, count: usize) -> Vec<f64> {
-    let mut z = Normals::new(stream);
-    (0..count as u64).map(|k| z.get(start + k)).collect()
+    let mut z = vec![0.0; count];
+    fill_normals(&stream, start, &mut z);
+    z
 }
 
 #[cfg(test)]
@@ -293,6 +439,56 @@ mod tests {
         let var: f64 = many.iter().map(|z| z * z).sum::<f64>() / many.len() as f64;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.03, "var {var}");
+    }
+
+    /// glibc's `sincos` and its `sin` reach `sin(x)` for 0.855469 <= |x| < 2.426265 through
+    /// different splits of `pi/2 - |x|` (glibc 2.36 `s_sincos.c` / `s_sin.c`); the two agree unless
+    /// `|pi/2 - x|` lies within a few ulps of a midpoint `(k + 1/2) / 128` of glibc's sin/cos table,
+    /// where the table entry chosen can differ. LLVM turns `theta.cos()` + `theta.sin()` into one
+    /// `sincos` call, so check every Box-Muller angle `TAU * (j * 2^-53)` near those midpoints.
+    #[test]
+    fn sincos_equals_sin_and_cos() {
+        use std::hint::black_box;
+        extern "C" {
+            fn sincos(x: f64, s: *mut f64, c: *mut f64);
+        }
+        let hp0 = f64::from_bits(0x3FF9_21FB_5444_2D18); // pi/2 rounded
+        let mut checked = 0;
+        for k in -120i64..120 {
+            let x0 = hp0 - (k as f64 + 0.5) / 128.0;
+            if !(0.855..2.43).contains(&x0) {
+                continue;
+            }
+            let j0 = (x0 / TAU * TWO_POW_53).round() as i64;
+            for j in j0 - 40..=j0 + 40 {
+                let theta = TAU * ((j as f64) * TWO_POW_M53);
+                let mut fused = (0.0, 0.0);
+                // SAFETY: glibc's sincos writes one double through each pointer.
+                unsafe { sincos(theta, &mut fused.1, &mut fused.0) };
+                let separate = (black_box(theta).cos(), black_box(theta).sin());
+                assert_eq!(fused.0.to_bits(), separate.0.to_bits(), "cos {theta:e}");
+                assert_eq!(fused.1.to_bits(), separate.1.to_bits(), "sin {theta:e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000);
+    }
+
+    #[test]
+    fn bulk_fills_equal_indexed_draws() {
+        let s = Stream::new(9, 3, 2, 1);
+        for first in 0..9u64 {
+            for len in 0..23usize {
+                let mut u = vec![0.0; len];
+                fill_uniforms(&s, first, &mut u);
+                let mut z = vec![0.0; len];
+                fill_normals(&s, first, &mut z);
+                for i in 0..len {
+                    assert_eq!(u[i].to_bits(), s.uniform(first + i as u64).to_bits());
+                    assert_eq!(z[i].to_bits(), s.normal(first + i as u64).to_bits());
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! stop with 0 if `lam == 0`, `v = x/lam`; the estimate is the last `lam`.
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::{check_finite, dot};
+use crate::model::{check_finite, dot, matvec_rows};
 
 /// The power-iteration estimate of the spectral radius of the row-major (d, d) matrix `m`.
 /// `iters == 0` returns NaN (no estimate was made); so does `v0 = 0` (0/0).
@@ -26,9 +26,7 @@ pub fn power_iteration(m: &[f64], v0: &[f64], iters: u64) -> CoreResult<f64> {
     let mut x = vec![0.0; d];
     let mut lam = f64::NAN;
     for _ in 0..iters {
-        for i in 0..d {
-            x[i] = dot(&m[i * d..(i + 1) * d], &v);
-        }
+        matvec_rows(m, &v, &mut x);
         lam = dot(&x, &x).sqrt();
         if lam == 0.0 {
             return Ok(0.0);

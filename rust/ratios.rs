@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use rayon::prelude::*;
+use crate::par;
 
 use crate::model::BLOCK;
 
@@ -69,6 +69,44 @@ fn block_sums(xs: &[f64], clip: f64) -> BlockSums {
     }
 }
 
+/// Blocks summed side by side in [`block_sums_lanes`].
+const LANES: usize = 4;
+
+/// [`block_sums`] of `LANES` consecutive full blocks, their loops interleaved.
+fn block_sums_lanes(xs: &[f64], clip: f64) -> [BlockSums; LANES] {
+    debug_assert_eq!(xs.len(), LANES * BLOCK);
+    let mut sum = [0.0; LANES];
+    let mut sq = [0.0; LANES];
+    let mut min = [0.0; LANES];
+    let mut max = [0.0; LANES];
+    let mut above = [0u64; LANES];
+    for b in 0..LANES {
+        min[b] = xs[b * BLOCK];
+        max[b] = xs[b * BLOCK];
+    }
+    for i in 0..BLOCK {
+        for b in 0..LANES {
+            let x = xs[b * BLOCK + i];
+            sum[b] += x;
+            sq[b] += x * x;
+            if x < min[b] {
+                min[b] = x;
+            }
+            if x > max[b] {
+                max[b] = x;
+            }
+            above[b] += (x > clip) as u64;
+        }
+    }
+    std::array::from_fn(|b| BlockSums {
+        sum: sum[b],
+        sq: sq[b],
+        min: min[b],
+        max: max[b],
+        above: above[b],
+    })
+}
+
 /// 1-based rank `max(1, ceil(p * n))` (p*n a double product), as a 0-based index.
 pub fn quantile_index(p: f64, n: usize) -> usize {
     let r = (p * n as f64).ceil();
@@ -107,13 +145,10 @@ fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<
         let pos = frac * SAMPLE as f64 - margin;
         if pos > 0.0 {
             let t = sample[(pos as usize).min(SAMPLE - 1)];
-            let cand: Vec<f64> = xs
-                .par_chunks(1 << 16)
-                .map(|c| c.iter().copied().filter(|&x| x >= t).collect::<Vec<f64>>())
-                .reduce(Vec::new, |mut a, b| {
-                    a.extend_from_slice(&b);
-                    a
-                });
+            let cand: Vec<f64> = par::map_chunks(xs, 1 << 16, true, |c| {
+                c.iter().copied().filter(|&x| x >= t).collect::<Vec<f64>>()
+            })
+            .concat();
             // every value < t ranks below every candidate
             let below = n - cand.len();
             if below <= lowest {
@@ -169,6 +204,7 @@ pub fn khat_from_top(u: f64, top_sorted: &[f64]) -> f64 {
 }
 
 /// Block sum (0.2) of a sequence of samples.
+#[inline(always)]
 fn block_sum(xs: impl Iterator<Item = f64>) -> f64 {
     let mut total = 0.0;
     let mut part = 0.0;
@@ -188,9 +224,25 @@ fn block_sum(xs: impl Iterator<Item = f64>) -> f64 {
     total
 }
 
+/// `mean_i log1p(-b x_i)` as a block sum (0.2) over the tail points, divided by `T'`.
+#[inline(always)]
+fn mean_log1p(b: f64, x: &[f64], tf: f64) -> f64 {
+    block_sum(x.iter().map(|&xi| (-b * xi).ln_1p())) / tf
+}
+
+/// `log1p` calls (candidates x tail points) from which the candidates of [`gpd_khat`] are shared
+/// among threads ([`par`]): below this (e.g. the 4096 ratios of a probe, ~40 us of work), waking a
+/// helper costs about as much as it saves.
+const PAR_MIN_LOG1P: usize = 1 << 15;
+/// Candidates per work item of [`gpd_khat`].
+const CAND_ITEM: usize = 4;
+
 /// Zhang & Stephens (2009) generalized-Pareto shape with PSIS's weak prior, on ascending positive
 /// exceedances `x`. NaN for fewer than 5 points. The means over tail points are block sums (0.2:
 /// the tail points are ratio samples), the sums over the `mc` candidates plain sums.
+///
+/// Each candidate's sums run sequentially on one thread; candidates (and the weights, one plain sum
+/// per candidate) may be spread over threads, which changes no bit.
 pub fn gpd_khat(x: &[f64]) -> f64 {
     let tn = x.len();
     if tn < 5 {
@@ -201,53 +253,132 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
     let q_idx = (tf / 4.0 + 0.5).floor() as usize; // 1-based
     let xq = x[q_idx - 1];
     let x_last = x[tn - 1];
-    let mut b = vec![0.0; mc];
-    let mut l = vec![0.0; mc];
-    for j in 1..=mc {
-        let bj = (1.0 - (mc as f64 / (j as f64 - 0.5)).sqrt()) / (3.0 * xq) + 1.0 / x_last;
-        let kj = block_sum(x.iter().map(|&xi| (-bj * xi).ln_1p())) / tf;
-        b[j - 1] = bj;
-        l[j - 1] = tf * ((-bj / kj).ln() - kj - 1.0);
-    }
-    let eps10 = 10.0 * f64::EPSILON;
+    let mcf = mc as f64;
+    let cand = |j: usize| -> (f64, f64) {
+        // j is 1-based
+        let bj = (1.0 - (mcf / (j as f64 - 0.5)).sqrt()) / (3.0 * xq) + 1.0 / x_last;
+        let kj = mean_log1p(bj, x, tf);
+        (bj, tf * ((-bj / kj).ln() - kj - 1.0))
+    };
+    let parallel = tn * mc >= PAR_MIN_LOG1P;
+    // (b_j, L_j), candidates in items of CAND_ITEM, each candidate's sums on one thread
+    let mut bl = vec![(0.0, 0.0); mc];
+    let items: Vec<_> = bl.chunks_mut(CAND_ITEM).collect();
+    par::for_each_item(
+        items,
+        parallel,
+        || (),
+        |_, it, slots| {
+            for (c, slot) in slots.iter_mut().enumerate() {
+                *slot = cand(it * CAND_ITEM + c + 1);
+            }
+        },
+    );
+    let (b, l): (Vec<f64>, Vec<f64>) = bl.into_iter().unzip();
+    let l: &[f64] = &l;
+    // wt_j = 1 / sum_l exp(L_l - L_j), one plain sum per candidate
     let mut wt = vec![0.0; mc];
-    for j in 0..mc {
-        let mut s = 0.0;
-        for &ll in &l {
-            s += (ll - l[j]).exp();
-        }
-        wt[j] = 1.0 / s;
-    }
+    let items: Vec<_> = wt.chunks_mut(CAND_ITEM).collect();
+    par::for_each_item(
+        items,
+        parallel,
+        || (),
+        |_, it, ws| {
+            for (c, w) in ws.iter_mut().enumerate() {
+                let lj = l[it * CAND_ITEM + c];
+                let mut s = 0.0;
+                for &ll in l {
+                    s += (ll - lj).exp();
+                }
+                *w = 1.0 / s;
+            }
+        },
+    );
     // "drop wt_j < 10 eps": a NaN weight is not dropped (as in the reference)
+    let eps10 = 10.0 * f64::EPSILON;
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    let keep: Vec<bool> = wt.iter().map(|&w| !(w < eps10)).collect();
+    let keep = |w: f64| !(w < eps10);
     let mut wsum = 0.0;
-    for j in 0..mc {
-        if keep[j] {
-            wsum += wt[j];
+    for &w in wt.iter() {
+        if keep(w) {
+            wsum += w;
         }
     }
     let mut bstar = 0.0;
     for j in 0..mc {
-        if keep[j] {
+        if keep(wt[j]) {
             bstar += b[j] * (wt[j] / wsum);
         }
     }
-    let kstar = block_sum(x.iter().map(|&xi| (-bstar * xi).ln_1p())) / tf;
+    let kstar = mean_log1p(bstar, x, tf);
     (tf * kstar + 10.0 * 0.5) / (tf + 10.0)
+}
+
+/// Ratio counts from which the moments are block-summed in parallel and the large-n selection runs.
+const PAR_MIN_RATIOS: usize = SMALL;
+
+/// Moments, extremes and clip count of `xs` (all finite) as block sums (0.2).
+fn moments(xs: &[f64], clip: f64) -> BlockSums {
+    let fold = |acc: Option<BlockSums>, b: BlockSums| -> Option<BlockSums> {
+        Some(match acc {
+            None => BlockSums {
+                sum: 0.0 + b.sum,
+                sq: 0.0 + b.sq,
+                ..b
+            },
+            Some(mut a) => {
+                a.sum += b.sum;
+                a.sq += b.sq;
+                if b.min < a.min {
+                    a.min = b.min;
+                }
+                if b.max > a.max {
+                    a.max = b.max;
+                }
+                a.above += b.above;
+                a
+            }
+        })
+    };
+    // the blocks of a stretch of samples (whose length is a multiple of BLOCK, except at the end):
+    // groups of LANES full blocks summed side by side (each block's sums still run left to right:
+    // the groups only interleave independent dependency chains), then the rest
+    let blocks_of = |c: &[f64]| -> Vec<BlockSums> {
+        let full = c.len() / (LANES * BLOCK) * (LANES * BLOCK);
+        let (grouped, rest) = c.split_at(full);
+        grouped
+            .chunks_exact(LANES * BLOCK)
+            .flat_map(|g| block_sums_lanes(g, clip))
+            .chain(rest.chunks(BLOCK).map(|b| block_sums(b, clip)))
+            .collect()
+    };
+    let parallel = xs.len() >= PAR_MIN_RATIOS;
+    let out = par::map_chunks(xs, 16 * BLOCK, parallel, blocks_of)
+        .into_iter()
+        .flatten()
+        .fold(None, fold);
+    // xs is non-empty
+    out.unwrap_or(BlockSums {
+        sum: f64::NAN,
+        sq: f64::NAN,
+        min: f64::NAN,
+        max: f64::NAN,
+        above: 0,
+    })
 }
 
 /// The statistics of section 5 for `rho` with threshold `clip` (reported as `rho_clip`).
 pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
-    let nonfinite = rho.par_iter().filter(|x| !x.is_finite()).count();
-    let owned: Vec<f64>;
-    let xs: &[f64] = if nonfinite == 0 {
-        rho
+    let nonfinite = if rho.len() >= PAR_MIN_RATIOS {
+        par::map_chunks(rho, 1 << 16, true, |c| {
+            c.iter().filter(|x| !x.is_finite()).count()
+        })
+        .into_iter()
+        .sum()
     } else {
-        owned = rho.iter().copied().filter(|x| x.is_finite()).collect();
-        &owned
+        rho.iter().filter(|x| !x.is_finite()).count()
     };
-    let n = xs.len();
+    let n = rho.len() - nonfinite;
     let nan = f64::NAN;
     if n == 0 {
         return RhoStatsOut {
@@ -266,53 +397,93 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
             khat: nan,
         };
     }
-    let blocks: Vec<BlockSums> = xs.par_chunks(BLOCK).map(|c| block_sums(c, clip)).collect();
-    let mut sum = 0.0;
-    let mut sq = 0.0;
-    let mut min = blocks[0].min;
-    let mut max = blocks[0].max;
-    let mut above = 0u64;
-    for b in &blocks {
-        sum += b.sum;
-        sq += b.sq;
-        if b.min < min {
-            min = b.min;
-        }
-        if b.max > max {
-            max = b.max;
-        }
-        above += b.above;
-    }
-    let nf = n as f64;
-
     let i95 = quantile_index(0.95, n);
     let i99 = quantile_index(0.99, n);
     let t = tail_len(n);
-    let (vals, top, u) = if n > t {
-        // u = y[n-T-1]; selecting it leaves exactly the top T values to its right
-        let (v, top) = order_stats(xs, &[i95, i99, n - t - 1], Some(n - t));
-        let u = v[2];
-        (v, top, u)
+    let (bs, p95, p99, khat) = if n < SMALL {
+        // one copy of the finite ratios, selected in place
+        let mut v: Vec<f64> = if nonfinite == 0 {
+            rho.to_vec()
+        } else {
+            rho.iter().copied().filter(|x| x.is_finite()).collect()
+        };
+        let bs = moments(&v, clip);
+        let (p95, p99, khat) = small_order_stats(&mut v, i95, i99, t);
+        (bs, p95, p99, khat)
     } else {
-        let (v, _) = order_stats(xs, &[i95, i99], None);
-        (v, Vec::new(), nan)
+        let owned: Vec<f64>;
+        let xs: &[f64] = if nonfinite == 0 {
+            rho
+        } else {
+            owned = rho.iter().copied().filter(|x| x.is_finite()).collect();
+            &owned
+        };
+        let bs = moments(xs, clip);
+        let (vals, top, u) = if n > t {
+            // u = y[n-T-1]; selecting it leaves exactly the top T values to its right
+            let (v, top) = order_stats(xs, &[i95, i99, n - t - 1], Some(n - t));
+            let u = v[2];
+            (v, top, u)
+        } else {
+            let (v, _) = order_stats(xs, &[i95, i99], None);
+            (v, Vec::new(), nan)
+        };
+        let khat = if n > t { khat_from_top(u, &top) } else { nan };
+        (bs, vals[0], vals[1], khat)
     };
-    let khat = if n > t { khat_from_top(u, &top) } else { nan };
+    let nf = n as f64;
+    let (sum, sq) = (bs.sum, bs.sq);
     RhoStatsOut {
         n: n as u64,
         nonfinite: nonfinite as u64,
         mean: sum / nf,
         rho2_mean: sq / nf,
-        min,
-        max,
-        p95: vals[0],
-        p99: vals[1],
+        min: bs.min,
+        max: bs.max,
+        p95,
+        p99,
         clip,
         clip_active: clip_enabled,
-        clip_frac: above as f64 / nf,
+        clip_frac: bs.above as f64 / nf,
         ess_frac: (sum * sum) / (nf * sq),
         khat,
     }
+}
+
+/// `(p95, p99, k_hat)` of the (finite) values `v`, reordering `v` in place: selections at the
+/// needed ranks in increasing order (each inside the part right of the previous one), then a sort of
+/// the top `T` values (which the selection of `y[n-T-1]` leaves to its right); the tail exceedances
+/// are formed in place.
+fn small_order_stats(v: &mut [f64], i95: usize, i99: usize, t: usize) -> (f64, f64, f64) {
+    let n = v.len();
+    let iu = if n > t { Some(n - t - 1) } else { None };
+    let mut targets = [i95, i99, iu.unwrap_or(i95)];
+    targets.sort_unstable();
+    let mut lo = 0;
+    for &idx in &targets {
+        if idx >= lo {
+            v[lo..].select_nth_unstable_by(idx - lo, cmp);
+            lo = idx + 1;
+        }
+    }
+    // v[idx] now holds the order statistic of every target
+    let (p95, p99) = (v[i95], v[i99]);
+    let khat = match iu {
+        Some(iu) => {
+            let u = v[iu];
+            let tail = &mut v[n - t..];
+            tail.sort_unstable_by(cmp);
+            // ascending: the values equal to u come first
+            let first = tail.iter().position(|&y| y > u).unwrap_or(tail.len());
+            let tail = &mut tail[first..];
+            for y in tail.iter_mut() {
+                *y -= u;
+            }
+            gpd_khat(tail)
+        }
+        None => f64::NAN,
+    };
+    (p95, p99, khat)
 }
 
 #[cfg(test)]
@@ -418,6 +589,33 @@ mod tests {
         let light = rho_stats(&pareto(0.2), 1e9, false).khat;
         assert!(heavy > 0.7, "heavy {heavy}");
         assert!(light < 0.5 && light > 0.0, "light {light}");
+    }
+
+    #[test]
+    fn khat_fit_does_not_depend_on_threads() {
+        // a tail long enough for the candidates to be shared among threads
+        let x: Vec<f64> = (1..=3000)
+            .map(|i| (i as f64 / 3001.0).powf(-0.8) - 1.0)
+            .rev()
+            .collect();
+        let mut x = x;
+        x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let x: Vec<f64> = x.into_iter().filter(|&v| v > 0.0).collect();
+        assert!(x.len() * (30 + (x.len() as f64).sqrt() as usize) >= PAR_MIN_LOG1P);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| gpd_khat(&x));
+        for threads in [2, 3] {
+            let k = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| gpd_khat(&x));
+            assert_eq!(k.to_bits(), one.to_bits());
+        }
+        assert_eq!(gpd_khat(&x).to_bits(), one.to_bits());
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! The rollout of MODEL.md section 3: `batch` trajectories of `horizon` steps from the defensive
 //! mixture, with the TD, actor and Gram sums of step 3.
 //!
-//! Trajectories run in parallel (rayon); each produces its own partial sums (left to right over its
-//! steps, from 0.0), and the partials are then added sequentially in trajectory order from 0.0. The
-//! result is therefore bit-identical for any number of threads.
-
-use rayon::prelude::*;
+//! Trajectories run in parallel ([`par`], for batches of at least `PAR_MIN_STEPS` transitions); each
+//! produces its own partial sums (left to right over its steps, from 0.0), and the partials are then
+//! added sequentially in trajectory order from 0.0. The result is therefore bit-identical for any
+//! number of threads.
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
-    check_finite, check_gain, dot, dot_fixed, feature_dim, features, features_fixed, step,
-    FixedModel, Problem, RatioConsts, StepScratch,
+    check_finite, check_gain, clip_rho, dot, dot_fixed, feature_dim, features, features_fixed,
+    step, FixedModel, Problem, RatioConsts, StepScratch,
 };
-use crate::philox::{Normals, Stream, Uniforms};
+use crate::par;
+use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
 
 /// Purposes of section 1.
 pub const PURPOSE_START: u64 = 1;
@@ -207,8 +207,43 @@ fn trajectory(
     }
 }
 
-/// [`trajectory`] with compile-time sizes (n = N, m = M, d = D): the same operations in the same
-/// order on stack arrays.
+/// Steps whose random draws are generated together, ahead of the steps that use them.
+const CHUNK: usize = 256;
+/// Transitions per work item of the parallel driver (whole trajectories are grouped up to this).
+const ITEM_STEPS: usize = 64;
+/// Transitions from which a rollout is shared among threads.
+const PAR_MIN_STEPS: usize = 512;
+
+/// Per-thread scratch of [`trajectory_fixed`]: one chunk's draws and per-step values.
+struct ChunkBuf<const N: usize, const M: usize> {
+    mix_u: [f64; CHUNK],
+    za: [[f64; M]; CHUNK],
+    ze: [[f64; N]; CHUNK],
+    lpi: [f64; CHUNK],
+    lmu: [f64; CHUNK],
+    delta: [f64; CHUNK],
+    dpi: [[f64; M]; CHUNK],
+}
+
+impl<const N: usize, const M: usize> ChunkBuf<N, M> {
+    fn new() -> Box<Self> {
+        Box::new(ChunkBuf {
+            mix_u: [0.0; CHUNK],
+            za: [[0.0; M]; CHUNK],
+            ze: [[0.0; N]; CHUNK],
+            lpi: [0.0; CHUNK],
+            lmu: [0.0; CHUNK],
+            delta: [0.0; CHUNK],
+            dpi: [[0.0; M]; CHUNK],
+        })
+    }
+}
+
+/// [`trajectory`] with compile-time sizes (n = N, m = M, d = D): the same operations, in the same
+/// order, on stack arrays, arranged in passes over chunks of `CHUNK` steps so that independent work
+/// sits side by side: (1) the chunk's random draws (they do not depend on the state); (2) the
+/// dynamics, sequential through the state, with the TD errors; (3) the ratios, whose libm calls are
+/// independent from step to step; (4) the sums, left to right over the steps as before.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
@@ -223,67 +258,90 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     rewards: &mut [f64],
     rhos: &mut [f64],
     part: &mut [f64],
+    buf: &mut ChunkBuf<N, M>,
 ) {
-    let mut start = Normals::new(Stream::new(seed, PURPOSE_START, iteration, j));
-    let mut mix = Uniforms::new(Stream::new(seed, PURPOSE_MIX, iteration, j));
-    let mut act = Normals::new(Stream::new(seed, PURPOSE_ACTION, iteration, j));
-    let mut env = Normals::new(Stream::new(seed, PURPOSE_ENV, iteration, j));
+    let st_start = Stream::new(seed, PURPOSE_START, iteration, j);
+    let st_mix = Stream::new(seed, PURPOSE_MIX, iteration, j);
+    let st_act = Stream::new(seed, PURPOSE_ACTION, iteration, j);
+    let st_env = Stream::new(seed, PURPOSE_ENV, iteration, j);
 
     let mut s = [0.0; N];
+    fill_normals(&st_start, 0, &mut s);
     for i in 0..N {
-        s[i] = sigma_0 * start.get(i as u64);
+        s[i] *= sigma_0;
     }
     states[..N].copy_from_slice(&s);
     let mut td_sq = 0.0;
     let mut rho2 = 0.0;
     let mut grad_w = [0.0; D];
     let mut grad_k = [[0.0; N]; M];
+    // the full square (each entry summed exactly as the upper triangle's), which vectorizes
     let mut gram = [[0.0; D]; D];
-    let mut phi = features_fixed::<N, D>(&s);
-    let mut v = dot_fixed(w, &phi);
+    let mut v = dot_fixed(w, &features_fixed::<N, D>(&s));
     let horizon = rewards.len();
-    let states = &mut states[N..N + horizon * N];
-    for h in 0..horizon {
-        let hu = h as u64;
-        let u = mix.get(hu);
-        let mut za = [0.0; M];
-        for k in 0..M {
-            za[k] = act.get(hu * M as u64 + k as u64);
+    let ChunkBuf {
+        mix_u,
+        za: za_all,
+        ze: ze_all,
+        lpi,
+        lmu,
+        delta,
+        dpi,
+    } = buf;
+    let mut h0 = 0;
+    while h0 < horizon {
+        let len = CHUNK.min(horizon - h0);
+        // (1) draws
+        fill_uniforms(&st_mix, h0 as u64, &mut mix_u[..len]);
+        fill_normals(&st_act, (h0 * M) as u64, za_all[..len].as_flattened_mut());
+        fill_normals(&st_env, (h0 * N) as u64, ze_all[..len].as_flattened_mut());
+        // (2) dynamics; states[h*N..] is s_h, states[(h+1)*N..] is s_{h+1}
+        for c in 0..len {
+            let h = h0 + c;
+            let dy = fm.dynamics(&s, mix_u[c], &za_all[c], &ze_all[c]);
+            let v_next = dot_fixed(w, &features_fixed::<N, D>(&dy.s_next));
+            delta[c] = (dy.reward + fm.gamma * v_next) - v;
+            lpi[c] = dy.lpi;
+            lmu[c] = dy.lmu;
+            dpi[c] = dy.dpi;
+            rewards[h] = dy.reward;
+            states[(h + 1) * N..(h + 2) * N].copy_from_slice(&dy.s_next);
+            s = dy.s_next;
+            v = v_next;
         }
-        let mut ze = [0.0; N];
-        for i in 0..N {
-            ze[i] = env.get(hu * N as u64 + i as u64);
+        // (3) ratios
+        for c in 0..len {
+            rhos[h0 + c] = fm.ratio(lpi[c], lmu[c]).0;
         }
-        let st = fm.step(&s, u, &za, &ze);
-        let phi_next = features_fixed::<N, D>(&st.s_next);
-        let v_next = dot_fixed(w, &phi_next);
-        let delta = (st.reward + fm.gamma * v_next) - v;
-
-        td_sq += delta * delta;
-        rho2 += st.rho * st.rho;
-        let g = st.rho_bar * delta;
-        for i in 0..D {
-            grad_w[i] += g * phi[i];
-        }
-        for i in 0..M {
-            let gd = g * st.dpi[i];
-            for jj in 0..N {
-                grad_k[i][jj] += gd * s[jj];
+        // (4) sums, in step order
+        for c in 0..len {
+            let h = h0 + c;
+            let mut sh = [0.0; N];
+            sh.copy_from_slice(&states[h * N..(h + 1) * N]);
+            let phi = features_fixed::<N, D>(&sh);
+            let rho = rhos[h];
+            let rho_bar = clip_rho(rho, fm.rho_clip);
+            let dl = delta[c];
+            td_sq += dl * dl;
+            rho2 += rho * rho;
+            let g = rho_bar * dl;
+            for i in 0..D {
+                grad_w[i] += g * phi[i];
+            }
+            for i in 0..M {
+                let gd = g * dpi[c][i];
+                for jj in 0..N {
+                    grad_k[i][jj] += gd * sh[jj];
+                }
+            }
+            for i in 0..D {
+                let pi = phi[i];
+                for k in 0..D {
+                    gram[i][k] += pi * phi[k];
+                }
             }
         }
-        for i in 0..D {
-            let pi = phi[i];
-            for k in i..D {
-                gram[i][k] += pi * phi[k];
-            }
-        }
-
-        rewards[h] = st.reward;
-        rhos[h] = st.rho;
-        states[h * N..(h + 1) * N].copy_from_slice(&st.s_next);
-        s = st.s_next;
-        phi = phi_next;
-        v = v_next;
+        h0 += len;
     }
     part[0] = td_sq;
     part[1] = rho2;
@@ -337,12 +395,15 @@ fn rollout_impl(
     let mut rho = vec![0.0; batch * horizon];
     let mut partials = vec![0.0; batch * lay.len];
 
-    let chunks = states
-        .par_chunks_mut((horizon + 1) * n)
-        .zip(rewards.par_chunks_mut(horizon))
-        .zip(rho.par_chunks_mut(horizon))
-        .zip(partials.par_chunks_mut(lay.len))
-        .enumerate();
+    // items of whole trajectories (at least ITEM_STEPS steps each unless the batch is smaller)
+    let per_item = ITEM_STEPS.div_ceil(horizon).max(1);
+    let items: Vec<_> = states
+        .chunks_mut(per_item * (horizon + 1) * n)
+        .zip(rewards.chunks_mut(per_item * horizon))
+        .zip(rho.chunks_mut(per_item * horizon))
+        .zip(partials.chunks_mut(per_item * lay.len))
+        .collect();
+    let parallel = batch * horizon >= PAR_MIN_STEPS;
     crate::dispatch_dims!(
         if allow_fixed { n } else { 0 },
         m,
@@ -351,18 +412,56 @@ fn rollout_impl(
             let mut wf = [0.0; DD];
             wf.copy_from_slice(w);
             let (seed, sigma_0) = (p.seed, p.sigma_0);
-            chunks.for_each(|(j, (((st, rw), rh), part))| {
-                trajectory_fixed::<NN, MM, DD>(
-                    &fm, seed, sigma_0, &lay, &wf, iteration, j as u64, st, rw, rh, part,
-                );
-            })
+            par::for_each_item(
+                items,
+                parallel,
+                ChunkBuf::<NN, MM>::new,
+                |buf, it, (((st, rw), rh), part)| {
+                    let trajs = rw.len() / horizon;
+                    for t in 0..trajs {
+                        let j = (it * per_item + t) as u64;
+                        trajectory_fixed::<NN, MM, DD>(
+                            &fm,
+                            seed,
+                            sigma_0,
+                            &lay,
+                            &wf,
+                            iteration,
+                            j,
+                            &mut st[t * (horizon + 1) * n..(t + 1) * (horizon + 1) * n],
+                            &mut rw[t * horizon..(t + 1) * horizon],
+                            &mut rh[t * horizon..(t + 1) * horizon],
+                            &mut part[t * lay.len..(t + 1) * lay.len],
+                            buf,
+                        );
+                    }
+                },
+            )
         },
-        chunks.for_each_init(
+        par::for_each_item(
+            items,
+            parallel,
             || TrajScratch::new(n, m),
-            |sc, (j, (((st, rw), rh), part))| {
-                trajectory(
-                    p, &rc, &lay, w, k_pi, k_mu, iteration, j as u64, st, rw, rh, part, sc,
-                );
+            |sc, it, (((st, rw), rh), part)| {
+                let trajs = rw.len() / horizon;
+                for t in 0..trajs {
+                    let j = (it * per_item + t) as u64;
+                    trajectory(
+                        p,
+                        &rc,
+                        &lay,
+                        w,
+                        k_pi,
+                        k_mu,
+                        iteration,
+                        j,
+                        &mut st[t * (horizon + 1) * n..(t + 1) * (horizon + 1) * n],
+                        &mut rw[t * horizon..(t + 1) * horizon],
+                        &mut rh[t * horizon..(t + 1) * horizon],
+                        &mut part[t * lay.len..(t + 1) * lay.len],
+                        sc,
+                    );
+                }
             },
         )
     );

@@ -12,7 +12,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::{check_finite, dot};
+use crate::model::{check_finite, dot, matvec_rows};
 
 /// What GMRES returns (backend.SolveResult).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,9 +30,9 @@ fn norm(v: &[f64]) -> f64 {
 
 /// `b - A x` for a row-major (d, d) `a`.
 fn residual_vec(a: &[f64], b: &[f64], x: &[f64], out: &mut [f64]) {
-    let d = b.len();
-    for i in 0..d {
-        out[i] = b[i] - dot(&a[i * d..(i + 1) * d], x);
+    matvec_rows(a, x, out);
+    for (o, bi) in out.iter_mut().zip(b) {
+        *o = bi - *o;
     }
 }
 
@@ -106,9 +106,7 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
                 break;
             }
             // w = A v_k, then modified Gram-Schmidt against v_0..v_k
-            for i in 0..d {
-                w[i] = dot(&a[i * d..(i + 1) * d], &v[k * d..(k + 1) * d]);
-            }
+            matvec_rows(a, &v[k * d..(k + 1) * d], &mut w);
             for i in 0..=k {
                 let vi = &v[i * d..(i + 1) * d];
                 let hik = dot(&w, vi);

@@ -5,14 +5,13 @@
 //! run left to right from 0.0 and the block sums are then added in block order from 0.0, so results
 //! are bit-identical for any number of threads.
 
-use rayon::prelude::*;
-
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
-    check_gain, feature_dim, features, features_fixed, matvec, pick, step, FixedModel, Problem,
-    RatioConsts, StepScratch, BLOCK,
+    check_gain, clip_rho, feature_dim, features, features_fixed, matvec, matvec_fixed, pick, step,
+    to_rows, FixedModel, Problem, RatioConsts, StepScratch, BLOCK,
 };
-use crate::philox::{Normals, Stream, Uniforms};
+use crate::par;
+use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
 
 /// Distribution-probe purposes (section 1).
 pub const PURPOSE_DIST_STATE: u64 = 10;
@@ -113,8 +112,45 @@ struct TransScratch {
     phi_next: Vec<f64>,
 }
 
-/// One block of probe transitions with compile-time sizes: the same operations, in the same order, as
-/// the dynamic closure in [`transitions_impl`].
+/// Samples whose draws are generated together in [`block_fixed`].
+const SUB: usize = 256;
+/// Samples from which the probe kernels share their blocks among threads.
+const PAR_MIN_SAMPLES: usize = 2048;
+
+/// Per-thread scratch of [`block_fixed`]: one sub-chunk's draws and per-sample values.
+struct SubBuf<const N: usize, const M: usize> {
+    pick_u: [f64; SUB],
+    mix_u: [f64; SUB],
+    za: [[f64; M]; SUB],
+    ze: [[f64; N]; SUB],
+    idx: [usize; SUB],
+    lpi: [f64; SUB],
+    lmu: [f64; SUB],
+    reward: [f64; SUB],
+    s_next: [[f64; N]; SUB],
+    rho: [f64; SUB],
+}
+
+impl<const N: usize, const M: usize> SubBuf<N, M> {
+    fn new() -> Box<Self> {
+        Box::new(SubBuf {
+            pick_u: [0.0; SUB],
+            mix_u: [0.0; SUB],
+            za: [[0.0; M]; SUB],
+            ze: [[0.0; N]; SUB],
+            idx: [0; SUB],
+            lpi: [0.0; SUB],
+            lmu: [0.0; SUB],
+            reward: [0.0; SUB],
+            s_next: [[0.0; N]; SUB],
+            rho: [0.0; SUB],
+        })
+    }
+}
+
+/// One block of probe transitions with compile-time sizes: the same operations, in the same order,
+/// as the dynamic closure in [`transitions_impl`], arranged in passes over sub-chunks of `SUB`
+/// samples (draws; dynamics; ratios; sums in sample order), as in the rollout.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block_fixed<const N: usize, const M: usize, const D: usize>(
@@ -127,45 +163,65 @@ fn block_fixed<const N: usize, const M: usize, const D: usize>(
     task: &Task,
     rho_out: &mut [f64],
     part: &mut [f64],
+    buf: &mut SubBuf<N, M>,
 ) {
-    let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
-    let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
-    let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
-    let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
+    let st_pick = Stream::new(seed, base, iteration, 0);
+    let st_mix = Stream::new(seed, base + 1, iteration, 0);
+    let st_act = Stream::new(seed, base + 2, iteration, 0);
+    let st_env = Stream::new(seed, base + 3, iteration, 0);
     let mut a_part = [[0.0; D]; D];
     let mut b_part = [0.0; D];
-    for (slot, k) in (task.start..task.end).enumerate() {
-        let ku = k as u64;
-        let idx = pick(pick_u.get(ku), pool_len);
-        let mut s = [0.0; N];
-        s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
-        let u = mix.get(ku);
-        let mut za = [0.0; M];
-        for j in 0..M {
-            za[j] = act.get(ku * M as u64 + j as u64);
+    let mut k0 = task.start;
+    while k0 < task.end {
+        let len = SUB.min(task.end - k0);
+        let slot0 = k0 - task.start;
+        // (1) draws
+        fill_uniforms(&st_pick, k0 as u64, &mut buf.pick_u[..len]);
+        fill_uniforms(&st_mix, k0 as u64, &mut buf.mix_u[..len]);
+        fill_normals(&st_act, (k0 * M) as u64, buf.za[..len].as_flattened_mut());
+        fill_normals(&st_env, (k0 * N) as u64, buf.ze[..len].as_flattened_mut());
+        // (2) dynamics
+        for c in 0..len {
+            let idx = pick(buf.pick_u[c], pool_len);
+            buf.idx[c] = idx;
+            let mut s = [0.0; N];
+            s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
+            let dy = fm.dynamics(&s, buf.mix_u[c], &buf.za[c], &buf.ze[c]);
+            buf.lpi[c] = dy.lpi;
+            buf.lmu[c] = dy.lmu;
+            buf.reward[c] = dy.reward;
+            buf.s_next[c] = dy.s_next;
         }
-        let mut ze = [0.0; N];
-        for i in 0..N {
-            ze[i] = env.get(ku * N as u64 + i as u64);
+        // (3) ratios
+        for c in 0..len {
+            let rho = fm.ratio(buf.lpi[c], buf.lmu[c]).0;
+            buf.rho[c] = rho;
+            rho_out[slot0 + c] = rho;
         }
-        let st = fm.step(&s, u, &za, &ze);
-        let phi = features_fixed::<N, D>(&s);
-        let phi_next = features_fixed::<N, D>(&st.s_next);
-        let mut e = [0.0; D];
-        for j in 0..D {
-            e[j] = phi[j] - fm.gamma * phi_next[j];
-        }
-        for i in 0..D {
-            let c = st.rho_bar * phi[i];
+        // (4) sums, in sample order
+        for c in 0..len {
+            let idx = buf.idx[c];
+            let mut s = [0.0; N];
+            s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
+            let rho_bar = clip_rho(buf.rho[c], fm.rho_clip);
+            let phi = features_fixed::<N, D>(&s);
+            let phi_next = features_fixed::<N, D>(&buf.s_next[c]);
+            let mut e = [0.0; D];
             for j in 0..D {
-                a_part[i][j] += c * e[j];
+                e[j] = phi[j] - fm.gamma * phi_next[j];
+            }
+            for i in 0..D {
+                let cf = rho_bar * phi[i];
+                for j in 0..D {
+                    a_part[i][j] += cf * e[j];
+                }
+            }
+            let rb = rho_bar * buf.reward[c];
+            for i in 0..D {
+                b_part[i] += rb * phi[i];
             }
         }
-        let rb = st.rho_bar * st.reward;
-        for i in 0..D {
-            b_part[i] += rb * phi[i];
-        }
-        rho_out[slot] = st.rho;
+        k0 += len;
     }
     for i in 0..D {
         part[i * D..(i + 1) * D].copy_from_slice(&a_part[i]);
@@ -223,22 +279,31 @@ fn transitions_impl(
     let rho_pieces = split_lengths(&mut rho, tasks.iter().map(|t| t.end - t.start));
     let seed = p.seed;
 
-    let work = tasks
-        .par_iter()
-        .zip(rho_pieces.into_par_iter())
-        .zip(partials.par_chunks_mut(part_len));
+    let items: Vec<_> = tasks
+        .iter()
+        .zip(rho_pieces)
+        .zip(partials.chunks_mut(part_len))
+        .collect();
+    let parallel = count >= PAR_MIN_SAMPLES;
     crate::dispatch_dims!(
         if allow_fixed { n } else { 0 },
         m,
         |NN, MM, DD| {
             let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
-            work.for_each(|((task, rho_out), part)| {
-                block_fixed::<NN, MM, DD>(
-                    &fm, seed, base, iteration, pool, pool_len, task, rho_out, part,
-                );
-            })
+            par::for_each_item(
+                items,
+                parallel,
+                SubBuf::<NN, MM>::new,
+                |buf, _, ((task, rho_out), part)| {
+                    block_fixed::<NN, MM, DD>(
+                        &fm, seed, base, iteration, pool, pool_len, task, rho_out, part, buf,
+                    );
+                },
+            )
         },
-        work.for_each_init(
+        par::for_each_item(
+            items,
+            parallel,
             || TransScratch {
                 step: StepScratch::new(n, m),
                 za: vec![0.0; m],
@@ -246,7 +311,7 @@ fn transitions_impl(
                 phi: vec![0.0; d],
                 phi_next: vec![0.0; d],
             },
-            |sc, ((task, rho_out), part)| {
+            |sc, _, ((task, rho_out), part)| {
                 let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
                 let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
                 let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
@@ -331,6 +396,27 @@ pub fn policy_samples(
     mmd_count: usize,
     iteration: u64,
 ) -> CoreResult<PolicySamplesOut> {
+    policy_samples_impl(
+        n, m, sigma_pi, sigma_mu, seed, k_pi, k_mu, pool, count, mmd_count, iteration, true,
+    )
+}
+
+/// `policy_samples`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+fn policy_samples_impl(
+    n: usize,
+    m: usize,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    seed: u64,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    pool: &[f64],
+    count: usize,
+    mmd_count: usize,
+    iteration: u64,
+    allow_fixed: bool,
+) -> CoreResult<PolicySamplesOut> {
     for (arg, x) in [("sigma_pi", sigma_pi), ("sigma_mu", sigma_mu)] {
         if !(x.is_finite() && x > 0.0) {
             return Err(CoreError::invalid(
@@ -384,55 +470,91 @@ pub fn policy_samples(
         .enumerate()
         .collect();
 
-    pieces
-        .into_par_iter()
-        .for_each(|(b, ((((rho_out, part), ms), mpi), mmu))| {
-            let mut pick_u = Uniforms::new(Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0));
-            let mut z_mu = Normals::new(Stream::new(seed, PURPOSE_DIST_MU, iteration, 0));
-            let mut z_pi = Normals::new(Stream::new(seed, PURPOSE_DIST_PI, iteration, 0));
-            let mut kpi_s = vec![0.0; m];
-            let mut kmu_s = vec![0.0; m];
-            let mut a = vec![0.0; m];
-            let (tv, moment) = part.split_at_mut(1);
-            for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
-                let ku = k as u64;
-                let idx = pick(pick_u.get(ku), pool_len);
-                let s = &pool[idx * n..(idx + 1) * n];
-                matvec(k_pi, s, &mut kpi_s);
-                matvec(k_mu, s, &mut kmu_s);
-                for j in 0..m {
-                    a[j] = kmu_s[j] + sigma_mu * z_mu.get(ku * m as u64 + j as u64);
-                }
-                let mut qpi = 0.0;
-                let mut qmu = 0.0;
-                for j in 0..m {
-                    let dp = a[j] - kpi_s[j];
-                    qpi += dp * dp;
-                    let dm = a[j] - kmu_s[j];
-                    qmu += dm * dm;
-                }
-                let r = (rc.log_pi(qpi) - rc.log_mu(qmu)).exp();
-                rho_out[slot] = r;
-                // Python's max(1 - rho, 0.0)
-                let t = 1.0 - r;
-                tv[0] += if 0.0 > t { 0.0 } else { t };
-                let mut c = 0;
-                for i in 0..n {
-                    for j in i..n {
-                        moment[c] += s[i] * s[j];
-                        c += 1;
-                    }
-                }
-                if k < mmd_count {
-                    ms[slot * n..(slot + 1) * n].copy_from_slice(s);
-                    mmu[slot * m..(slot + 1) * m].copy_from_slice(&a);
+    let parallel = count >= PAR_MIN_SAMPLES;
+    crate::dispatch_dims!(
+        if allow_fixed { n } else { 0 },
+        m,
+        |NN, MM, DD| {
+            let kp = to_rows::<MM, NN>(k_pi);
+            let km = to_rows::<MM, NN>(k_mu);
+            par::for_each_item(
+                pieces,
+                parallel,
+                PolicyBuf::<NN, MM>::new,
+                |buf, _, (b, ((((rho_out, part), ms), mpi), mmu))| {
+                    policy_block_fixed::<NN, MM>(
+                        &kp,
+                        &km,
+                        &rc,
+                        seed,
+                        iteration,
+                        pool,
+                        pool_len,
+                        mmd_count,
+                        b * BLOCK,
+                        rho_out,
+                        part,
+                        ms,
+                        mpi,
+                        mmu,
+                        buf,
+                    );
+                },
+            )
+        },
+        par::for_each_item(
+            pieces,
+            parallel,
+            || (),
+            |_, _, (b, ((((rho_out, part), ms), mpi), mmu))| {
+                let mut pick_u = Uniforms::new(Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0));
+                let mut z_mu = Normals::new(Stream::new(seed, PURPOSE_DIST_MU, iteration, 0));
+                let mut z_pi = Normals::new(Stream::new(seed, PURPOSE_DIST_PI, iteration, 0));
+                let mut kpi_s = vec![0.0; m];
+                let mut kmu_s = vec![0.0; m];
+                let mut a = vec![0.0; m];
+                let (tv, moment) = part.split_at_mut(1);
+                for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
+                    let ku = k as u64;
+                    let idx = pick(pick_u.get(ku), pool_len);
+                    let s = &pool[idx * n..(idx + 1) * n];
+                    matvec(k_pi, s, &mut kpi_s);
+                    matvec(k_mu, s, &mut kmu_s);
                     for j in 0..m {
-                        mpi[slot * m + j] =
-                            kpi_s[j] + sigma_pi * z_pi.get(ku * m as u64 + j as u64);
+                        a[j] = kmu_s[j] + sigma_mu * z_mu.get(ku * m as u64 + j as u64);
+                    }
+                    let mut qpi = 0.0;
+                    let mut qmu = 0.0;
+                    for j in 0..m {
+                        let dp = a[j] - kpi_s[j];
+                        qpi += dp * dp;
+                        let dm = a[j] - kmu_s[j];
+                        qmu += dm * dm;
+                    }
+                    let r = (rc.log_pi(qpi) - rc.log_mu(qmu)).exp();
+                    rho_out[slot] = r;
+                    // Python's max(1 - rho, 0.0)
+                    let t = 1.0 - r;
+                    tv[0] += if 0.0 > t { 0.0 } else { t };
+                    let mut c = 0;
+                    for i in 0..n {
+                        for j in i..n {
+                            moment[c] += s[i] * s[j];
+                            c += 1;
+                        }
+                    }
+                    if k < mmd_count {
+                        ms[slot * n..(slot + 1) * n].copy_from_slice(s);
+                        mmu[slot * m..(slot + 1) * m].copy_from_slice(&a);
+                        for j in 0..m {
+                            mpi[slot * m + j] =
+                                kpi_s[j] + sigma_pi * z_pi.get(ku * m as u64 + j as u64);
+                        }
                     }
                 }
-            }
-        });
+            },
+        )
+    );
 
     let mut total = vec![0.0; part_len];
     for part in partials.chunks_exact(part_len) {
@@ -457,6 +579,130 @@ pub fn policy_samples(
         mmd_a_pi,
         mmd_a_mu,
     })
+}
+
+/// Per-thread scratch of [`policy_block_fixed`].
+struct PolicyBuf<const N: usize, const M: usize> {
+    pick_u: [f64; SUB],
+    z: [[f64; M]; SUB],
+    z_pi: [[f64; M]; SUB],
+    idx: [usize; SUB],
+    lr: [f64; SUB],
+    rho: [f64; SUB],
+}
+
+impl<const N: usize, const M: usize> PolicyBuf<N, M> {
+    fn new() -> Box<Self> {
+        Box::new(PolicyBuf {
+            pick_u: [0.0; SUB],
+            z: [[0.0; M]; SUB],
+            z_pi: [[0.0; M]; SUB],
+            idx: [0; SUB],
+            lr: [0.0; SUB],
+            rho: [0.0; SUB],
+        })
+    }
+}
+
+/// One block of policy samples with compile-time sizes: the operations of the dynamic closure in
+/// [`policy_samples`], in the same order, in passes over sub-chunks of `SUB` samples (draws; log
+/// ratios; ratios; sums in sample order; the MMD rows).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn policy_block_fixed<const N: usize, const M: usize>(
+    k_pi: &[[f64; N]; M],
+    k_mu: &[[f64; N]; M],
+    rc: &RatioConsts,
+    seed: u64,
+    iteration: u64,
+    pool: &[f64],
+    pool_len: usize,
+    mmd_count: usize,
+    first: usize,
+    rho_out: &mut [f64],
+    part: &mut [f64],
+    ms: &mut [f64],
+    mpi: &mut [f64],
+    mmu: &mut [f64],
+    buf: &mut PolicyBuf<N, M>,
+) {
+    let st_pick = Stream::new(seed, PURPOSE_DIST_STATE, iteration, 0);
+    let st_mu = Stream::new(seed, PURPOSE_DIST_MU, iteration, 0);
+    let st_pi = Stream::new(seed, PURPOSE_DIST_PI, iteration, 0);
+    let mut tv = 0.0;
+    let mut moment = [[0.0; N]; N];
+    let end = first + rho_out.len();
+    let mut k0 = first;
+    while k0 < end {
+        let len = SUB.min(end - k0);
+        let slot0 = k0 - first;
+        fill_uniforms(&st_pick, k0 as u64, &mut buf.pick_u[..len]);
+        fill_normals(&st_mu, (k0 * M) as u64, buf.z[..len].as_flattened_mut());
+        let mmd_len = mmd_count.saturating_sub(k0).min(len);
+        if mmd_len > 0 {
+            fill_normals(
+                &st_pi,
+                (k0 * M) as u64,
+                buf.z_pi[..mmd_len].as_flattened_mut(),
+            );
+        }
+        for c in 0..len {
+            let idx = pick(buf.pick_u[c], pool_len);
+            buf.idx[c] = idx;
+            let mut s = [0.0; N];
+            s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
+            let kpi_s = matvec_fixed(k_pi, &s);
+            let kmu_s = matvec_fixed(k_mu, &s);
+            let mut a = [0.0; M];
+            let mut qpi = 0.0;
+            let mut qmu = 0.0;
+            for j in 0..M {
+                a[j] = kmu_s[j] + rc.sigma_mu * buf.z[c][j];
+            }
+            for j in 0..M {
+                let dp = a[j] - kpi_s[j];
+                qpi += dp * dp;
+                let dm = a[j] - kmu_s[j];
+                qmu += dm * dm;
+            }
+            buf.lr[c] = rc.log_pi(qpi) - rc.log_mu(qmu);
+            if c < mmd_len {
+                let slot = slot0 + c;
+                ms[slot * N..(slot + 1) * N].copy_from_slice(&s);
+                mmu[slot * M..(slot + 1) * M].copy_from_slice(&a);
+                for j in 0..M {
+                    mpi[slot * M + j] = kpi_s[j] + rc.sigma_pi * buf.z_pi[c][j];
+                }
+            }
+        }
+        for c in 0..len {
+            let r = buf.lr[c].exp();
+            buf.rho[c] = r;
+            rho_out[slot0 + c] = r;
+        }
+        for c in 0..len {
+            // Python's max(1 - rho, 0.0)
+            let t = 1.0 - buf.rho[c];
+            tv += if 0.0 > t { 0.0 } else { t };
+            let idx = buf.idx[c];
+            let mut s = [0.0; N];
+            s.copy_from_slice(&pool[idx * N..(idx + 1) * N]);
+            for i in 0..N {
+                for j in 0..N {
+                    moment[i][j] += s[i] * s[j];
+                }
+            }
+        }
+        k0 += len;
+    }
+    part[0] = tv;
+    let mut c = 1;
+    for i in 0..N {
+        for j in i..N {
+            part[c] = moment[i][j];
+            c += 1;
+        }
+    }
 }
 
 /// How many MMD rows fall in block `b`.
@@ -571,6 +817,22 @@ mod tests {
                 .arg(),
             "mmd_count"
         );
+    }
+
+    #[test]
+    fn fixed_policy_samples_equal_the_dynamic_kernel() {
+        let kp = [-0.1, -0.2, 0.3, 0.05];
+        let km = [0.0, -0.25, 0.1, 0.2];
+        let pool = pool();
+        for (count, mmd) in [(0, 0), (7, 3), (300, 300), (2100, 1030), (3000, 64)] {
+            let fixed =
+                policy_samples_impl(2, 2, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2, true)
+                    .unwrap();
+            let dynamic =
+                policy_samples_impl(2, 2, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2, false)
+                    .unwrap();
+            assert_eq!(fixed, dynamic);
+        }
     }
 
     #[test]
