@@ -57,18 +57,9 @@ fn array_arg<'py>(
     ndim: usize,
 ) -> PyResult<F64Array<'py>> {
     let py = obj.py();
-    let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
-        let tname = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        to_py_err(CoreError::WrongType {
-            arg,
-            expected: "a numpy.ndarray of float64".into(),
-            got: tname,
-        })
-    })?;
+    let untyped = obj
+        .cast::<PyUntypedArray>()
+        .map_err(|_| wrong_type(obj, arg, "a numpy.ndarray of float64"))?;
     let dt = untyped.dtype();
     if !dt.is_equiv_to(&dtype::<f64>(py)) {
         let got = dt
@@ -155,51 +146,34 @@ fn u64_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<u64> {
             arg,
             format!("must be an integer in [0, 2**64), got {obj}"),
         )),
-        Err(_) => {
-            let tname = obj
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into());
-            Err(to_py_err(CoreError::WrongType {
-                arg,
-                expected: "int".into(),
-                got: tname,
-            }))
-        }
+        Err(_) => Err(wrong_type(obj, arg, "int")),
     }
+}
+
+/// `TypeError` naming `arg`: it wanted `expected` and got an object of `obj`'s type.
+fn wrong_type(obj: &Bound<'_, PyAny>, arg: &'static str, expected: &str) -> PyErr {
+    let got = obj
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    to_py_err(CoreError::WrongType {
+        arg,
+        expected: expected.into(),
+        got,
+    })
 }
 
 /// A real number (Python float or int, numpy scalar): `TypeError` naming `arg` otherwise.
 fn f64_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<f64> {
-    obj.extract::<f64>().map_err(|_| {
-        let tname = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        to_py_err(CoreError::WrongType {
-            arg,
-            expected: "a real number".into(),
-            got: tname,
-        })
-    })
+    obj.extract::<f64>()
+        .map_err(|_| wrong_type(obj, arg, "a real number"))
 }
 
 /// A bool (Python or numpy): `TypeError` naming `arg` otherwise.
 fn bool_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<bool> {
-    obj.extract::<bool>().map_err(|_| {
-        let tname = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        to_py_err(CoreError::WrongType {
-            arg,
-            expected: "bool".into(),
-            got: tname,
-        })
-    })
+    obj.extract::<bool>()
+        .map_err(|_| wrong_type(obj, arg, "bool"))
 }
 
 /// A size argument: an integer in `[min, 2^30]`.
