@@ -209,21 +209,45 @@ fn to_numpy<'py, T: numpy::Element>(
     Ok(arr.into_pyarray(py).into_any())
 }
 
-/// The LQG problem's arrays and scalars, checked.
+/// The LQG problem's arrays and scalars shared by `rollout` and `transitions`, checked.
 struct ProblemArgs<'py> {
     a: F64Array<'py>,
     b: F64Array<'py>,
     q: F64Array<'py>,
     r: F64Array<'py>,
+    sigma_eps: f64,
+    reward_scale: f64,
+    sigma_pi: f64,
+    sigma_mu: f64,
+    p_mix: f64,
+    gamma: f64,
+    rho_clip: f64,
+    seed: u64,
 }
 
 impl<'py> ProblemArgs<'py> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         a: &Bound<'py, PyAny>,
         b: &Bound<'py, PyAny>,
         q: &Bound<'py, PyAny>,
         r: &Bound<'py, PyAny>,
+        sigma_eps: &Bound<'py, PyAny>,
+        reward_scale: &Bound<'py, PyAny>,
+        sigma_pi: &Bound<'py, PyAny>,
+        sigma_mu: &Bound<'py, PyAny>,
+        p_mix: &Bound<'py, PyAny>,
+        gamma: &Bound<'py, PyAny>,
+        rho_clip: &Bound<'py, PyAny>,
+        seed: &Bound<'py, PyAny>,
     ) -> PyResult<Self> {
+        let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
+        let reward_scale = f64_arg(reward_scale, "reward_scale")?;
+        let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
+        let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
+        let p_mix = f64_arg(p_mix, "p_mix")?;
+        let gamma = f64_arg(gamma, "gamma")?;
+        let rho_clip = f64_arg(rho_clip, "rho_clip")?;
         let a = array_arg(a, "a", 2)?;
         let n = a.shape[0];
         if n == 0 {
@@ -244,7 +268,41 @@ impl<'py> ProblemArgs<'py> {
         }
         let q = array_shaped(q, "q", &[Some(n), Some(n)], true)?;
         let r = array_shaped(r, "r", &[Some(m), Some(m)], true)?;
-        Ok(ProblemArgs { a, b, q, r })
+        let seed = u64_arg(seed, "seed")?;
+        Ok(ProblemArgs {
+            a,
+            b,
+            q,
+            r,
+            sigma_eps,
+            reward_scale,
+            sigma_pi,
+            sigma_mu,
+            p_mix,
+            gamma,
+            rho_clip,
+            seed,
+        })
+    }
+    /// The core's view; `sigma_0` only matters to rollouts (start states).
+    fn problem(&self, sigma_0: f64) -> Problem<'_> {
+        Problem {
+            n: self.n(),
+            m: self.m(),
+            a: self.a.slice(),
+            b: self.b.slice(),
+            q: self.q.slice(),
+            r: self.r.slice(),
+            sigma_eps: self.sigma_eps,
+            sigma_0,
+            reward_scale: self.reward_scale,
+            sigma_pi: self.sigma_pi,
+            sigma_mu: self.sigma_mu,
+            p_mix: self.p_mix,
+            gamma: self.gamma,
+            rho_clip: self.rho_clip,
+            seed: self.seed,
+        }
     }
     fn n(&self) -> usize {
         self.a.shape[0]
@@ -412,18 +470,23 @@ fn rollout_py<'py>(
     batch: &Bound<'py, PyAny>,
     horizon: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
     let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
-    let reward_scale = f64_arg(reward_scale, "reward_scale")?;
-    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
-    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
-    let p_mix = f64_arg(p_mix, "p_mix")?;
-    let gamma = f64_arg(gamma, "gamma")?;
-    let rho_clip = f64_arg(rho_clip, "rho_clip")?;
-    let pa = ProblemArgs::new(a, b, q, r)?;
+    let pa = ProblemArgs::new(
+        a,
+        b,
+        q,
+        r,
+        sigma_eps,
+        reward_scale,
+        sigma_pi,
+        sigma_mu,
+        p_mix,
+        gamma,
+        rho_clip,
+        seed,
+    )?;
     let (n, m) = (pa.n(), pa.m());
     let d = feature_dim(n);
-    let seed = u64_arg(seed, "seed")?;
     let w = array_shaped(w, "w", &[Some(d)], true)?;
     let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
     let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
@@ -433,23 +496,7 @@ fn rollout_py<'py>(
     let per_traj =
         ((horizon as u128 + 1) * n as u128).max(2 + d as u128 * (d as u128 + 3) + (m * n) as u128);
     check_alloc("batch", batch as u128 * per_traj)?;
-    let p = Problem {
-        n,
-        m,
-        a: pa.a.slice(),
-        b: pa.b.slice(),
-        q: pa.q.slice(),
-        r: pa.r.slice(),
-        sigma_eps,
-        sigma_0,
-        reward_scale,
-        sigma_pi,
-        sigma_mu,
-        p_mix,
-        gamma,
-        rho_clip,
-        seed,
-    };
+    let p = pa.problem(sigma_0);
     let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
     let out = py
         .detach(|| rollout::rollout(&p, ws, kp, km, iteration, batch, horizon))
@@ -497,17 +544,22 @@ fn transitions_py<'py>(
     base: &Bound<'py, PyAny>,
     iteration: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
-    let reward_scale = f64_arg(reward_scale, "reward_scale")?;
-    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
-    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
-    let p_mix = f64_arg(p_mix, "p_mix")?;
-    let gamma = f64_arg(gamma, "gamma")?;
-    let rho_clip = f64_arg(rho_clip, "rho_clip")?;
-    let pa = ProblemArgs::new(a, b, q, r)?;
+    let pa = ProblemArgs::new(
+        a,
+        b,
+        q,
+        r,
+        sigma_eps,
+        reward_scale,
+        sigma_pi,
+        sigma_mu,
+        p_mix,
+        gamma,
+        rho_clip,
+        seed,
+    )?;
     let (n, m) = (pa.n(), pa.m());
     let d = feature_dim(n);
-    let seed = u64_arg(seed, "seed")?;
     let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
     let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
     let pool = array_shaped(pool, "pool", &[None, Some(n)], false)?;
@@ -523,23 +575,7 @@ fn transitions_py<'py>(
         "repeats",
         (repeats as u128 + (count / BLOCK) as u128 + 1) * dd,
     )?;
-    let p = Problem {
-        n,
-        m,
-        a: pa.a.slice(),
-        b: pa.b.slice(),
-        q: pa.q.slice(),
-        r: pa.r.slice(),
-        sigma_eps,
-        sigma_0: 0.0,
-        reward_scale,
-        sigma_pi,
-        sigma_mu,
-        p_mix,
-        gamma,
-        rho_clip,
-        seed,
-    };
+    let p = pa.problem(0.0);
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
     let out = py
         .detach(|| transitions::transitions(&p, kp, km, pl, count, repeats, base, iteration))
