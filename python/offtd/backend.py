@@ -94,6 +94,15 @@ class PolicySamples:
 
 
 @dataclass
+class StateMoments:
+    """Population moments of the rollout states (MODEL.md 9.2): the averages over h = 0 .. horizon-1
+    of E[s_h s_h^T] and E[s_h (x) s_h (x) s_h (x) s_h] under the behaviour mixture (odd moments are 0)."""
+
+    m2: np.ndarray  # (n, n)
+    m4: np.ndarray  # (n, n, n, n)
+
+
+@dataclass
 class RhoStats:
     """MODEL.md section 5."""
 
@@ -188,6 +197,10 @@ class Backend(Protocol):
 
     def mmd2(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Returns (mmd2, mmd_sigma)."""
+        ...
+
+    def state_moments(self, problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> StateMoments:
+        """Exact time-averaged second and fourth moments of the rollout states (MODEL.md 9.2)."""
         ...
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import rng
-from ..backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, TransitionSums
+from ..backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, StateMoments, TransitionSums
 from .common import feature_dim, log_ratio, to_matrix, to_vector
 from .mmd import mmd2 as _mmd2
+from .moments import state_moments as _state_moments
 from .power import power_iteration as _power_iteration
 from .ratios import rho_stats as _rho_stats
 from .rollout import rollout as _rollout
@@ -177,3 +178,18 @@ class ReferenceBackend:
         """Returns (mmd2, mmd_sigma)."""
         value, sigma = _mmd2(to_matrix(x), to_matrix(y))
         return float(value), float(sigma)
+
+    def state_moments(self, problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> StateMoments:
+        m2, m4 = _state_moments(
+            _f64(problem.a),
+            _f64(problem.b),
+            _f64(k_pi),
+            _f64(k_mu),
+            float(problem.sigma_pi),
+            float(problem.sigma_mu),
+            float(problem.sigma_eps),
+            float(problem.sigma_0),
+            float(problem.p_mix),
+            int(horizon),
+        )
+        return StateMoments(m2=m2, m4=m4)
