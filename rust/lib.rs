@@ -10,7 +10,7 @@
 //! - [`ratios`]: importance-ratio statistics including PSIS `k_hat` (section 5);
 //! - [`solver`]: restarted GMRES and a direct LU solve (section 6);
 //! - [`power`]: power iteration (section 6);
-//! - [`mmd`]: median-heuristic bandwidth and unbiased MMD^2 (4.1);
+//! - [`mmd`]: median-heuristic bandwidth and the paired unbiased MMD^2 (4.1);
 //! - [`error`]: the one error type, [`error::CoreError`];
 //! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake).
 //!

@@ -1,5 +1,8 @@
 //! The distribution probe's MMD (MODEL.md 4.1): the median-heuristic bandwidth over the pooled set
-//! and the unbiased U-statistic MMD^2 with a Gaussian kernel.
+//! and the paired unbiased U-statistic MMD^2 with a Gaussian kernel. The cross sum leaves out the
+//! pairs `(x_i, y_i)` as the within-set sums leave out `(x_i, x_i)`: the probe's `x_i` and `y_i` share
+//! the state `s_i`, so `k(x_i, y_i)` is not distributed like `k(x_i, y_j)` and keeping it biases
+//! MMD^2 below 0 when pi == mu.
 //!
 //! The median is an exact order statistic of the `L = M(2M-1)` pairwise distances. It is found on
 //! the squared distances (sqrt is monotone, so the order statistic commutes with it) by selection.
@@ -149,8 +152,8 @@ pub fn median_sigma(x: &[f64], y: &[f64], m: usize, dim: usize) -> f64 {
     }
 }
 
-/// `sum_i sum_j k(a_i, b_j)` (skipping i == j when `skip_diag`), one running sum, i outer, j inner.
-fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: bool) -> f64 {
+/// `sum_{i != j} k(a_i, b_j)`, one running sum, i outer, j inner.
+fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64) -> f64 {
     let mut acc = 0.0;
     let mut start = 0;
     while start < m {
@@ -161,7 +164,7 @@ fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: b
             let ai = &a[i * dim..(i + 1) * dim];
             (0..m)
                 .map(|j| {
-                    if skip_diag && i == j {
+                    if i == j {
                         0.0
                     } else {
                         (-sq_dist(ai, &b[j * dim..(j + 1) * dim]) / den).exp()
@@ -171,7 +174,7 @@ fn kernel_sum(a: &[f64], b: &[f64], m: usize, dim: usize, den: f64, skip_diag: b
         });
         for (r, i) in rows.iter().zip(start..end) {
             for (j, &k) in r.iter().enumerate() {
-                if !(skip_diag && i == j) {
+                if i != j {
                     acc += k;
                 }
             }
@@ -251,8 +254,8 @@ fn for_rows(tri: &mut [f64], z: usize, parallel: bool, f: impl Fn(usize, &mut [f
 /// `(mmd2, mmd_sigma)` with every pairwise squared distance of the pooled set stored once: the
 /// median is selected from them, and each becomes its kernel value, `k(z_i, z_j)` for `i < j`,
 /// which serves both `k(z_i, z_j)` and `k(z_j, z_i)` of the sums (`sq_dist` is symmetric to the
-/// bit: `(v - u)^2 = (u - v)^2` exactly). The three sums then run in their order (i outer, j inner)
-/// over the stored values: one exp per pair instead of one per term, no allocation per row.
+/// bit: `(v - u)^2 = (u - v)^2` exactly). The three sums then run in their order (i outer, j inner,
+/// i != j) over the stored values: one exp per pair instead of one per term, no allocation per row.
 fn mmd2_materialized(x: &[f64], y: &[f64], m: usize, dim: usize) -> (f64, f64) {
     let z = 2 * m;
     let pairs = m * (z - 1);
@@ -295,13 +298,12 @@ fn mmd2_materialized(x: &[f64], y: &[f64], m: usize, dim: usize) -> (f64, f64) {
             if i != j {
                 kxx += kv(i, j);
                 kyy += kv(m + i, m + j);
+                kxy += kv(i, m + j);
             }
-            kxy += kv(i, m + j);
         }
     }
-    let mf = m as f64;
     let mm1 = (m * (m - 1)) as f64;
-    ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf), sigma)
+    ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / mm1, sigma)
 }
 
 /// `(mmd2, mmd_sigma)` for the (M, dim) sets `x` and `y`.
@@ -345,12 +347,11 @@ pub fn mmd2(x: &[f64], y: &[f64], dim: usize) -> CoreResult<(f64, f64)> {
         return Ok((f64::NAN, sigma));
     }
     let den = 2.0 * (sigma * sigma);
-    let kxx = kernel_sum(x, x, m, dim, den, true);
-    let kyy = kernel_sum(y, y, m, dim, den, true);
-    let kxy = kernel_sum(x, y, m, dim, den, false);
-    let mf = m as f64;
+    let kxx = kernel_sum(x, x, m, dim, den);
+    let kyy = kernel_sum(y, y, m, dim, den);
+    let kxy = kernel_sum(x, y, m, dim, den);
     let mm1 = (m * (m - 1)) as f64;
-    let mmd = (kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf);
+    let mmd = (kxx / mm1 + kyy / mm1) - (2.0 * kxy) / mm1;
     Ok((mmd, sigma))
 }
 
@@ -416,12 +417,11 @@ mod tests {
             return (f64::NAN, sigma);
         }
         let den = 2.0 * (sigma * sigma);
-        let kxx = kernel_sum(x, x, m, dim, den, true);
-        let kyy = kernel_sum(y, y, m, dim, den, true);
-        let kxy = kernel_sum(x, y, m, dim, den, false);
-        let mf = m as f64;
+        let kxx = kernel_sum(x, x, m, dim, den);
+        let kyy = kernel_sum(y, y, m, dim, den);
+        let kxy = kernel_sum(x, y, m, dim, den);
         let mm1 = (m * (m - 1)) as f64;
-        ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / (mf * mf), sigma)
+        ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / mm1, sigma)
     }
 
     #[test]
@@ -452,12 +452,15 @@ mod tests {
         let k = |a: f64, b: f64| (-((a - b) * (a - b)) / (2.0 * 9.0)).exp();
         let kxx = k(0.0, 1.0) + k(1.0, 0.0);
         let kyy = k(3.0, 7.0) + k(7.0, 3.0);
-        let kxy = ((0.0 + k(0.0, 3.0)) + k(0.0, 7.0) + k(1.0, 3.0)) + k(1.0, 7.0);
-        let expect = (kxx / 2.0 + kyy / 2.0) - 2.0 * kxy / 4.0;
+        // the paired cross sum leaves out (x_0, y_0) = (0, 3) and (x_1, y_1) = (1, 7)
+        let kxy = k(0.0, 7.0) + k(1.0, 3.0);
+        let expect = (kxx / 2.0 + kyy / 2.0) - 2.0 * kxy / 2.0;
         assert_eq!(mmd, expect);
-        // identical sets: mmd2 = 2 kxx/(M(M-1)) - 2 sum_ij k/M^2 < 0 (the U-statistic can be negative)
+        // identical sets: the cross sum is the within-set sum term by term, so mmd2 = a/p + a/p - 2a/p,
+        // which is exactly 0 (doubling is exact). The old statistic, whose cross sum kept the
+        // k(x_i, x_i) = 1 terms, was negative here.
         let (same, _) = mmd2(&x, &x, 1).unwrap();
-        assert!(same < 0.0);
+        assert_eq!(same, 0.0);
     }
 
     #[test]

@@ -27,7 +27,8 @@ def _numpy_mmd2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     k = np.exp(-(dist**2) / (2 * sigma**2))
     kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
     off = ~np.eye(m, dtype=bool)
-    val = kxx[off].sum() / (m * (m - 1)) + kyy[off].sum() / (m * (m - 1)) - 2 * kxy.sum() / m**2
+    # paired: the cross sum leaves out k(x_i, y_i) as the within-set sums leave out k(x_i, x_i)
+    val = kxx[off].sum() / (m * (m - 1)) + kyy[off].sum() / (m * (m - 1)) - 2 * kxy[off].sum() / (m * (m - 1))
     return float(val), float(sigma)
 
 
@@ -56,6 +57,19 @@ def test_median_rule_hand_example():
     assert mmd_sigma([[0.0], [1.0], [2.0]], [[10.0], [20.0], [40.0]]) == 18.0
     # Euclidean distance in 2-d: (0,0)-(3,4) = 5.
     assert mmd_sigma([[0.0, 0.0], [0.0, 0.0]], [[3.0, 4.0], [3.0, 4.0]]) == 5.0  # 0,5,5,5,5,0 -> 5
+
+
+def test_mmd2_by_hand():
+    # x = 0, 1 and y = 3, 7 on a line: sigma = 3 (test_median_rule_hand_example), 2 sigma^2 = 18.
+    # Sxx = k(0,1) + k(1,0), Syy = k(3,7) + k(7,3); the paired cross sum leaves out (x_0, y_0) = (0, 3)
+    # and (x_1, y_1) = (1, 7): Sxy = k(0,7) + k(1,3). M(M-1) = 2.
+    e1, e16, e49, e4 = (math.exp(-d / 18.0) for d in (1.0, 16.0, 49.0, 4.0))
+    sxx, syy, sxy = e1 + e1, e16 + e16, e49 + e4
+    value, sigma = mmd2([[0.0], [1.0]], [[3.0], [7.0]])
+    assert sigma == 3.0
+    assert value == (sxx / 2.0 + syy / 2.0) - (2.0 * sxy) / 2.0
+    # ~ 0.946 + 0.411 - (0.066 + 0.801) = 0.491 > 0: the sets differ
+    assert value > 0.0
 
 
 def test_zero_median_gives_unit_bandwidth():
@@ -98,6 +112,46 @@ def test_expected_mmd2_is_zero_for_identical_distributions():
         shifted.append(mmd2(x.tolist(), y.tolist())[0])
     shifted = np.array(shifted)
     assert shifted.mean() > 5 * shifted.std(ddof=1) / np.sqrt(len(shifted))
+
+
+def _shared_state_draw(gen, m):
+    """One MMD set of the distribution probe's shape with pi == mu: states s_k (2-d), and two actions
+    drawn independently from the same policy a = K s + sigma z given each state."""
+    gain, noise = np.array([[0.8, -0.5]]), 0.3
+    s = gen.standard_normal((m, 2))
+    a = s @ gain.T + noise * gen.standard_normal((m, 1))
+    a2 = s @ gain.T + noise * gen.standard_normal((m, 1))
+    return np.hstack([s, a]), np.hstack([s, a2])
+
+
+def test_paired_mmd2_is_unbiased_when_pairs_share_states():
+    # x_k = (s_k, a_k), y_k = (s_k, a'_k), a and a' iid given s: pi == mu, but x_k and y_k are not
+    # independent. The paired statistic still has E[mmd2] = 0 (MODEL.md 4.1: swapping x_k with y_k
+    # leaves everything's distribution unchanged and flips the sign of the terms holding k). Over
+    # 400 independent draws of M = 12 points, the mean of mmd2 is within 4 standard errors of the mean
+    # (estimated from the draws) of 0: a false alarm has probability ~6e-5 under the CLT.
+    gen = np.random.default_rng(77)
+    reps, m = 400, 12
+    new, old = [], []
+    off = ~np.eye(m, dtype=bool)
+    for _ in range(reps):
+        x, y = _shared_state_draw(gen, m)
+        value, sigma = mmd2(x.tolist(), y.tolist())
+        new.append(value)
+        # For contrast, Gretton et al.'s eq. 3 (the old statistic) from the same kernel values: it keeps
+        # the pairs k(x_i, y_i) in the cross sum and divides it by M^2.
+        k = lambda u, v: np.exp(-((u[:, None, :] - v[None, :, :]) ** 2).sum(axis=-1) / (2.0 * sigma**2))  # noqa: E731
+        kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+        within = kxx[off].sum() / (m * (m - 1)) + kyy[off].sum() / (m * (m - 1))
+        assert value == pytest.approx(within - 2.0 * kxy[off].sum() / (m * (m - 1)), abs=1e-12)
+        old.append(within - 2.0 * kxy.sum() / m**2)
+    new, old = np.array(new), np.array(old)
+    se_new = new.std(ddof=1) / np.sqrt(reps)
+    assert abs(new.mean()) <= 4 * se_new, (new.mean(), se_new)
+    # The old statistic fails the same test: the shared states make k(x_i, y_i) larger than the
+    # other cross terms, so its mean lies clearly below 0.
+    se_old = old.std(ddof=1) / np.sqrt(reps)
+    assert old.mean() < -4 * se_old, (old.mean(), se_old)
 
 
 def test_backend_mmd2():

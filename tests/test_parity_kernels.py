@@ -338,12 +338,16 @@ def test_rho_stats_equal_large(size, seed):
 # MMD
 
 
-@given(st.integers(0, 40), st.integers(1, 8), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "ties", "same"]))
+@given(st.integers(0, 40), st.integers(1, 8), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "ties", "same", "paired"]))
 def test_mmd2_equal(m, dim, seed, kind):
     gen = np.random.default_rng(seed)
     x = gen.standard_normal((m, dim))
     y = gen.standard_normal((m, dim)) + 0.3
-    if kind == "ties":
+    if kind == "paired":
+        # the probe's shape: x_i and y_i share their leading (state) coordinates, so the left-out
+        # pairs k(x_i, y_i) are the largest cross terms
+        y[:, : (dim + 1) // 2] = x[:, : (dim + 1) // 2]
+    elif kind == "ties":
         x = np.round(x)
         y = np.round(y)
     elif kind == "same":

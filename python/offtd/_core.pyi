@@ -149,6 +149,6 @@ def power_iteration(m: F64, v0: F64, iters: int) -> float:
     """Power-iteration estimate of M's spectral radius (MODEL.md section 6); NaN for ``iters == 0``."""
 
 def mmd2(x: F64, y: F64) -> tuple[float, float]:
-    """``(mmd2, mmd_sigma)`` for two (M, D) sets (MODEL.md 4.1); mmd2 is NaN for M < 2; both are NaN
-    when some pairwise distance is NaN (a NaN input, or two points holding the same infinity in the
-    same coordinate)."""
+    """``(mmd2, mmd_sigma)`` for two (M, D) sets (MODEL.md 4.1): the paired U-statistic, whose cross
+    sum leaves out ``k(x_i, y_i)``; mmd2 is NaN for M < 2; both are NaN when some pairwise distance is
+    NaN (a NaN input, or two points holding the same infinity in the same coordinate)."""

@@ -4,12 +4,17 @@
 pairwise distances ``sqrt(sum_c (z_i[c]-z_j[c])^2)``, ``i < j``, of the pooled set
 ``z = [x_0..x_{M-1}, y_0..y_{M-1}]``; 1.0 if that median is 0.
 
-``mmd2``: the unbiased U-statistic with ``k(u, v) = exp(-||u-v||^2 / (2 sigma^2))``:
-``Sxx/(M(M-1)) + Syy/(M(M-1)) - 2 Sxy/M^2``, each sum left to right, i outer, j inner (i != j for
-Sxx, Syy). Literal choices: each sum is divided once (``S / (M(M-1))``, not term by term);
+``mmd2``: the paired unbiased U-statistic with ``k(u, v) = exp(-||u-v||^2 / (2 sigma^2))``:
+``Sxx/(M(M-1)) + Syy/(M(M-1)) - 2 Sxy/(M(M-1))``, with ``Sxx``, ``Syy``, ``Sxy`` the sums of
+``k(x_i, x_j)``, ``k(y_i, y_j)``, ``k(x_i, y_j)`` over ``i != j``, each left to right, i outer, j inner.
+The cross sum leaves out ``k(x_i, y_i)``: the probe's ``x_i = (s_i, a^pi_i)`` and ``y_i = (s_i, a_i)``
+share the state ``s_i``, so those terms are larger on average than ``k(x_i, y_j)`` and keeping them
+(Gretton et al. 2012, eq. 3, which assumes independent sets) biases mmd2 below 0 when pi == mu.
+Literal choices: each sum is divided once (``S / (M(M-1))``, not term by term);
 ``-||u-v||^2 / (2 sigma^2)`` is ``(-sq) / (2.0 * (sigma * sigma))``; the three parts are combined as
-``(a + b) - (2.0 * Sxy) / (M*M)``. M < 2 gives NaN (the U-statistic is undefined); a NaN pairwise
-distance (NaN input, or two points with the same infinity) makes both ``mmd_sigma`` and ``mmd2`` NaN.
+``(Sxx/p + Syy/p) - (2.0 * Sxy) / p`` with ``p = float(M*(M-1))``. M < 2 gives NaN (the U-statistic is
+undefined); a NaN pairwise distance (NaN input, or two points with the same infinity) makes both
+``mmd_sigma`` and ``mmd2`` NaN.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def mmd2(x, y) -> tuple[float, float]:
     sxy = 0.0
     for i in range(m):
         for j in range(m):
-            sxy += kern(x[i], y[j])
+            if i != j:  # x_i and y_i share a state: their pair is left out (module docstring)
+                sxy += kern(x[i], y[j])
     pairs = float(m * (m - 1))
-    return (sxx / pairs + syy / pairs) - (2.0 * sxy) / float(m * m), sigma
+    return (sxx / pairs + syy / pairs) - (2.0 * sxy) / pairs, sigma
