@@ -11,6 +11,9 @@
 //! - [`solver`]: restarted GMRES and a direct LU solve (section 6);
 //! - [`power`]: power iteration (section 6);
 //! - [`mmd`]: median-heuristic bandwidth and the paired unbiased MMD^2 (4.1);
+//! - [`moments`]: exact time-averaged second and fourth moments of the rollout states (9.2), the
+//!   one kernel that agrees with the reference to rounding rather than to the bit (its contractions
+//!   associate differently from numpy's `einsum`);
 //! - [`error`]: the one error type, [`error::CoreError`];
 //! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake).
 //!
@@ -24,6 +27,7 @@ pub mod bindings;
 pub mod error;
 pub mod mmd;
 pub mod model;
+pub mod moments;
 pub mod par;
 pub mod philox;
 pub mod power;

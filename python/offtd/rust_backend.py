@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, TransitionSums
+from .backend import PolicySamples, Problem, RhoStats, RolloutBatch, SolveResult, StateMoments, TransitionSums
 
 
 def _f64(x) -> np.ndarray:
@@ -162,3 +162,19 @@ class RustBackend:
         """Returns (mmd2, mmd_sigma)."""
         value, sigma = _core.mmd2(_f64(x), _f64(y))
         return float(value), float(sigma)
+
+    def state_moments(self, problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> StateMoments:
+        """Exact time-averaged second and fourth moments of the rollout states (MODEL.md 9.2)."""
+        m2, m4 = _core.state_moments(
+            _f64(problem.a),
+            _f64(problem.b),
+            _f64(k_pi),
+            _f64(k_mu),
+            float(problem.sigma_pi),
+            float(problem.sigma_mu),
+            float(problem.sigma_eps),
+            float(problem.sigma_0),
+            float(problem.p_mix),
+            int(horizon),
+        )
+        return StateMoments(m2=m2, m4=m4)
