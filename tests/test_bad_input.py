@@ -75,7 +75,6 @@ CASES: list[tuple[str, object, tuple[str, ...], tuple[str, ...]]] = [
     # --- cross-key constraints
     ("action_samples_gt_num_samples", "[probes.distribution]\nnum_samples = 8\naction_samples = 16\n", (),
      ("probes.distribution.action_samples", "num_samples")),
-    ("repeats_gt_batch_size", "[probes.stability]\nbatch_size = 2\nrepeats = 3\n", (), ("probes.stability.repeats", "batch_size")),
     ("khat_warn_above_fail", "[health]\nkhat_warn = 0.9\nkhat_fail = 0.7\n", (), ("health.khat_warn", "khat_fail")),
     # --- matrices: shape, entries, symmetry, positive semidefiniteness
     ("q_not_psd", "[env]\nq = [[1.0, 0.0], [0.0, -1.0]]\n", (), ("env.q", "positive semidefinite")),

@@ -56,6 +56,10 @@ def _valid():
         "lu_solve": dict(a=np.eye(3) * 2.0 + 0.1, b=np.array([1.0, 2.0, 3.0])),
         "power_iteration": dict(m=np.eye(3) * 0.5 + 0.1, v0=np.array([1.0, 2.0, 3.0]), iters=5),
         "mmd2": dict(x=_mat(4, 3), y=_mat(4, 3, 0.2)),
+        "state_moments": dict(
+            a=_mat(N, N), b=_mat(N, M), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), sigma_pi=0.3, sigma_mu=0.5,
+            sigma_eps=0.1, sigma_0=1.0, p_mix=0.2, horizon=3
+        ),
         "features": dict(states=_mat(4, N)),
         "philox_blocks": dict(seed=1, purpose=2, iteration=3, substream=4, start=0, count=3),
         "uniforms": dict(seed=1, purpose=2, iteration=3, substream=4, start=0, count=3),
@@ -105,6 +109,9 @@ SHAPED = [
     ("lu_solve", "a"),
     ("power_iteration", "m"),
     ("mmd2", "y"),
+    ("state_moments", "a"),
+    ("state_moments", "k_pi"),
+    ("state_moments", "k_mu"),
 ]
 
 # Arguments that must be finite (the rest carry a diverged run's data and propagate inf/NaN).
@@ -239,6 +246,10 @@ def test_non_finite_data_propagates():
         ("gmres", "tol", -1.0),
         ("gmres", "max_iters", -1),
         ("power_iteration", "iters", -1),
+        ("state_moments", "sigma_pi", -1.0),
+        ("state_moments", "sigma_0", math.inf),
+        ("state_moments", "p_mix", 1.5),
+        ("state_moments", "horizon", 0),
         ("uniforms", "count", -1),
         ("normals", "start", 2**64),
         ("philox_blocks", "count", 2**62),

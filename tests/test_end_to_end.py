@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import offtd
+from offtd.report import jsonable
 from conftest import ROOT
 
 INSTAB = str(ROOT / "specs" / "instab_sigma_mismatch.toml")
@@ -30,7 +31,7 @@ def test_instab_fails_on_rho(instab_run):
     assert report["health"]["status"] == "FAIL"
     checks = {c["name"]: c for c in report["health"]["checks"]}
     assert checks["rho_sane"]["status"] == "FAIL" and "rho exceeds threshold" in checks["rho_sane"]["reason"]
-    assert any("mean_rho2 is very large" in s for s in report["next_steps"])
+    assert any("second moment is over health.rho2_max" in s for s in report["next_steps"])
     assert any("E_mu[(pi/mu)^2] is infinite" in s for s in report["next_steps"])
 
 
@@ -89,7 +90,8 @@ def test_series_files_read_with_pandas(instab_run):
 def test_load_run_round_trips(instab_run):
     _, run_dir, report = instab_run
     loaded = offtd.load_run(run_dir)
-    assert loaded.report == report
+    # in memory non-finite numbers are floats; in the file they are "inf" / "nan" strings
+    assert jsonable(loaded.report) == report
     assert loaded.status == "FAIL"
     assert loaded.spec == offtd.load_spec(INSTAB)
     assert loaded.series["mean_rho2"].shape == (80,)
@@ -158,7 +160,8 @@ def test_probes_do_not_change_training():
         **small,
         **{f"probes.{p}.enabled": False for p in ("distribution", "fixed_point", "stability", "q_kernel")},
     )
-    assert on.probe_series and not off.probe_series
+    # the exact metrics (no random draws) are computed at probe iterations either way
+    assert on.probe_series and set(off.probe_series) == {"exact_td"}
     for name in ("td_loss", "w_norm", "mean_rho2", "tracking_gap", "critic_teacher_error"):
         assert np.array_equal(on.series[name], off.series[name]), name
 
@@ -169,5 +172,5 @@ def test_same_seed_same_report_other_seed_different():
     b = offtd.run(None, backend="python", **small)
     c = offtd.run(None, backend="python", **small, **{"run.seed": 1})
     strip = lambda r: {k: v for k, v in r.report.items() if k != "run_info"}  # noqa: E731
-    assert strip(a) == strip(b)
+    assert jsonable(strip(a)) == jsonable(strip(b))  # NaN-safe comparison
     assert not math.isclose(a.series["td_loss"][0], c.series["td_loss"][0])

@@ -36,7 +36,7 @@ def _compare(a, b, path, rel, mismatches):
         for i, (x, y) in enumerate(zip(a, b)):
             _compare(x, y, f"{path}[{i}]", rel, mismatches)
     elif isinstance(a, float) and isinstance(b, float):
-        if not (a == b or math.isclose(a, b, rel_tol=rel, abs_tol=0.0)):
+        if not (a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=0.0)):
             mismatches.append(f"{path}: {a!r} != {b!r}")
     elif a != b:
         mismatches.append(f"{path}: {a!r} != {b!r}")

@@ -27,7 +27,7 @@ TINY = {
     "run": {"outer_iters": 2, "horizon": 3, "batch": 1, "probe_every": 1, "last_k": 2},
     "probes": {
         "distribution": {"num_samples": 16, "action_samples": 4},
-        "fixed_point": {"batch_size": 16, "num_iters": 20},
+        "fixed_point": {"batch_size": 16, "num_iters": 20, "repeats": 2},
         "stability": {"batch_size": 16, "power_iters": 5, "repeats": 2},
     },
 }
@@ -218,9 +218,15 @@ IN_DOMAIN_INTS = {
     "probes.distribution.num_samples": (8, 32), "probes.distribution.action_samples": (2, 8),
     "probes.fixed_point.batch_size": (1, 32), "probes.fixed_point.num_iters": (1, 20),
     "probes.stability.batch_size": (4, 32), "probes.stability.power_iters": (1, 10),
-    "probes.stability.repeats": (1, 4),
+    "probes.stability.repeats": (1, 4), "probes.fixed_point.repeats": (1, 4),
 }  # fmt: skip
-IN_DOMAIN_FLOATS = {"run.max_memory_gb": (1.0, 64.0), "health.khat_warn": (-1.0, 0.5), "health.khat_fail": (0.5, 2.0)}
+IN_DOMAIN_FLOATS = {
+    "run.max_memory_gb": (1.0, 64.0),
+    "health.khat_warn": (-1.0, 0.5),
+    "health.khat_fail": (0.5, 2.0),
+    "health.clip_mass_warn": (0.0, 0.5),
+    "health.clip_mass_fail": (0.5, 1.0),
+}
 
 
 def in_domain(key: str):

@@ -10,9 +10,9 @@ Every number is defined by specs/MODEL.md; the Rust core (`backend="rust"`) and 
 reference (`backend="python"`) compute the same report.
 """
 
-from .api import RunResult, load_run, run
+from .api import RunResult, load_run, run, theory
 from .backend import Backend, get_backend
 from .spec import Spec, SpecError, load_spec
 
-__all__ = ["Backend", "RunResult", "Spec", "SpecError", "get_backend", "load_run", "load_spec", "run"]
+__all__ = ["Backend", "RunResult", "Spec", "SpecError", "get_backend", "load_run", "load_spec", "run", "theory"]
 __version__ = "0.1.0"

@@ -15,14 +15,15 @@ import numpy as np
 from .backend import get_backend
 from .health import evaluate
 from .loop import run_loop
-from .report import build_report, jsonable, render_markdown, write_run
+from .report import build_report, decode_nonfinite, plain, render_markdown, write_run
 from .spec import Spec, SpecError, load_spec, memory_terms
-from .theory import theory
+from .exact.section import theory as theory_section
 
 
 @dataclass
 class RunResult:
-    """One run: its report (the dict behind report.json, non-finite numbers as None), health verdict and series as numpy arrays."""
+    """One run: its report (the dict behind report.json; non-finite numbers are floats here, strings in the
+    file), health verdict and series as numpy arrays (`probe_series["exact_td"]` holds the exact metrics)."""
 
     report: dict
     spec: Spec
@@ -50,6 +51,14 @@ class RunResult:
 
 def _arrays(cols: Mapping[str, list]) -> dict[str, np.ndarray]:
     return {k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in cols.items()}
+
+
+def _probe_arrays(report: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Each probe's columns as arrays, and the exact metrics under "exact_td"."""
+    out = {k: _arrays(v) for k, v in report["probe_series"].items()}
+    if report.get("exact_series"):
+        out["exact_td"] = _arrays(report["exact_series"])
+    return out
 
 
 def _normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,8 +151,8 @@ def run(
     if out is not None or run_dir is not None:  # before any work: an unusable location fails early
         directory = make_run_dir(out, resolved.name, run_dir, need_bytes=output_estimate_bytes(resolved))
     loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
-    th = theory(resolved, loop)
-    verdict = evaluate(resolved, loop)
+    th = theory_section(resolved, loop)
+    verdict = evaluate(resolved, loop, impl)
     info = {
         "run_dir": str(directory) if directory is not None else None,
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -155,13 +164,13 @@ def run(
             write_run(directory, resolved, report, loop.elapsed_s)
         except OSError as exc:  # disk full, file too large, ...: no partial report.json is left behind
             raise SpecError(str(directory), f"cannot write the run: {exc.strerror or exc}") from None
-    plain = jsonable(report)
+    rep = plain(report)
     return RunResult(
-        report=plain,
+        report=rep,
         spec=resolved,
         run_dir=directory,
-        series=_arrays(plain["series"]),
-        probe_series={k: _arrays(v) for k, v in plain["probe_series"].items()},
+        series=_arrays(rep["series"]),
+        probe_series=_probe_arrays(rep),
         elapsed_s=loop.elapsed_s,
     )
 
@@ -170,7 +179,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     """Read back a run directory written by `offtd run` (report.json and spec.toml)."""
     path = Path(run_dir)
     try:
-        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        report = decode_nonfinite(json.loads((path / "report.json").read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise SpecError(str(path), "no report.json here: not a complete offtd run directory") from None
     spec = load_spec(path / "spec.toml")
@@ -179,5 +188,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
         spec=spec,
         run_dir=path,
         series=_arrays(report["series"]),
-        probe_series={k: _arrays(v) for k, v in report["probe_series"].items()},
+        probe_series=_probe_arrays(report),
     )
+
+
+def theory(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Spec | None = None,
+    grid: Mapping[str, Any] | None = None,
+    backend: str = "rust",
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """The exact quantities of specs/MODEL.md 9 (radius, min Re eig, alpha_w*, E_b[rho^2], KL, TV, the
+    teacher) at the spec's initial gains, one row per cell of `grid` ({dotted key: [values]}), with no
+    sampling. `pandas.DataFrame(offtd.theory(...))` makes a table of it."""
+    from .exact.grid import theory_table
+
+    return theory_table(load_spec(spec, _normalise_overrides(overrides)), grid, backend=backend)

@@ -121,6 +121,8 @@ def cases(quick: bool) -> list[Case]:
         rng = np.random.default_rng(mset)
         x, y = rng.normal(size=(mset, 4)), rng.normal(size=(mset, 4)) + 0.1
         out.append(Case(f"MMD^2 (M={mset}, dim 4)", "pairs", mset * mset, lambda be, x=x, y=y: lambda: be.mmd2(x, y)))
+    for n in (2, 4) if quick else (2, 4, 8, 16):
+        out.append(Case(f"exact expected TD n={n} (H=100)", "iterations", 1, lambda be, n=n: _exact_iteration(be, n)))
     from .spec import load_spec
 
     for spec_name in ("default", "instab_sigma_mismatch"):
@@ -132,6 +134,20 @@ def cases(quick: bool) -> list[Case]:
         out.append(Case(f"whole run: {spec_name} ({s.run.outer_iters} it)", "transitions", transitions,
                         lambda be, s=s: lambda: _whole_run(s, be)))  # fmt: skip
     return out
+
+
+def _exact_iteration(backend: Backend, n: int) -> Callable[[], object]:
+    """One probe iteration's exact quantities (MODEL.md 9): state moments, G, A, b, eigenvalues, the
+    fixed point, the pool values and the ratio moments, at n states and m = 2 actions."""
+    from .exact.exact_metrics import exact_metrics
+    from .exact.expected_td import exact_td
+    from .model import teacher
+
+    p = _problem(n, 2)
+    k_pi, k_mu = _gains(p.m, p.n)
+    tch = teacher(p, k_pi)
+    gram = np.eye(p.d)
+    return lambda: exact_metrics(exact_td(p, k_pi, k_mu, 100, 0.5, False, backend), gram, tch, 0.5)
 
 
 def _spec_path(name: str):

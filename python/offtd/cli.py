@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="outputs", help="root of the sweep directory (default: outputs)")
     w.add_argument("--backend", choices=("rust", "python"), default="rust")
     w.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when any cell's status is at least this bad")
+    t = sub.add_parser("theory", help="the exact expected TD update, fixed point and ratio moments of a spec or a grid (no sampling)")
+    t.add_argument("spec", nargs="?", help="base spec (TOML); omitted: the embedded default experiment")
+    t.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one key (repeatable; the table is the Cartesian product)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override the base spec")
+    t.add_argument("--csv", dest="csv_out", help="also write the table as CSV to this file")
+    t.add_argument("--backend", choices=("rust", "python"), default="rust")
     b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
     b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
@@ -160,6 +167,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             signal.signal(s, h)
 
 
+def _cmd_theory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .exact.grid import theory_table, to_csv, to_markdown
+    from .report import write_atomic
+    from .spec import SpecError, load_spec, parse_override
+    from .sweep import parse_grid
+
+    try:
+        base = load_spec(args.spec, dict(parse_override(item) for item in args.sets))
+        grid = parse_grid(args.grid)
+        rows = theory_table(base, grid, backend=args.backend)
+        if args.csv_out:
+            write_atomic(Path(args.csv_out), to_csv(rows))
+    except SpecError as exc:
+        sys.stderr.write(f"offtd: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        sys.stderr.write(f"offtd: error: {args.csv_out}: cannot write: {exc.strerror or exc}\n")
+        return EXIT_BAD_INPUT
+    sys.stdout.write(to_markdown(rows))
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -173,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "theory":
+            return _cmd_theory(args)
         return _cmd_bench(args)
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM, or one before the run started
         sys.stderr.write("offtd: error: interrupted before a report was written\n")

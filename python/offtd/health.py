@@ -1,14 +1,22 @@
-"""Health checks and next-step advice (MODEL.md section 7)."""
+"""Health checks (specs/MODEL.md section 7): each a statistical claim about the run.
+
+Where the model has an exact value (the expected TD update, the ratio moments at equal means), a check
+judges by it and shows the estimate next to it. Where only an estimate exists, the check compares the
+threshold with the estimate's interval: FAIL needs the whole interval past the threshold, an interval
+that straddles it is WARN ("undetermined at this sample size"). Every check carries a `kind`, a stable
+code the advice (advice.py) and the sweeps read instead of the reason text.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
+from .backend import Backend
 from .loop import LoopResult
-from .model import e_mu_rho2
 from .spec import Spec
 from .summary import mean_last_k
 
@@ -20,6 +28,7 @@ class Check:
     name: str
     status: str  # PASS | WARN | FAIL
     reason: str
+    kind: str = "ok"  # a stable code of the finding, e.g. "step_too_large"; "ok" for a clean PASS
 
 
 @dataclass
@@ -38,50 +47,114 @@ class Verdict:
             return f"status: {self.status}"
         return f"status: {self.status} ({worst[0].name}: {worst[0].reason})"
 
+    def by_name(self) -> dict[str, Check]:
+        return {c.name: c for c in self.checks}
+
     def to_dict(self) -> dict:
         return {
             "status": self.status,
             "status_line": self.status_line,
-            "checks": [{"name": c.name, "status": c.status, "reason": c.reason} for c in self.checks],
+            "checks": [{"name": c.name, "status": c.status, "reason": c.reason, "kind": c.kind} for c in self.checks],
         }
-
-
-def _last_rows(result: LoopResult, probe: str) -> list[dict[str, float]]:
-    return result.probe_series.get(probe, [])
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _first_over_bound(spec: Spec, result: LoopResult) -> tuple[int, str, float] | None:
-    """(iteration, metric, bound) of the earliest w_norm / td_loss above its health bound (inf counts)."""
+def z_level(spec: Spec) -> float:
+    """The two-sided normal quantile of health.level (1.96 at 0.95)."""
+    return NormalDist().inv_cdf(0.5 * (1.0 + spec.health.level))
+
+
+def last_row(result: LoopResult, probe: str) -> dict[str, float] | None:
+    rows = result.probe_series.get(probe) or []
+    return rows[-1] if rows else None
+
+
+def last_exact(result: LoopResult) -> dict[str, float] | None:
+    return result.exact_series[-1] if result.exact_series else None
+
+
+def worst_of(name: str, findings: list[Check], clean: Check) -> Check:
+    """The first finding of the worst status, or `clean` when there is none."""
+    if not findings:
+        return clean
+    top = max(ORDER[f.status] for f in findings)
+    return next(f for f in findings if ORDER[f.status] == top)
+
+
+# ----------------------------------------------------------------------------------------------- finite
+
+
+def _scale_series(result: LoopResult, key: str) -> np.ndarray:
+    """The teacher's scale per iteration, carried forward over iterations where it is undefined."""
+    done = result.completed
+    raw = result.series[key][:done]
+    out = np.full(done, math.nan)
+    last = math.nan
+    for i, v in enumerate(raw):
+        if math.isfinite(v) and v > 0.0:
+            last = v
+        out[i] = last
+    return out
+
+
+def _first_over_bound(spec: Spec, result: LoopResult) -> tuple[int, str, float, bool] | None:
+    """(iteration, metric, bound, relative) of the earliest w_norm / td_loss above its bound. Bounds are
+    relative to the teacher (||w_teacher||, and its mean V^2 over the batch states), so they do not
+    depend on reward_scale; where no teacher was ever defined they are absolute."""
+    done = result.completed
     first = None
-    for metric, bound in (("w_norm", spec.health.w_norm_max), ("td_loss", spec.health.td_loss_max)):
-        with np.errstate(invalid="ignore"):
-            over = np.flatnonzero(result.series[metric][: result.completed] > bound)
+    w_scale = _scale_series(result, "teacher_w_norm")
+    v_scale = _scale_series(result, "teacher_value_scale")
+    for metric, bound, scale in (
+        ("w_norm", spec.health.w_norm_max, w_scale),
+        ("td_loss", spec.health.td_loss_max, v_scale * v_scale),
+    ):
+        relative = np.isfinite(scale)
+        ref = np.where(relative, scale, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            over = np.flatnonzero(result.series[metric][:done] / ref > bound)
         if over.size and (first is None or over[0] < first[0]):
-            first = (int(over[0]), metric, bound)
+            first = (int(over[0]), metric, bound, bool(relative[over[0]]))
     return first
 
 
 def check_finite(spec: Spec, result: LoopResult) -> Check:
     over = _first_over_bound(spec, result)
+
+    def bound_text(o: tuple[int, str, float, bool]) -> str:
+        unit = " x the teacher's scale" if o[3] else " (absolute: no teacher defined)"
+        return f"{o[1]} exceeded {_fmt(o[2])}{unit}"
+
     if result.diverged_at is not None:
         reason = f"values stopped being finite at iteration {result.diverged_at} ({result.diverged_what})"
         if over is not None and over[0] < result.diverged_at:
-            reason += f"; {over[1]} exceeded {_fmt(over[2])} from iteration {over[0]}"
-        return Check("finite", "FAIL", reason)
+            reason += f"; {bound_text(over)} from iteration {over[0]}"
+        return Check("finite", "FAIL", reason, "nonfinite")
     if over is not None:
-        return Check("finite", "FAIL", f"{over[1]} exceeded {_fmt(over[2])} at iteration {over[0]}: diverging")
-    return Check("finite", "PASS", "all core metrics finite")
+        return Check("finite", "FAIL", f"{bound_text(over)} at iteration {over[0]}: diverging", "over_bound")
+    return Check("finite", "PASS", "all core metrics finite and within bounds relative to the teacher")
+
+
+# --------------------------------------------------------------------------------------------- rho_sane
+
+
+def khat_se(khat: float, n: float) -> float:
+    """Standard error of PSIS k_hat: the asymptotic sd of the generalized Pareto shape estimate,
+    (1 + k) / sqrt(T), over the T = ceil(min(0.2 n, 3 sqrt(n))) tail points the fit uses."""
+    if not (math.isfinite(khat) and n > 0):
+        return math.nan
+    tail = math.ceil(min(0.2 * n, 3.0 * math.sqrt(n)))
+    return (1.0 + max(khat, -0.5)) / math.sqrt(tail)
 
 
 def _nonfinite_ratios(result: LoopResult) -> str | None:
     """The probes' count of non-finite importance ratios (MODEL.md 5 leaves them out of the statistics)."""
     total, first = 0, None
     for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
-        for row in _last_rows(result, probe):
+        for row in result.probe_series.get(probe, []):
             count = row.get("rho_nonfinite", 0.0)
             if count > 0:
                 total += int(count)
@@ -92,103 +165,246 @@ def _nonfinite_ratios(result: LoopResult) -> str | None:
     return f"{total} non-finite importance ratio(s) left out of the rho statistics (first in {first[0]} at iteration {first[1]})"
 
 
-def check_rho(spec: Spec, result: LoopResult) -> Check:
+def _estimate_last_k(result: LoopResult, key: str, k: int) -> tuple[float, float]:
+    """mean_last_k of a per-iteration mean and its standard error (iterations are independent)."""
+    done = result.completed
+    v = result.series[key][:done][-k:]
+    se = result.series[f"{key}_se"][:done][-k:]
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(np.mean(v)), float(np.sqrt(np.sum(se * se))) / v.size
+
+
+def _second_moment(spec: Spec, result: LoopResult, ex: dict[str, float] | None, z: float) -> Check | None:
+    """The second moment of the weights the updates use (rho_bar; rho without clipping) against rho2_max."""
     h = spec.health
-    if result.completed == 0:
-        return Check("rho_sane", "PASS", "no iteration completed")
-    m2 = mean_last_k(result.series["mean_rho2"][: result.completed], spec.run.last_k)
-    note = _nonfinite_ratios(result)
-    more = f"; {note}" if note else ""
-    if math.isfinite(m2) and m2 > h.rho2_max:
-        return Check("rho_sane", "FAIL", f"rho exceeds threshold: mean_last_k(mean_rho2) = {_fmt(m2)} > {_fmt(h.rho2_max)}{more}")
-    # The tail that matters is that of the weights the updates use: pi/b, seen by the fixed-point and
-    # stability probes. The distribution probe's pi/mu (independent of p_mix) stands in only when
-    # neither ran; the Theory section compares it with its closed form.
-    worst, where = -math.inf, None
-    for group in (("fixed_point_probe", "stability_probe"), ("distribution_probe",)):
-        for probe in group:
-            rows = _last_rows(result, probe)
-            if rows and math.isfinite(rows[-1].get("rho_khat", math.nan)) and rows[-1]["rho_khat"] > worst:
-                worst, where = rows[-1]["rho_khat"], probe
-        if where is not None:
-            break
-    clipped = spec.rho.clip_enabled
-    if where is not None and worst > h.khat_fail:
-        if clipped:
-            return Check(
+    what = "E_b[rho_bar^2]" if spec.rho.clip_enabled else "E_b[rho^2]"
+    if ex is not None and ex["exact_ratio_available"] == 1.0:
+        v = ex["exact_e_rho_bar2"]
+        est, se = _estimate_last_k(result, "mean_rho_bar2", spec.run.last_k)
+        shown = f"{what} = {_fmt(v)} (exact; measured {_fmt(est)} +- {_fmt(se)})"
+        if v > h.rho2_max:
+            return Check("rho_sane", "FAIL", f"rho exceeds threshold: {shown} > {_fmt(h.rho2_max)}", "rho_second_moment")
+        return None
+    est, se = _estimate_last_k(result, "mean_rho_bar2", spec.run.last_k)
+    shown = f"mean_last_k of mean(rho_bar^2) = {_fmt(est)} +- {_fmt(se)} (estimate)" if spec.rho.clip_enabled else (
+        f"mean_last_k(mean_rho2) = {_fmt(est)} +- {_fmt(se)} (estimate)"
+    )
+    if not math.isfinite(est):
+        return Check("rho_sane", "WARN", f"{shown} is not finite", "rho_nonfinite")
+    if est - z * se > h.rho2_max:
+        return Check("rho_sane", "FAIL", f"rho exceeds threshold: {shown} > {_fmt(h.rho2_max)} beyond its noise", "rho_second_moment")
+    if est + z * se > h.rho2_max:
+        side = "above" if est > h.rho2_max else "below"
+        return Check(
+            "rho_sane",
+            "WARN",
+            f"undetermined at this sample size: {shown} is {side} {_fmt(h.rho2_max)} but within {_fmt(z)} SE of it",
+            "rho_second_moment_undetermined",
+        )
+    return None
+
+
+def _clip_mass(spec: Spec, result: LoopResult, ex: dict[str, float] | None, z: float) -> list[Check]:
+    """With clipping: the share of E_b[rho] = 1 the clip removes (the critic's step shrinks by kappa0) and
+    the exact bias of the clipped fixed point."""
+    h = spec.health
+    out: list[Check] = []
+    if ex is not None and math.isfinite(ex["exact_kappa0"]):
+        removed, se, src = 1.0 - ex["exact_kappa0"], 0.0, "exact"
+    else:
+        est, se = _estimate_last_k(result, "mean_rho_bar", spec.run.last_k)
+        removed, src = 1.0 - est, "estimate"
+    shown = f"clipping at {_fmt(spec.rho.clip)} removes {_fmt(removed)} of E_b[rho] = 1 ({src}" + (
+        f", SE {_fmt(se)})" if src == "estimate" else ")"
+    )
+    if removed - z * se > h.clip_mass_fail:
+        out.append(Check("rho_sane", "FAIL", f"{shown} > {_fmt(h.clip_mass_fail)}: the critic's effective step alpha_w * kappa0 is nearly 0", "clip_mass"))
+    elif removed > h.clip_mass_warn:
+        out.append(Check("rho_sane", "WARN", f"{shown} > {_fmt(h.clip_mass_warn)}: the clipped updates are strongly biased", "clip_mass"))
+    gap = ex["exact_teacher_gap"] if ex is not None else math.nan
+    if math.isfinite(gap) and gap > h.teacher_gap_warn:
+        out.append(
+            Check(
                 "rho_sane",
                 "WARN",
-                f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}, but the updates clip rho at "
-                f"{_fmt(spec.rho.clip)}: bounded variance, biased updates{more}",
+                f"the clipped TD fixed point is {_fmt(gap)} (relative RMS, exact) from the teacher > {_fmt(h.teacher_gap_warn)}",
+                "clip_bias",
             )
-        return Check("rho_sane", "FAIL", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_fail)} in {where}: importance weights untrustworthy{more}")
-    if where is not None and worst > h.khat_warn:
-        return Check("rho_sane", "WARN", f"PSIS k_hat = {_fmt(worst)} > {_fmt(h.khat_warn)} in {where}: slow importance-sampling convergence{more}")
-    if not math.isfinite(m2):
-        return Check("rho_sane", "WARN", f"mean_last_k(mean_rho2) is not finite ({_fmt(m2)}){more}")
+        )
+    return out
+
+
+def _tail(spec: Spec, result: LoopResult, z: float) -> tuple[Check | None, str]:
+    """PSIS k_hat of the ratios the updates use, pi/b (fixed-point and stability probes)."""
+    h = spec.health
+    worst: tuple[float, float, str] | None = None
+    light = []
+    for probe in ("fixed_point_probe", "stability_probe"):
+        row = last_row(result, probe)
+        if row is None:
+            continue
+        k = row.get("rho_khat", math.nan)
+        if math.isnan(k):
+            light.append(probe)
+            continue
+        se = khat_se(k, row["batch_size"] - row.get("rho_nonfinite", 0.0))
+        if worst is None or k > worst[0]:
+            worst = (k, se, probe)
+    if worst is None:
+        note = "k_hat: light tail (too few distinct large ratios to fit)" if light else "no pi/b probe ran"
+        return None, note
+    k, se, probe = worst
+    shown = f"PSIS k_hat = {_fmt(k)} +- {_fmt(se)} in {probe}"
+    if spec.rho.clip_enabled:
+        return None, f"{shown} (unclipped pi/b; the clipped weights are bounded by {_fmt(spec.rho.clip)})"
+    if k - z * se > h.khat_fail:
+        return Check("rho_sane", "FAIL", f"{shown} > {_fmt(h.khat_fail)} beyond its noise: importance weights untrustworthy", "rho_tail"), shown
+    if k > h.khat_fail:
+        return Check("rho_sane", "WARN", f"{shown} > {_fmt(h.khat_fail)} but within {_fmt(z)} SE: heavy tail, undetermined at this sample size", "rho_tail"), shown
+    if k > h.khat_warn:
+        return Check("rho_sane", "WARN", f"{shown} > {_fmt(h.khat_warn)}: slow importance-sampling convergence", "rho_tail"), shown
+    return None, shown
+
+
+def check_rho(spec: Spec, result: LoopResult) -> Check:
+    if result.completed == 0:
+        return Check("rho_sane", "PASS", "no iteration completed")
+    z = z_level(spec)
+    ex = last_exact(result)
+    findings: list[Check] = []
+    second = _second_moment(spec, result, ex, z)
+    if second is not None:
+        findings.append(second)
+    if spec.rho.clip_enabled:
+        findings += _clip_mass(spec, result, ex, z)
+    tail, tail_note = _tail(spec, result, z)
+    if tail is not None:
+        findings.append(tail)
+    note = _nonfinite_ratios(result)
     if note:
-        return Check("rho_sane", "WARN", note)
-    khat = f", worst k_hat {_fmt(worst)}" if where is not None else ""
-    return Check("rho_sane", "PASS", f"mean_last_k(mean_rho2) = {_fmt(m2)} <= {_fmt(h.rho2_max)}{khat}")
+        findings.append(Check("rho_sane", "WARN", note, "rho_nonfinite"))
+    if ex is not None and ex["exact_ratio_available"] == 1.0:
+        what = "E_b[rho_bar^2]" if spec.rho.clip_enabled else "E_b[rho^2]"
+        moment = f"{what} = {_fmt(ex['exact_e_rho_bar2'])} (exact)"
+    else:
+        est, se = _estimate_last_k(result, "mean_rho_bar2", spec.run.last_k)
+        moment = f"mean(rho_bar^2) = {_fmt(est)} +- {_fmt(se)} (estimate)"
+    clean = Check("rho_sane", "PASS", f"{moment} <= {_fmt(spec.health.rho2_max)}; {tail_note}")
+    return worst_of("rho_sane", findings, clean)
+
+
+# ----------------------------------------------------------------------------------------------- stable
+
+
+def _estimate_text(row: dict[str, float] | None) -> str:
+    if row is None:
+        return ""
+    return (
+        f"; estimate from the probe: radius {_fmt(row['stability_radius'])} (SE {_fmt(row['stability_radius_se'])}, "
+        f"z = {_fmt(row['stability_radius_z'])}), min Re eig {_fmt(row['a_min_real_eig'])} "
+        f"(SE {_fmt(row['a_min_real_eig_se'])}, z = {_fmt(row['a_min_real_eig_z'])}) against the exact values for its states"
+    )
+
+
+def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | None) -> Check:
+    alpha = spec.critic.alpha_w
+    r, a, crit = ex["exact_radius"], ex["exact_min_re_eig"], ex["exact_alpha_w_crit"]
+    t = int(ex["iter"])
+    tol = ex["exact_tol"]  # rounding: 1e3 eps (1 + alpha_w ||A||_F)
+    est = _estimate_text(probe)
+    if alpha == 0.0:
+        if a < -tol:
+            return Check("stable", "WARN", f"critic frozen (alpha_w = 0); exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: TD would diverge at any step size", "frozen_unstable")
+        return Check("stable", "PASS", f"critic frozen (alpha_w = 0); exact alpha_w* = {_fmt(crit)} at iteration {t}")
+    if a < -tol:
+        return Check(
+            "stable",
+            "FAIL",
+            f"exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: the expected TD update diverges at every step size{est}",
+            "td_diverges_any_step",
+        )
+    if r > 1.0 + tol:
+        return Check(
+            "stable",
+            "FAIL",
+            f"exact spectral radius of I - alpha_w A = {_fmt(r)} > 1 at iteration {t}: alpha_w = {_fmt(alpha)} exceeds "
+            f"the critical step size alpha_w* = {_fmt(crit)}{est}",
+            "step_too_large",
+        )
+    if r >= 1.0 - tol or a <= tol:
+        return Check("stable", "WARN", f"exactly on the stability boundary (to rounding): radius {r!r}, min Re eig {a!r}{est}", "boundary")
+    return Check(
+        "stable",
+        "PASS",
+        f"exact radius {_fmt(r)} < 1 (alpha_w = {_fmt(alpha)} < alpha_w* = {_fmt(crit)}), min Re eig(A) = {_fmt(a)} > 0 "
+        f"at iteration {t}{est}",
+    )
+
+
+def _stable_estimate(spec: Spec, ex: dict[str, float] | None, row: dict[str, float] | None, why: str) -> Check:
+    if row is None:
+        return Check("stable", "WARN", f"no exact value ({why}) and no stability probe ran", "no_probe")
+    t = int(row["iter"])
+    r, a = row["stability_radius"], row["a_min_real_eig"]
+    if not (math.isfinite(r) and math.isfinite(a)):
+        return Check("stable", "FAIL", f"A_hat not finite at iteration {t}", "nonfinite")
+    pct = f"{100 * spec.health.level:g}%"
+    iv = (
+        f"radius {_fmt(r)} in [{_fmt(row['stability_radius_lo'])}, {_fmt(row['stability_radius_hi'])}], "
+        f"min Re eig(A_hat) {_fmt(a)} in [{_fmt(row['a_min_real_eig_lo'])}, {_fmt(row['a_min_real_eig_hi'])}] "
+        f"({pct} intervals over {int(row['repeats'])} sub-batches; no exact value: {why})"
+    )
+    if row["a_min_real_eig_hi"] < 0.0:
+        return Check("stable", "FAIL", f"expected TD update diverges at iteration {t}: {iv}", "td_diverges_estimate")
+    if row["stability_radius_lo"] > 1.0:
+        return Check("stable", "FAIL", f"critic step expands at iteration {t}: {iv}", "step_too_large_estimate")
+    if row["a_min_real_eig_lo"] < 0.0 or row["stability_radius_hi"] > 1.0:
+        return Check("stable", "WARN", f"undetermined at this sample size at iteration {t}: {iv}", "undetermined")
+    return Check("stable", "PASS", f"stable at iteration {t}: {iv}")
 
 
 def check_stable(spec: Spec, result: LoopResult) -> Check:
-    rows = _last_rows(result, "stability_probe")
-    if not rows:
-        return Check("stable", "WARN", "no stability probe ran")
-    r = rows[-1]
-    h = spec.health
-    radius, min_re = r["stability_radius_exact"], r["a_min_real_eig"]
-    if not (math.isfinite(radius) and math.isfinite(min_re)):
-        return Check("stable", "FAIL", f"A_hat not finite at iteration {int(r['iter'])}")
-    tol_r = max(h.stab_tol, h.stab_z * r["stability_radius_se"])
-    tol_a = max(h.stab_tol, h.stab_z * r["a_min_real_eig_se"])
-    if min_re < -tol_a:
-        return Check("stable", "FAIL", f"min Re eig(A_hat) = {_fmt(min_re)} < 0: expected TD update diverges")
-    if radius > 1 + tol_r:
-        return Check("stable", "FAIL", f"spectral radius of I - alpha_w A_hat = {_fmt(radius)} > 1: critic step expands")
-    if min_re < 0 or radius > 1:
-        return Check(
-            "stable",
-            "WARN",
-            f"marginal: radius {_fmt(radius)}, min Re eig(A_hat) = {_fmt(min_re)} are past the boundary "
-            f"but within sampling error ({_fmt(h.stab_z)} SE: {_fmt(tol_r)}, {_fmt(tol_a)})",
-        )
-    if r["stability_proxy"] > 1 + tol_r:
-        return Check(
-            "stable",
-            "WARN",
-            f"power-iteration proxy {_fmt(r['stability_proxy'])} > 1 but exact radius {_fmt(radius)} is not (proxy is noisy)",
-        )
-    return Check("stable", "PASS", f"radius {_fmt(radius)} <= 1, min Re eig(A_hat) = {_fmt(min_re)} >= 0")
+    ex = last_exact(result)
+    probe = last_row(result, "stability_probe")
+    if probe is not None and ex is not None and probe["iter"] != ex["iter"]:
+        probe = None
+    if ex is not None and ex["exact_available"] == 1.0:
+        return _stable_exact(spec, ex, probe)
+    if ex is None:
+        why = "no probe iteration completed"
+    elif spec.rho.clip_enabled and ex["exact_ratio_available"] == 0.0:
+        why = "clipping with unequal policy means has no closed form"
+    else:
+        why = "the state moments are not finite"
+    return _stable_estimate(spec, ex, last_row(result, "stability_probe"), why)
+
+
+# ------------------------------------------------------------------------------------- the other checks
 
 
 def check_fixed_point(spec: Spec, result: LoopResult) -> Check:
-    rows = _last_rows(result, "fixed_point_probe")
+    rows = result.probe_series.get("fixed_point_probe", [])
     if not rows:
         return Check("fixed_point", "PASS", "no fixed-point probe ran")
     failed = [int(r["iter"]) for r in rows if r["converged"] != 1.0]
-    if rows[-1]["converged"] != 1.0 and rows[-1]["iterations"] == 0 and not math.isfinite(rows[-1]["residual"]):
-        return Check("fixed_point", "FAIL", f"no solve at iteration {int(rows[-1]['iter'])}: A_hat or b_hat not finite")
-    if rows[-1]["converged"] != 1.0:
-        return Check("fixed_point", "FAIL", f"solver did not converge at iteration {int(rows[-1]['iter'])} (residual {_fmt(rows[-1]['residual'])})")
+    last = rows[-1]
+    if last["converged"] != 1.0 and last["iterations"] == 0 and not math.isfinite(last["residual"]):
+        return Check("fixed_point", "FAIL", f"no solve at iteration {int(last['iter'])}: A_hat or b_hat not finite", "nonfinite")
+    if last["converged"] != 1.0:
+        return Check(
+            "fixed_point",
+            "FAIL",
+            f"solver did not converge at iteration {int(last['iter'])} (residual {_fmt(last['residual'])})",
+            "not_converged",
+        )
     if failed:
-        return Check("fixed_point", "WARN", f"solver did not converge at iterations {failed}")
+        return Check("fixed_point", "WARN", f"solver did not converge at iterations {failed}", "not_converged_earlier")
     return Check("fixed_point", "PASS", f"solver converged at all {len(rows)} probes")
 
 
-def check_step_scale(spec: Spec, result: LoopResult) -> Check:
-    rows = _last_rows(result, "stability_probe")
-    if not rows:
-        return Check("step_scale", "PASS", "no stability probe ran")
-    ratio = rows[-1]["stability_probe_step_scale_ratio"]
-    if not abs(ratio - 1.0) <= spec.health.step_scale_tol:
-        return Check("step_scale", "FAIL", f"stability probe step / train step = {ratio!r}, expected 1")
-    return Check("step_scale", "PASS", "probe and training agree on the per-transition step")
-
-
 def check_td(spec: Spec, result: LoopResult) -> Check:
-    rows = _last_rows(result, "q_kernel_probe")
+    rows = result.probe_series.get("q_kernel_probe", [])
     if not rows:
         return Check("td_consistency", "PASS", "no q-kernel probe ran")
     skipped = [r for r in rows if not math.isfinite(r["td_loss"])]  # a diverged loss says nothing about the kernel form
@@ -198,7 +414,7 @@ def check_td(spec: Spec, result: LoopResult) -> Check:
     worst = max(rows, key=lambda r: r["td_loss_from_Q_rel_diff"] if math.isfinite(r["td_loss_from_Q_rel_diff"]) else math.inf)
     rel = worst["td_loss_from_Q_rel_diff"]
     if not rel <= spec.health.td_rel_tol:
-        return Check("td_consistency", "FAIL", f"q-kernel TD loss differs by {_fmt(rel)} (relative) at iteration {int(worst['iter'])}")
+        return Check("td_consistency", "FAIL", f"q-kernel TD loss differs by {_fmt(rel)} (relative) at iteration {int(worst['iter'])}", "kernel_mismatch")
     return Check("td_consistency", "PASS", f"q-kernel and feature TD losses agree (max rel diff {_fmt(rel)})")
 
 
@@ -206,75 +422,23 @@ def check_teacher(spec: Spec, result: LoopResult) -> Check:
     bad = result.teacher_undefined_iters
     last = result.completed - 1
     if bad and bad[-1] == last:
-        return Check("teacher", "FAIL", f"teacher undefined at iteration {last}: sqrt(gamma) * rho(A + B K_pi) >= 1")
+        return Check("teacher", "FAIL", f"teacher undefined at iteration {last}: sqrt(gamma) * rho(A + B K_pi) >= 1", "undefined")
     if bad:
-        return Check("teacher", "WARN", f"teacher undefined at {len(bad)} iteration(s), first {bad[0]}")
+        return Check("teacher", "WARN", f"teacher undefined at {len(bad)} iteration(s), first {bad[0]}", "undefined_earlier")
     return Check("teacher", "PASS", "closed loop stable: teacher defined at every iteration")
 
 
-CHECKS = (check_finite, check_rho, check_stable, check_fixed_point, check_step_scale, check_td, check_teacher)
+CHECKS = (check_finite, check_rho, check_stable, check_fixed_point, check_td, check_teacher)
 
 
-def evaluate(spec: Spec, result: LoopResult) -> Verdict:
+def evaluate(spec: Spec, result: LoopResult, backend: Backend | None = None) -> Verdict:
+    """Every check, the run's status, and the advice (whose remedies `backend` evaluates exactly)."""
+    from .advice import advise
+
     checks = [c(spec, result) for c in CHECKS]
     status = max((c.status for c in checks), key=ORDER.__getitem__)
     if result.interrupted:
         status = "INTERRUPTED"
     verdict = Verdict(status, checks)
-    verdict.next_steps = advise(spec, result, verdict)
+    verdict.next_steps = advise(spec, result, verdict, backend)
     return verdict
-
-
-def advise(spec: Spec, result: LoopResult, verdict: Verdict) -> list[str]:
-    """Turn findings into advice, citing theory where it applies."""
-    steps: list[str] = []
-    by = {c.name: c for c in verdict.checks}
-    p = spec.policy
-    if result.interrupted:
-        steps.append(f"run was interrupted after {result.completed} iteration(s) -> rerun to complete it.")
-    if by["rho_sane"].status != "PASS":
-        rho_reason = by["rho_sane"].reason
-        if "rho exceeds" in rho_reason:
-            steps.append("mean_rho2 is very large -> consider reducing sigma mismatch, increasing beta, increasing p_mix, or enabling rho_clip.")
-        elif "k_hat" in rho_reason:
-            steps.append("importance weights are heavy-tailed (PSIS k_hat) -> enable rho.clip, raise p_mix, or bring sigma_pi closer to sigma_mu.")
-        if "non-finite importance ratio" in rho_reason:
-            steps.append(
-                "some importance ratios were not finite (states or gains overflowed) -> they are counted in rho_nonfinite and "
-                "left out of the rho statistics; lower actor.alpha_pi or critic.alpha_w."
-            )
-        if math.isinf(e_mu_rho2(spec.env.action_dim, p.sigma_pi, p.sigma_mu)):
-            steps.append(
-                f"theory: E_mu[(pi/mu)^2] is infinite because sigma_pi^2 = {p.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
-                f"{2 * p.sigma_mu**2:.4g}; without p_mix or clipping the variance of every importance-weighted average is unbounded."
-            )
-        if p.p_mix > 0:
-            steps.append(f"theory: the defensive mixture bounds rho by 1/p_mix = {1 / p.p_mix:.4g}.")
-    if by["finite"].status == "FAIL":
-        steps.append(f"{by['finite'].reason} -> lower critic.alpha_w (now {spec.critic.alpha_w:g}) or actor.alpha_pi (now {spec.actor.alpha_pi:g}), or enable rho.clip.")
-    if by["stable"].status == "FAIL" and "not finite" not in by["stable"].reason:
-        steps.append(
-            "the expected TD update expands (deadly triad) -> reduce the off-policy mismatch (raise p_mix or beta), "
-            "lower gamma, or lower alpha_w."
-        )
-    elif by["stable"].status == "WARN" and "marginal" in by["stable"].reason:
-        steps.append(
-            "the expected TD map sits at the stability boundary within sampling error -> raise probes.stability.batch_size "
-            "to resolve it, or add margin (raise p_mix, lower gamma)."
-        )
-    elif by["stable"].status == "WARN" and "proxy" in by["stable"].reason:
-        steps.append("the power-iteration proxy is noisy near 1 -> raise probes.stability.power_iters; the exact radius is fine.")
-    if by["teacher"].status != "PASS":
-        steps.append(
-            "theory: the closed loop sqrt(gamma) * rho(A + B K_pi) >= 1, so the policy's value is infinite -> lower actor.alpha_pi "
-            "or start from a stabilising policy.k_init."
-        )
-    if by["fixed_point"].status != "PASS" and "not finite" not in by["fixed_point"].reason:
-        steps.append("the fixed-point solve did not converge -> raise probes.fixed_point.num_iters or batch_size (A_hat may be near singular).")
-    if by["step_scale"].status == "FAIL":
-        steps.append("probe and training disagree on the critic step -> a bug: report it with the spec.")
-    if by["td_consistency"].status == "FAIL":
-        steps.append("the q-kernel TD loss disagrees with the feature TD loss -> a bug in the feature map: report it with the spec.")
-    if not steps:
-        steps.append("all checks pass -> push the regime (lower p_mix, widen sigma_pi / sigma_mu) or raise gamma to look for the boundary.")
-    return steps

@@ -15,9 +15,23 @@ from .backend import Backend, Problem
 from .model import critic_teacher_error, problem_from_spec, teacher
 from .probes import PROBES, ProbeContext, ProbeState
 from .spec import Spec
+from .exact.exact_metrics import exact_metrics, value_scale
+from .exact.expected_td import exact_td
 
 CORE_METRICS = ("td_loss", "w_norm", "mean_rho2", "tracking_gap", "critic_teacher_error")
-EXTRA_CORE_METRICS = ("train_step_scale", "k_pi_norm", "closed_loop_radius", "teacher_defined")
+EXTRA_CORE_METRICS = (
+    "train_step_scale",
+    "k_pi_norm",
+    "closed_loop_radius",
+    "teacher_defined",
+    "teacher_value_scale",
+    "teacher_w_norm",
+    "mean_rho2_se",
+    "mean_rho_bar",
+    "mean_rho_bar_se",
+    "mean_rho_bar2",
+    "mean_rho_bar2_se",
+)
 
 
 @dataclass
@@ -27,6 +41,7 @@ class LoopResult:
     iters: np.ndarray  # (T,) iteration numbers
     series: dict[str, np.ndarray]  # core metric -> (T,) values; NaN after divergence or interruption
     probe_series: dict[str, list[dict[str, float]]]  # probe name -> rows (each with "iter")
+    exact_series: list[dict[str, float]]  # the exact metrics (MODEL.md 9) of each probe iteration
     completed: int  # iterations that ran
     diverged_at: int | None  # first iteration with a non-finite value
     diverged_what: str | None
@@ -72,6 +87,8 @@ def run_loop(
     w = initial_weights(spec, problem, k_pi, backend)
     series = {name: np.full(T, math.nan) for name in CORE_METRICS + EXTRA_CORE_METRICS}
     probe_series: dict[str, list[dict[str, float]]] = {name: [] for name, _ in PROBES}
+    exact_series: list[dict[str, float]] = []
+    clip = spec.rho.clip if spec.rho.clip_enabled else math.inf
     state = ProbeState()
     diverged_at: int | None = None
     diverged_what: str | None = None
@@ -95,6 +112,9 @@ def run_loop(
                 undefined.append(t)
 
             if is_probe_iteration(t, spec):
+                ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, spec.rho.clip_enabled, backend)
+                exact_row = exact_metrics(ex, roll.gram / n_tr, tch, spec.critic.alpha_w)
+                exact_series.append({"iter": float(t), **exact_row})
                 ctx = ProbeContext(
                     spec=spec,
                     problem=problem,
@@ -107,6 +127,8 @@ def run_loop(
                     teacher=tch,
                     td_loss=td_loss,
                     train_step_scale=train_step_scale,
+                    exact=ex,
+                    exact_row=exact_row,
                 )
                 for name, probe in PROBES:
                     if getattr(spec.probes, name.removesuffix("_probe")).enabled:
@@ -118,6 +140,7 @@ def run_loop(
             k_mu_new = k_mu + spec.policy.beta * (k_pi_new - k_mu)
             gram_mean = roll.gram / n_tr
             row = {
+                **_ratio_means(roll.rho, clip),
                 "td_loss": td_loss,
                 "w_norm": float(np.linalg.norm(w_new)),
                 "mean_rho2": mean_rho2,
@@ -127,6 +150,8 @@ def run_loop(
                 "k_pi_norm": float(np.linalg.norm(k_pi_new)),
                 "closed_loop_radius": tch.closed_loop_radius,
                 "teacher_defined": 1.0 if tch.defined else 0.0,
+                "teacher_value_scale": value_scale(tch, gram_mean),
+                "teacher_w_norm": float(np.linalg.norm(tch.w)) if tch.defined else math.nan,
             }
             for name, value in row.items():
                 series[name][t] = value
@@ -135,7 +160,7 @@ def run_loop(
             if progress is not None:
                 progress(t + 1, T)
 
-            broken = _first_nonfinite(row, w, k_pi, k_mu, teacher_defined=tch.defined)
+            broken = _first_nonfinite(row, w, k_pi, k_mu, teacher_scaled=tch.defined and row["teacher_value_scale"] > 0.0)
             if broken is not None:
                 diverged_at, diverged_what = t, broken
                 break
@@ -144,6 +169,7 @@ def run_loop(
         iters=np.arange(T, dtype=float),
         series=series,
         probe_series=probe_series,
+        exact_series=exact_series,
         completed=completed,
         diverged_at=diverged_at,
         diverged_what=diverged_what,
@@ -156,13 +182,45 @@ def run_loop(
     )
 
 
+def _ratio_means(rho: np.ndarray, clip: float) -> dict[str, float]:
+    """Per-iteration means of rho^2, of rho_bar and of rho_bar^2 over the rollout, with the standard
+    errors of those means (the ratios of distinct transitions are independent given the states). Sums by
+    dot products: this runs every iteration."""
+    r = np.asarray(rho, dtype=float).reshape(-1)
+    n = r.size
+    rb = np.minimum(r, clip) if math.isfinite(clip) else r
+    r2 = r * r
+    rb2 = rb * rb if math.isfinite(clip) else r2
+
+    def mean_se(x: np.ndarray) -> tuple[float, float]:
+        s1, s2 = float(x.sum()), float(x @ x)
+        mean = s1 / n
+        if n < 2:
+            return mean, math.nan
+        var = max(s2 - s1 * mean, 0.0) / (n - 1)
+        return mean, math.sqrt(var / n)
+
+    _, se_r2 = mean_se(r2)
+    m_rb, se_rb = mean_se(rb)
+    m_rb2, se_rb2 = (float(r2.sum()) / n, se_r2) if rb2 is r2 else mean_se(rb2)
+    return {
+        "mean_rho2_se": se_r2,
+        "mean_rho_bar": m_rb,
+        "mean_rho_bar_se": se_rb,
+        "mean_rho_bar2": m_rb2,
+        "mean_rho_bar2_se": se_rb2,
+    }
+
+
 def _first_nonfinite(
-    row: dict[str, float], w: np.ndarray, k_pi: np.ndarray, k_mu: np.ndarray, teacher_defined: bool
+    row: dict[str, float], w: np.ndarray, k_pi: np.ndarray, k_mu: np.ndarray, teacher_scaled: bool
 ) -> str | None:
     for name in ("td_loss", "mean_rho2", "w_norm", "tracking_gap"):
         if not math.isfinite(row[name]):
             return name
-    if teacher_defined and not math.isfinite(row["critic_teacher_error"]):
+    # critic_teacher_error is relative to the teacher's value: with a zero teacher (Q = R = 0) it is 0/0
+    # or x/0, which says nothing about divergence.
+    if teacher_scaled and not math.isfinite(row["critic_teacher_error"]):
         return "critic_teacher_error"
     for label, arr in (("w", w), ("K_pi", k_pi), ("K_mu", k_mu)):
         if not np.all(np.isfinite(arr)):

@@ -148,8 +148,8 @@ def critic_teacher_error(w: np.ndarray, w_teacher: np.ndarray, gram_mean: np.nda
     e = w - w_teacher
     num = float(e @ gram_mean @ e)
     den = float(w_teacher @ gram_mean @ w_teacher)
-    if den <= 0.0:
-        return math.nan
+    if den <= 0.0:  # a zero teacher (Q = R = 0): 0 if the critic is exact too, else undefined
+        return 0.0 if num <= 0.0 else math.nan
     return math.sqrt(max(num, 0.0)) / math.sqrt(den)
 
 

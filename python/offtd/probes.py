@@ -11,7 +11,10 @@ import numpy as np
 from . import rng
 from .backend import FIXED_POINT_BASE, STABILITY_BASE, Backend, Problem, RolloutBatch, TransitionSums
 from .model import Teacher, kl_gaussian, q_kernel_td_loss
-from .spec import Spec
+from .spec import Spec, sub_batches
+from .exact.exact_metrics import relative_gap, value_scale
+from .exact.expected_td import ExactTD, eig_summary, g_norm
+from .exact.uncertainty import subbatch_interval
 
 
 @dataclass
@@ -29,11 +32,17 @@ class ProbeContext:
     teacher: Teacher
     td_loss: float
     train_step_scale: float
+    exact: ExactTD | None = None  # the iteration's exact expected TD (MODEL.md 9), when computed
+    exact_row: dict[str, float] | None = None
 
     def pool(self) -> np.ndarray:
         """The N states at which TD updates happened, trajectory-major (MODEL.md 4)."""
         s = self.rollout.states[:, :-1, :]
         return np.ascontiguousarray(s.reshape(-1, s.shape[-1]))
+
+    def gram_pool(self) -> np.ndarray:
+        """G over the pool states: the rollout's Gram sum over its count."""
+        return self.rollout.gram / self.rollout.count
 
 
 @dataclass
@@ -82,10 +91,27 @@ def _a_b_hat(ts: TransitionSums, count: int) -> tuple[np.ndarray, np.ndarray]:
     return _ordered_sum(ts.a_sums) / count, _ordered_sum(ts.b_sums) / count
 
 
+def _gap_noise(a_hat: np.ndarray, ts: TransitionSums, w_sharp: np.ndarray, gram: np.ndarray) -> float:
+    """RMS sampling noise of w_sharp in the G-norm, sqrt(tr(G Cov(w_sharp))), by the delta method over the
+    R sub-batches: w_sharp - w ~ mean_r u_r with u_r = A_hat^-1 (b_r - A_r w_sharp). NaN when R < 2."""
+    reps = ts.a_sums.shape[0]
+    if reps < 2 or not np.all(np.isfinite(w_sharp)):
+        return math.nan
+    counts = ts.counts.astype(float)
+    resid = ts.b_sums / counts[:, None] - np.einsum("rij,j->ri", ts.a_sums / counts[:, None, None], w_sharp)
+    try:
+        u = np.linalg.solve(a_hat, resid.T).T  # (R, d)
+    except np.linalg.LinAlgError:
+        return math.nan
+    cov = np.cov(u, rowvar=False, ddof=1) / reps
+    return math.sqrt(max(float(np.trace(gram @ cov)), 0.0))
+
+
 def fixed_point_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     cfg = ctx.spec.probes.fixed_point
     k = cfg.batch_size
-    ts = ctx.backend.transitions(ctx.problem, ctx.k_pi, ctx.k_mu, ctx.pool(), k, 1, FIXED_POINT_BASE, ctx.iteration)
+    reps = sub_batches(cfg)
+    ts = ctx.backend.transitions(ctx.problem, ctx.k_pi, ctx.k_mu, ctx.pool(), k, reps, FIXED_POINT_BASE, ctx.iteration)
     a_hat, b_hat = _a_b_hat(ts, k)
     if np.all(np.isfinite(a_hat)) and np.all(np.isfinite(b_hat)):
         sol = ctx.backend.solve(a_hat, b_hat, cfg.num_iters, cfg.tol)
@@ -93,37 +119,51 @@ def fixed_point_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     else:
         w_sharp = np.full(ctx.problem.d, math.nan)
         converged, iters, resid = False, 0, math.nan
+    gram = ctx.gram_pool()
+    # Gaps are relative to the teacher's RMS value over the pool states (MODEL.md 4.3); without a teacher,
+    # to w_sharp's own.
+    scale = value_scale(ctx.teacher, gram)
+    if not scale > 0.0:
+        scale = g_norm(w_sharp, gram) if np.all(np.isfinite(w_sharp)) else math.nan
     prev = state.w_sharp_prev
     drift_defined = prev is not None
-    drift = float(np.linalg.norm(w_sharp - prev)) if prev is not None else 0.0
+    drift = relative_gap(w_sharp - prev, gram, scale) if prev is not None else 0.0
     state.w_sharp_prev = w_sharp
+    with np.errstate(all="ignore"):
+        noise = _gap_noise(a_hat, ts, w_sharp, gram) / scale if scale > 0.0 else math.nan
+    exact_gap = ctx.exact_row["exact_teacher_gap"] if ctx.exact_row is not None else math.nan
     return {
         "batch_size": float(k),
         "num_iters": float(cfg.num_iters),
         "tol": cfg.tol,
+        "repeats": float(reps),
         "converged": 1.0 if converged else 0.0,
         "iterations": float(iters),
         "residual": resid,
-        "w_gap": float(np.linalg.norm(ctx.w - w_sharp)),
+        "w_gap": relative_gap(ctx.w - w_sharp, gram, scale),
+        "w_gap_se": noise,
         "w_sharp_drift": drift,
         "w_sharp_drift_defined": 1.0 if drift_defined else 0.0,
-        "teacher_gap": float(np.linalg.norm(w_sharp - ctx.teacher.w)),
+        "teacher_gap": relative_gap(w_sharp - ctx.teacher.w, gram, scale),
+        "teacher_gap_se": noise,
+        "teacher_gap_exact": exact_gap,
         **_rho_metrics(ctx, ts.rho),
     }
 
 
-def _eig_summary(a_hat: np.ndarray, alpha_w: float) -> tuple[float, float]:
-    """(spectral radius of I - alpha_w A, min real part of eig A); NaN when A is not finite."""
-    if not np.all(np.isfinite(a_hat)):
-        return math.nan, math.nan
-    lam = np.linalg.eigvals(a_hat)
-    return float(np.max(np.abs(1.0 - alpha_w * lam))), float(np.min(lam.real))
+def _sub_eigs(subs: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(radius of I - alpha A_r, min Re eig A_r) of each sub-batch matrix; NaN when one is not finite."""
+    if not np.all(np.isfinite(subs)):
+        nan = np.full(subs.shape[0], math.nan)
+        return nan, nan
+    lam = np.linalg.eigvals(subs)
+    return np.max(np.abs(1.0 - alpha * lam), axis=1), np.min(lam.real, axis=1)
 
 
 def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     cfg = ctx.spec.probes.stability
     p = ctx.problem
-    k, reps = cfg.batch_size, cfg.repeats
+    k, reps = cfg.batch_size, sub_batches(cfg)
     alpha = ctx.spec.critic.alpha_w
     ts = ctx.backend.transitions(p, ctx.k_pi, ctx.k_mu, ctx.pool(), k, reps, STABILITY_BASE, ctx.iteration)
     eye = np.eye(p.d)
@@ -135,10 +175,13 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
         return ctx.backend.power_iteration(eye - alpha * a_hat, v0, cfg.power_iters)
 
     a_hat, _ = _a_b_hat(ts, k)
-    subs = [ts.a_sums[r] / ts.counts[r] for r in range(reps)]
+    subs = ts.a_sums / ts.counts[:, None, None]
     proxies = np.array([proxy(a, r) for r, a in enumerate(subs)])
-    sub_eigs = np.array([_eig_summary(a, alpha) for a in subs])
-    radius, min_re = _eig_summary(a_hat, alpha)
+    full = eig_summary(a_hat, alpha)
+    sub_radius, sub_min_re = _sub_eigs(subs, alpha)
+    iv_r = subbatch_interval(full.radius, sub_radius)
+    iv_a = subbatch_interval(full.min_re, sub_min_re)
+    ex = ctx.exact_row or {}
     ddof_std = (lambda x: float(np.std(x, ddof=1))) if reps > 1 else (lambda x: 0.0)
     step_scale = (alpha / k) * k / ctx.rollout.count
     return {
@@ -148,10 +191,16 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
         "stability_proxy": proxy(a_hat, reps),
         "stability_proxy_mean": float(np.mean(proxies)),
         "stability_proxy_std": ddof_std(proxies),
-        "stability_radius_exact": radius,
-        "stability_radius_se": ddof_std(sub_eigs[:, 0]) / math.sqrt(reps),
-        "a_min_real_eig": min_re,
-        "a_min_real_eig_se": ddof_std(sub_eigs[:, 1]) / math.sqrt(reps),
+        "stability_radius": iv_r.estimate,
+        "stability_radius_se": iv_r.se,
+        "stability_radius_lo": iv_r.lo,
+        "stability_radius_hi": iv_r.hi,
+        "stability_radius_z": iv_r.z(ex.get("exact_radius_pool", math.nan)),
+        "a_min_real_eig": iv_a.estimate,
+        "a_min_real_eig_se": iv_a.se,
+        "a_min_real_eig_lo": iv_a.lo,
+        "a_min_real_eig_hi": iv_a.hi,
+        "a_min_real_eig_z": iv_a.z(ex.get("exact_min_re_eig_pool", math.nan)),
         "stability_probe_step_scale": step_scale,
         "stability_probe_step_scale_ratio": _ratio(step_scale, ctx.train_step_scale),
         **_rho_metrics(ctx, ts.rho),

@@ -48,6 +48,8 @@ def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict,
         cols = probe_columns(rows)
         probe_series[name] = cols
         probes[name] = {metric: summarize(cols["iter"], vals, k) for metric, vals in sorted(cols.items())}
+    exact_series = probe_columns(result.exact_series) if result.exact_series else {}
+    exact = {metric: summarize(exact_series["iter"], vals, k) for metric, vals in exact_series.items()}
     stab = result.probe_series.get("stability_probe") or []
     train_scale = float(result.series["train_step_scale"][done - 1]) if done else math.nan
     scale = {
@@ -55,7 +57,11 @@ def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict,
         "stability_probe_step_scale": stab[-1]["stability_probe_step_scale"] if stab else None,
         "stability_probe_step_scale_ratio": stab[-1]["stability_probe_step_scale_ratio"] if stab else None,
     }
-    series = {"iter": result.iters.tolist(), **{name: result.series[name].tolist() for name in result.series}}
+    # Iterations that never ran (after divergence or an interruption) are "not measured": None (null).
+    series = {
+        "iter": result.iters.tolist(),
+        **{name: [*result.series[name][:done].tolist(), *([None] * (len(result.iters) - done))] for name in result.series},
+    }
     return {
         "run_info": {
             **run_info,
@@ -74,6 +80,8 @@ def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict,
         "probes": probes,
         "series": series,
         "probe_series": probe_series,
+        "exact": exact,
+        "exact_series": exact_series,
         "next_steps": list(verdict.next_steps),
         "theory": theory,
     }
@@ -158,29 +166,67 @@ def render_markdown(report: dict, elapsed_s: float | None = None) -> str:
     )
     lines += ["", "## Health Checks"]
     lines += _table(["check", "status", "reason"], [[c["name"], c["status"], c["reason"]] for c in report["health"]["checks"]])
+    if report.get("exact"):
+        lines += ["", "## Exact Expected TD", EXACT_INTRO, "", *_summary_table(report["exact"])]
     return "\n".join(lines) + "\n"
+
+
+EXACT_INTRO = (
+    "Computed without sampling at each probe iteration's gains (specs/MODEL.md 9): `exact_radius`, `exact_min_re_eig`, "
+    "`exact_alpha_w_crit` of the population expected TD update; `_pool` the same given the iteration's states; "
+    "`exact_teacher_gap` the TD fixed point's relative RMS distance from the teacher (0 without clipping); the ratio "
+    "moments at equal policy means (`exact_ratio_available`). `exact_available` = 0: no closed form (clipping with "
+    "unequal means); the verdicts then use the probes' intervals."
+)
 
 
 # ----------------------------------------------------------------------------------------- json, files
 
 
-def jsonable(obj: Any) -> Any:
-    """Strict-JSON form: non-finite floats become null, numpy scalars and arrays become Python ones."""
+NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _nonfinite_text(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def plain(obj: Any, encode_nonfinite: bool = False) -> Any:
+    """Plain Python values: numpy scalars and arrays become floats, ints and lists. With
+    `encode_nonfinite`, inf / -inf / nan become the strings "inf" / "-inf" / "nan" (report.json is strict
+    JSON, and null there means "not measured")."""
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {str(k): plain(v, encode_nonfinite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         if all(type(v) is float for v in obj):  # the series: one pass, no recursion
-            return [v if math.isfinite(v) else None for v in obj]
-        return [jsonable(v) for v in obj]
+            if not encode_nonfinite:
+                return list(obj)
+            return [v if math.isfinite(v) else _nonfinite_text(v) for v in obj]
+        return [plain(v, encode_nonfinite) for v in obj]
     if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
+        return plain(obj.tolist(), encode_nonfinite)
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         x = float(obj)
-        return x if math.isfinite(x) else None
+        return x if (math.isfinite(x) or not encode_nonfinite) else _nonfinite_text(x)
+    return obj
+
+
+def jsonable(obj: Any) -> Any:
+    """Strict-JSON form: non-finite floats as "inf" / "-inf" / "nan" strings (see :func:`plain`)."""
+    return plain(obj, encode_nonfinite=True)
+
+
+def decode_nonfinite(obj: Any) -> Any:
+    """Inverse of :func:`jsonable` for what `json.loads` gives: "inf" / "-inf" / "nan" back to floats."""
+    if isinstance(obj, dict):
+        return {k: decode_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_nonfinite(v) for v in obj]
+    if isinstance(obj, str) and obj in NONFINITE:
+        return NONFINITE[obj]
     return obj
 
 
@@ -194,7 +240,7 @@ def series_csv(columns: dict[str, list[float]]) -> str:
     names = list(columns)
     writer.writerow(names)
     for row in zip(*(columns[n] for n in names)):
-        writer.writerow([repr(float(x)) for x in row])
+        writer.writerow(["" if x is None else repr(float(x)) for x in row])  # empty: not measured
     return buf.getvalue()
 
 
@@ -230,5 +276,7 @@ def write_run(run_dir: Path, spec: Spec, report: dict, elapsed_s: float | None =
     write_atomic(run_dir / "series.csv", series_csv(report["series"]))
     for name, cols in report["probe_series"].items():
         write_atomic(run_dir / f"{name}.csv", series_csv(cols))
+    if report.get("exact_series"):
+        write_atomic(run_dir / "exact_td.csv", series_csv(report["exact_series"]))
     write_atomic(run_dir / "report.md", render_markdown(report, elapsed_s))
     write_atomic(run_dir / "report.json", to_json(report))

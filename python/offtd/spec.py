@@ -108,6 +108,7 @@ class FixedPointProbeCfg:
     batch_size: int = _f(4096, "one-step transitions", lo=1)
     num_iters: int = _f(2000, "max GMRES inner iterations", lo=1)
     tol: float = _f(1e-7, "relative residual", lo=0.0, lo_open=True)
+    repeats: int = _f(16, "disjoint sub-batches for the standard errors of the gaps (at most batch_size are used)", lo=1)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class StabilityProbeCfg:
     enabled: bool = _f(True)
     batch_size: int = _f(4096, "one-step transitions", lo=1)
     power_iters: int = _f(20, "power-iteration steps", lo=1)
-    repeats: int = _f(4, "disjoint sub-batches (<= batch_size)", lo=1)
+    repeats: int = _f(16, "disjoint sub-batches for the intervals of the estimates (at most batch_size are used)", lo=1)
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,24 @@ class ProbesCfg:
 
 @dataclass(frozen=True)
 class HealthCfg:
-    rho2_max: float = _f(10.0, "FAIL when mean_last_k(mean_rho2) exceeds this", lo=0.0, lo_open=True)
-    khat_warn: float = _f(0.5, "WARN above this PSIS k_hat", lo=-math.inf)
-    khat_fail: float = _f(0.7, "FAIL above this PSIS k_hat", lo=-math.inf)
-    w_norm_max: float = _f(1e6, "FAIL when ||w|| exceeds this", lo=0.0, lo_open=True)
-    td_loss_max: float = _f(1e12, "FAIL when td_loss exceeds this (values this large have diverged)", lo=0.0, lo_open=True)
-    stab_tol: float = _f(1e-6, "absolute slack of the stability check", lo=0.0)
-    stab_z: float = _f(3.0, "standard errors of slack in the stability check", lo=0.0)
-    step_scale_tol: float = _f(1e-9, "allowed |ratio - 1| of the scale check", lo=0.0)
+    rho2_max: float = _f(10.0, "FAIL when the second moment of the weights the updates use exceeds this", lo=0.0, lo_open=True)
+    khat_warn: float = _f(0.5, "WARN above this PSIS k_hat (of pi/b, without clipping)", lo=-math.inf)
+    khat_fail: float = _f(0.7, "FAIL when PSIS k_hat is above this beyond its noise", lo=-math.inf)
+    w_norm_max: float = _f(1e6, "FAIL when ||w|| exceeds this many times ||w_teacher||", lo=0.0, lo_open=True)
+    td_loss_max: float = _f(1e12, "FAIL when td_loss exceeds this many times the teacher's mean V^2", lo=0.0, lo_open=True)
+    level: float = _f(0.95, "confidence level of the intervals verdicts use where no exact value exists", lo=0.5, hi=1.0, hi_open=True)
+    clip_mass_warn: float = _f(0.5, "WARN when clipping removes more than this share of E_b[rho] = 1", lo=0.0, hi=1.0)
+    clip_mass_fail: float = _f(0.99, "FAIL when clipping removes more than this share (the critic barely moves)", lo=0.0, hi=1.0)
+    teacher_gap_warn: float = _f(0.1, "WARN when the exact clipped fixed point is this far from the teacher (relative RMS)", lo=0.0)
     td_rel_tol: float = _f(1e-9, "allowed q-kernel rel diff", lo=0.0)
+
+
+# Keys that existed once: loading a spec that still sets one says what replaced it.
+REMOVED_KEYS = {
+    "health.stab_tol": "the stable check judges exact values, or estimates by their interval (health.level)",
+    "health.stab_z": "the stable check judges exact values, or estimates by their interval (health.level)",
+    "health.step_scale_tol": "the step-scale ratio is 1 by construction and is no longer a check (specs/MODEL.md 7)",
+}
 
 
 @dataclass(frozen=True)
@@ -257,6 +267,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise SpecError(prefix.rstrip(".") or "spec", f"expected a table, got {data!r}")
     known = {f.name: f for f in fields(cls)}
     for k in data:
+        if f"{prefix}{k}" in REMOVED_KEYS:
+            raise SpecError(f"{prefix}{k}", f"no longer a key: {REMOVED_KEYS[f'{prefix}{k}']}")
         if k not in known:
             raise SpecError(f"{prefix}{k}", f"unknown key{_suggest(k, list(known))}")
     kwargs = {}
@@ -340,13 +352,10 @@ def _resolve(spec: Spec) -> Spec:
             "probes.distribution.action_samples",
             f"must be <= probes.distribution.num_samples ({dist.num_samples}), got {dist.action_samples}",
         )
-    stab = spec.probes.stability
-    if stab.repeats > stab.batch_size:
-        raise SpecError(
-            "probes.stability.repeats", f"must be <= probes.stability.batch_size ({stab.batch_size}), got {stab.repeats}"
-        )
     if spec.health.khat_warn > spec.health.khat_fail:
         raise SpecError("health.khat_warn", f"must be <= health.khat_fail ({spec.health.khat_fail:g})")
+    if spec.health.clip_mass_warn > spec.health.clip_mass_fail:
+        raise SpecError("health.clip_mass_warn", f"must be <= health.clip_mass_fail ({spec.health.clip_mass_fail:g})")
     out = dataclasses.replace(spec, env=env, policy=policy)
     _check_memory(out)
     return out
@@ -356,6 +365,11 @@ def _resolve(spec: Spec) -> Spec:
 # CSV text), and per probe iteration by the probe rows (dicts of ~25 metrics for each of four probes).
 SERIES_BYTES_PER_ITER = 1024
 PROBE_ROW_BYTES = 16 * 1024
+
+
+def sub_batches(cfg: FixedPointProbeCfg | StabilityProbeCfg) -> int:
+    """The number of sub-batches a probe uses: `repeats`, at most `batch_size`."""
+    return min(cfg.repeats, cfg.batch_size)
 
 
 def memory_terms(spec: Spec) -> dict[str, int]:
@@ -375,9 +389,9 @@ def memory_terms(spec: Spec) -> dict[str, int]:
             p.distribution.num_samples + p.distribution.action_samples * (n + 2 * m)
         )
     if p.fixed_point.enabled:
-        terms["probes.fixed_point.batch_size"] = 8 * p.fixed_point.batch_size
+        terms["probes.fixed_point.batch_size"] = 8 * (p.fixed_point.batch_size + sub_batches(p.fixed_point) * (d * d + d))
     if p.stability.enabled:
-        terms["probes.stability.batch_size"] = 8 * (p.stability.batch_size + p.stability.repeats * (d * d + d))
+        terms["probes.stability.batch_size"] = 8 * (p.stability.batch_size + sub_batches(p.stability) * (d * d + d))
     return terms
 
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from .loop import LoopResult
-from .model import e_mu_rho2, kl_gaussian, problem_from_spec, rho_inf, rho_quantile, rho_sup, teacher, tv_equal_means
-from .spec import Spec
+from ..loop import LoopResult
+from ..model import e_mu_rho2, kl_gaussian, problem_from_spec, rho_inf, rho_quantile, rho_sup, teacher, tv_equal_means
+from ..spec import Spec
 
 
 def _last(result: LoopResult, probe: str, metric: str) -> float | None:
@@ -44,10 +44,11 @@ def theory(spec: Spec, result: LoopResult) -> dict[str, dict]:
         "infinite: sigma_pi^2 >= 2 sigma_mu^2" if math.isinf(e2) else "finite: sigma_pi^2 < 2 sigma_mu^2")
     if sm < sp:
         row("rho_khat (pi/mu)", 1.0 - sm**2 / sp**2, _last(result, dist, "rho_khat"),
-            "tail index of pi/mu under mu: P(rho > t) ~ t^(-1/k), k = 1 - sigma_mu^2/sigma_pi^2; "
-            "k >= 0.5 exactly when E_mu[rho^2] is infinite")
+            "asymptotic tail index of pi/mu under mu, k = 1 - sigma_mu^2/sigma_pi^2 (k >= 0.5 exactly when "
+            "E_mu[rho^2] is infinite); PSIS k_hat at finite n differs systematically (MODEL.md 9.6)")
         row("rho_p95 (pi/mu)", rho_quantile(0.95, m, sp, sm), _last(result, dist, "rho_p95"), "chi^2_m quantile map")
         row("rho_p99 (pi/mu)", rho_quantile(0.99, m, sp, sm), _last(result, dist, "rho_p99"), "chi^2_m quantile map")
+    _exact_rows(spec, result, row)
     problem = problem_from_spec(spec)
     k_pi = result.final_k_pi if np.all(np.isfinite(result.final_k_pi)) else np.array(spec.policy.k_init)
     tch = teacher(problem, k_pi)
@@ -59,6 +60,36 @@ def theory(spec: Spec, result: LoopResult) -> dict[str, dict]:
     row("teacher ||w_teacher||", float(np.linalg.norm(tch.w)) if tch.defined else math.nan,
         _finite_last(result.series["w_norm"][: result.completed]), "measured: the critic's ||w||")
     return out
+
+
+def _exact_rows(spec: Spec, result: LoopResult, row) -> None:
+    """The exact expected-TD quantities of the last probe iteration next to the probes' estimates."""
+    if not result.exact_series:
+        return
+    ex = result.exact_series[-1]
+    stab, fp = "stability_probe", "fixed_point_probe"
+    tag = f"exact at iteration {int(ex['iter'])}"
+    if ex["exact_ratio_available"] == 1.0:
+        done = result.completed
+        row("E_b[rho^2] (pi/b)", ex["exact_e_rho2"], float(np.mean(result.series["mean_rho2"][:done][-spec.run.last_k:])),
+            f"{tag}, equal means, radial quadrature; measured: mean_last_k(mean_rho2)")
+        if spec.rho.clip_enabled:
+            row("E_b[rho_bar] (clipped)", ex["exact_kappa0"], float(np.mean(result.series["mean_rho_bar"][:done][-spec.run.last_k:])),
+                "the share of the importance weight the clip keeps; the critic's effective step is alpha_w times it")
+    if ex["exact_available"] != 1.0:
+        return
+    row("radius of I - alpha_w A", ex["exact_radius"], _last(result, stab, "stability_radius"),
+        f"{tag} (population); measured: eig of the probe's A_hat, whose own expectation is {fmt_g(ex['exact_radius_pool'])} for its states")
+    row("min Re eig(A)", ex["exact_min_re_eig"], _last(result, stab, "a_min_real_eig"),
+        f"{tag} (population); < 0: no step size is stable; given the iteration's states {fmt_g(ex['exact_min_re_eig_pool'])}")
+    row("alpha_w* (critical step)", ex["exact_alpha_w_crit"], None,
+        "min over eig with Re > 0 of 2 Re / |lambda|^2: the expected update contracts for 0 < alpha_w < alpha_w*")
+    row("teacher_gap (fixed point vs teacher)", ex["exact_teacher_gap"], _last(result, fp, "teacher_gap"),
+        "exact TD fixed point vs teacher, relative RMS over the states: 0 without clipping, the clipping bias with it")
+
+
+def fmt_g(x: float) -> str:
+    return f"{x:.4g}"
 
 
 def _finite_last(values: np.ndarray) -> float | None:

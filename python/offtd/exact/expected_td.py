@@ -1,0 +1,159 @@
+"""The exact expected TD(0) update of one iteration (THEORY.md sections 1-3, specs/MODEL.md 9).
+
+Conditional on a state s, `E_b[rho_bar f(a) | s]` for the polynomials f of degree <= 2 that TD needs is
+`kappa0 E_{pi_eff}[f(a) | s]`, where pi_eff is pi itself without clipping (kappa0 = 1), and with clipping
+and equal means the Gaussian policy with noise sigma_eff = sqrt(kappa2 / kappa0) (ratios.py). So
+
+    E[A_hat | states] = kappa0 G (I - gamma T)^T,     E[b_hat | states] = kappa0 G c,
+
+with T and c the one-step operators of pi_eff (operator.py) and G = mean over the states of
+phi phi^T. G is the rollout's own Gram matrix for the iteration's states ("pool"), or the exact
+population value from the state moments ("population", gram.py). The fixed point solves
+`(I - gamma T)^T w = c` whatever G is: w_teacher without clipping, the value of pi_eff with it.
+
+With clipping and unequal means the clipped weight depends on the state through (K_pi - K_mu) s and no
+closed form exists: the quantities are "not available" and the verdicts fall back to estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import Backend, Problem, StateMoments
+from .gram import gram_from_moments
+from .operator import reward_coeffs, transition_operator
+from .ratios import RatioMoments, means_equal, ratio_moments
+
+EPS = float(np.finfo(float).eps)
+
+
+@dataclass(frozen=True)
+class TDOperator:
+    """What maps a state distribution (its G) to the expected TD(0) update: A = kappa0 G (I - gamma T)^T,
+    b = kappa0 G c. `available` is False when no closed form exists (`note` says why)."""
+
+    available: bool
+    note: str
+    kappa0: float
+    t: np.ndarray
+    c: np.ndarray
+    gamma: float
+    sigma_eff: float
+
+    def a(self, gram: np.ndarray) -> np.ndarray:
+        return self.kappa0 * (gram @ (np.eye(self.t.shape[0]) - self.gamma * self.t).T)
+
+    def b(self, gram: np.ndarray) -> np.ndarray:
+        return self.kappa0 * (gram @ self.c)
+
+    def fixed_point(self) -> np.ndarray:
+        """The TD fixed point, independent of G: (I - gamma T)^T w = c (NaN when singular)."""
+        d = self.t.shape[0]
+        try:
+            return np.linalg.solve(np.eye(d) - self.gamma * self.t.T, self.c)
+        except np.linalg.LinAlgError:
+            return np.full(d, math.nan)
+
+
+@dataclass(frozen=True)
+class EigSummary:
+    """What the eigenvalues of A say about the critic's expected map M = I - alpha_w A."""
+
+    eig: np.ndarray  # eigenvalues of A
+    radius: float  # spectral radius of I - alpha_w A
+    min_re: float  # min Re eig(A); < 0: no step size is stable
+    alpha_crit: float  # sup of the stable step sizes: min over Re > 0 of 2 Re / |lambda|^2; 0 if min_re <= 0
+    tol: float  # rounding tolerance of radius and min_re: 1e3 eps (1 + alpha_w ||A||_F)
+
+
+NAN_EIG = EigSummary(np.array([]), math.nan, math.nan, math.nan, math.nan)
+
+
+def eig_summary(a: np.ndarray, alpha_w: float) -> EigSummary:
+    """Eigenvalue summary of A (LAPACK through numpy); NaN when A is not finite."""
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        return NAN_EIG
+    lam = np.linalg.eigvals(a)
+    min_re = float(np.min(lam.real))
+    radius = float(np.max(np.abs(1.0 - alpha_w * lam)))
+    pos = lam[lam.real > 0.0]
+    alpha_crit = float(np.min(2.0 * pos.real / (pos.real**2 + pos.imag**2))) if min_re > 0.0 else 0.0
+    tol = 1e3 * EPS * (1.0 + alpha_w * float(np.linalg.norm(a)))
+    return EigSummary(lam, radius, min_re, alpha_crit, tol)
+
+
+def td_operator(
+    problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, m2: np.ndarray, clip_enabled: bool
+) -> tuple[TDOperator, RatioMoments | None]:
+    """The TD(0) operator of this iteration's policies, and the exact ratio moments when the means are
+    equal (else None). `m2` is the states' second moment, used only to judge whether the means are equal."""
+    m = problem.m
+    clip = problem.rho_clip if clip_enabled else math.inf
+    equal = means_equal(k_pi, k_mu, m2, problem.sigma_pi, problem.sigma_mu)
+    rm = ratio_moments(m, float(problem.sigma_pi), float(problem.sigma_mu), float(problem.p_mix), float(clip)) if equal else None
+    sigma = problem.sigma_pi
+    kappa0 = 1.0
+    available, note = True, "unclipped: E_b[rho f(a) | s] = E_pi[f(a) | s]"
+    if clip_enabled and rm is not None and rm.clip_prob > 0.0:
+        kappa0, sigma = rm.e_rho_bar, rm.sigma_eff
+        note = "clipped, equal means: pi_eff has noise sigma_eff = sqrt(kappa2 / kappa0), weight kappa0"
+        if not kappa0 > 0.0:
+            available, note = False, "clipped at a threshold that removes every ratio (kappa0 = 0)"
+    elif clip_enabled and rm is None:
+        available, note = False, "clipped with unequal policy means: no closed form"
+    elif clip_enabled:
+        note = "clipping never binds (rho <= 1/p_mix <= clip, or rho <= clip everywhere)"
+    if not available:
+        d = problem.d
+        nan = np.full((d, d), math.nan)
+        return TDOperator(False, note, math.nan, nan, np.full(d, math.nan), problem.gamma, math.nan), rm
+    t = transition_operator(problem, k_pi, sigma)
+    c = reward_coeffs(problem, k_pi, sigma)
+    return TDOperator(True, note, kappa0, t, c, problem.gamma, float(sigma)), rm
+
+
+@dataclass(frozen=True)
+class ExactTD:
+    """The exact quantities of one iteration (its gains K_pi, K_mu and the rollout's horizon)."""
+
+    operator: TDOperator
+    ratios: RatioMoments | None
+    moments: StateMoments
+    gram_pop: np.ndarray
+    a_pop: np.ndarray
+    b_pop: np.ndarray
+    pop: EigSummary
+    fixed_point: np.ndarray
+
+
+def exact_td(
+    problem: Problem,
+    k_pi: np.ndarray,
+    k_mu: np.ndarray,
+    horizon: int,
+    alpha_w: float,
+    clip_enabled: bool,
+    backend: Backend,
+) -> ExactTD:
+    """Population values for the iteration with gains (K_pi, K_mu): the state moments of the rollout's
+    state pool, E[A_hat], E[b_hat], their eigenvalue summary and the TD fixed point."""
+    with np.errstate(all="ignore"):
+        moments = backend.state_moments(problem, k_pi, k_mu, horizon)
+        gram = gram_from_moments(moments)
+        op, rm = td_operator(problem, k_pi, k_mu, moments.m2, clip_enabled)
+        if op.available and np.all(np.isfinite(gram)):
+            a, b = op.a(gram), op.b(gram)
+        else:
+            a = np.full((problem.d, problem.d), math.nan)
+            b = np.full(problem.d, math.nan)
+        summary = eig_summary(a, alpha_w)
+        w_fp = op.fixed_point() if op.available else np.full(problem.d, math.nan)
+    return ExactTD(op, rm, moments, gram, a, b, summary, w_fp)
+
+
+def g_norm(x: np.ndarray, gram: np.ndarray) -> float:
+    """sqrt(x^T G x): the RMS over the states of the value function with weights x."""
+    return math.sqrt(max(float(x @ gram @ x), 0.0))
