@@ -659,4 +659,71 @@ mod tests {
             assert_eq!(fixed, dynamic);
         }
     }
+
+    /// The fixed-size kernel draws its random numbers a chunk (`CHUNK` steps) ahead: around and
+    /// beyond the chunk boundary (horizons 255..257, 513) it must still read draw #h at step h, as
+    /// the general kernel (no chunks) does. p_mix inside (0, 1) with distinct policies, so every
+    /// mixture uniform changes the trajectory.
+    #[test]
+    fn fixed_kernels_equal_the_dynamic_kernel_across_chunks() {
+        let p = Problem {
+            sigma_pi: 0.4,
+            sigma_mu: 0.7,
+            ..problem(&A, &B, &Q, &R, 0.3, 2.0)
+        };
+        let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
+        let kp = [-0.1, -0.2];
+        let km = [0.05, -0.3];
+        for horizon in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1] {
+            for batch in [1, 2] {
+                let fixed = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, true).unwrap();
+                let dynamic = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, false).unwrap();
+                assert_eq!(fixed, dynamic, "batch {batch} horizon {horizon}");
+            }
+        }
+        // the inputs can see a reused chunk: some step h >= CHUNK picks the other component than
+        // step h - CHUNK
+        let u = crate::philox::uniforms(Stream::new(p.seed, PURPOSE_MIX, 3, 0), 0, 2 * CHUNK + 1);
+        assert!((CHUNK..2 * CHUNK + 1).any(|h| (u[h] < 0.3) != (u[h - CHUNK] < 0.3)));
+    }
+
+    /// Rollouts around the parallel threshold (`PAR_MIN_STEPS` transitions) and the work-item size
+    /// (`ITEM_STEPS`) give the bits of one trajectory at a time, and trajectory j always starts from
+    /// normals #0..n of its own substream j.
+    #[test]
+    fn items_and_parallel_threshold_keep_trajectories_apart() {
+        let p = problem(&A, &B, &Q, &R, 0.2, 1.5);
+        let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
+        let kp = [-0.1, -0.2];
+        let km = [0.05, -0.3];
+        for (batch, horizon) in [(7, 73), (8, 64), (9, 57), (65, 1), (5, 21), (3, 65)] {
+            let all = rollout(&p, &w, &kp, &km, 2, batch, horizon).unwrap();
+            let mut td = 0.0;
+            for j in 0..batch {
+                let z =
+                    crate::philox::normals(Stream::new(p.seed, PURPOSE_START, 2, j as u64), 0, 2);
+                let s0 = &all.states[j * (horizon + 1) * 2..j * (horizon + 1) * 2 + 2];
+                assert_eq!(s0, &[p.sigma_0 * z[0], p.sigma_0 * z[1]], "trajectory {j}");
+                // the trajectory's own TD sum, recomputed from its states and rewards
+                let mut tj = 0.0;
+                for h in 0..horizon {
+                    let o = (j * (horizon + 1) + h) * 2;
+                    let mut f = [0.0; 6];
+                    let mut f2 = [0.0; 6];
+                    features(&all.states[o..o + 2], &mut f);
+                    features(&all.states[o + 2..o + 4], &mut f2);
+                    let delta =
+                        (all.rewards[j * horizon + h] + p.gamma * dot(&w, &f2)) - dot(&w, &f);
+                    tj += delta * delta;
+                }
+                td += tj;
+            }
+            assert_eq!(
+                td.to_bits(),
+                all.td_sq.to_bits(),
+                "batch {batch} horizon {horizon}"
+            );
+            assert_eq!(all.count, (batch * horizon) as u64);
+        }
+    }
 }
