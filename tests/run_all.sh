@@ -13,4 +13,22 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
   exit 1
 fi
+if [ "$rc" -ne 0 ] || [ "$#" -gt 0 ]; then
+  exit "$rc"
+fi
+# The thorough Hypothesis profile (500 examples, not derandomized) on a rotating subset: three of the
+# property-test modules, chosen by the day of the year, so every module gets the long run every few days
+# (about 5-75 s each on 2 cores).
+THOROUGH=(test_rng test_ratios test_model test_exact_ratios test_exact_td test_moments test_parity_kernels
+          test_core_fuzz test_spec_fuzz test_mmd test_solver test_power)
+day=$((10#$(date +%j)))
+picked=()
+for k in 0 1 2; do
+  picked+=("tests/${THOROUGH[$(( (day * 3 + k) % ${#THOROUGH[@]} ))]}.py")
+done
+echo "thorough Hypothesis profile today: ${picked[*]}"
+set +e
+HYPOTHESIS_PROFILE=thorough python3 -m pytest -q -p no:cacheprovider "${picked[@]}"
+rc=$?
+set -e
 exit "$rc"

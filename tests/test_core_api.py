@@ -95,3 +95,10 @@ def test_rust_backend_implements_the_protocol():
         want = list(inspect.signature(getattr(Backend, name)).parameters)
         got = list(inspect.signature(getattr(RustBackend, name)).parameters)
         assert got == want, name
+
+
+def test_core_is_importable():
+    # The suite fails, never skips, when the compiled core is missing.
+    import offtd._core as core
+
+    assert callable(core.rollout) and callable(core.state_moments)

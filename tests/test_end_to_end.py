@@ -44,13 +44,10 @@ def test_instab_matches_the_example_report(instab_run):
     # inf rho = (sigma_mu / sigma_pi)^2 = 1/9, attained only at the mean: the minimum of 4096 draws
     # sits within 0.1% of it (P(rho < 1.001/9) ~ chi2_2 CDF at 0.009 ~ 0.45% per draw).
     assert dist["rho_min"]["last"] == pytest.approx(1 / 9, rel=1e-3)
-    assert report["scale_checks"]["stability_probe_step_scale_ratio"] == 1.0
+    # td_loss_from_Q recomputes the loss through the kernel form of V_w (numpy) and agrees with the
+    # rollout kernel's feature-based td_loss to rounding (the old code's factor 2 is gone).
     q = report["probes"]["q_kernel_probe"]
-    assert q["td_loss_from_Q_rel_diff"]["max"] < 1e-12  # rounding only (the old code's factor 2 is gone)
-    # The probe reads the same batch and w as the core metric of its iteration.
-    core_td = dict(zip(report["series"]["iter"], report["series"]["td_loss"]))
-    for it, td in zip(report["probe_series"]["q_kernel_probe"]["iter"], report["probe_series"]["q_kernel_probe"]["td_loss"]):
-        assert td == core_td[it]
+    assert q["td_loss_from_Q_rel_diff"]["max"] < 1e-12
 
 
 def test_report_files_and_sections(instab_run):
@@ -79,7 +76,7 @@ def test_report_files_and_sections(instab_run):
 
 
 def test_series_files_read_with_pandas(instab_run):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a test dependency: never skipped
     _, run_dir, report = instab_run
     df = pd.read_csv(run_dir / "series.csv")
     assert len(df) == 80 and np.allclose(df["mean_rho2"], report["series"]["mean_rho2"], rtol=1e-15)

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from offtd import model
-from offtd.backend import Problem
+from offtd.backend import FIXED_POINT_BASE, Problem
+from offtd.reference import ReferenceBackend
 
 sigmas = st.floats(min_value=0.1, max_value=2.0)
 
@@ -101,11 +102,27 @@ def test_second_moment_infinite_boundary():
 
 
 @given(m=st.integers(1, 4), sp=sigmas, sm=sigmas, p=st.floats(0.0, 0.9))
-def test_rho_bounds_consistent(m, sp, sm, p):
+def test_rho_bounds_are_the_extremes_of_the_density_ratio(m, sp, sm, p):
+    # pi/b from scipy's Gaussian densities on a radial grid (equal means at 0): its minimum and maximum
+    # over the grid match rho_inf / rho_sup where they are attained (at the mean, or as r -> infinity),
+    # and never cross them.
+    pi = scipy.stats.multivariate_normal(np.zeros(m), sp**2 * np.eye(m))
+    mu = scipy.stats.multivariate_normal(np.zeros(m), sm**2 * np.eye(m))
+    radii = np.linspace(0.0, 12.0 * max(sp, sm), 4001)
+    a = np.zeros((radii.size, m))
+    a[:, 0] = radii
+    lp, lm = pi.logpdf(a), mu.logpdf(a)
+    lb = np.logaddexp(lm + math.log1p(-p), lp + math.log(p)) if p > 0 else lm
+    rho = np.exp(lp - lb)
     lo, hi = model.rho_inf(m, sp, sm, p), model.rho_sup(m, sp, sm, p)
-    assert 0.0 <= lo <= 1.0 <= hi
-    if p > 0:
-        assert hi <= 1.0 / p * (1 + 1e-12)
+    tol = 1e-9  # scipy's log densities vs offtd's closed forms: rounding
+    assert np.all(rho >= lo * (1 - tol)) and np.all(rho <= hi * (1 + tol))
+    if sm <= sp:
+        assert rho[0] == pytest.approx(lo, rel=tol)  # attained at the mean
+    else:
+        assert rho[0] == pytest.approx(hi, rel=tol)
+    if p >= 1e-3 and sm < 0.8 * sp:
+        assert rho[-1] == pytest.approx(hi, rel=1e-6)  # -> 1/p far out (12 sigma), where mu/pi < 1e-9 p
 
 
 # ------------------------------------------------------------------------------------------- teacher
@@ -211,3 +228,31 @@ def test_q_kernel_valid_prefix_stops_at_nonfinite():
     states[1, 4, 0] = np.inf
     _, valid = model.q_kernel_td_loss(np.zeros(6), states, rewards, 0.9)
     assert valid == 3  # transition 3 reads s_4, which is not finite
+
+
+def _probe_setup(sigma_mu=0.5, sigma_pi=0.4, p_mix=0.1, gamma=0.8, seed=0):
+    n, m = 2, 2
+    a = np.array([[0.9, 0.1], [0.0, 0.9]])
+    b = 0.5 * np.eye(2)
+    problem = Problem(a, b, np.eye(n), np.eye(m), 0.1, 1.0, 1.0, sigma_pi, sigma_mu, p_mix, gamma, math.inf, seed)
+    k_pi = np.array([[-0.1, 0.0], [0.05, -0.2]])
+    k_mu = k_pi + 0.05
+    pool = np.random.default_rng(seed).normal(size=(300, n))
+    return problem, k_pi, k_mu, pool
+
+
+def _residuals(problem, k_pi, k_mu, pool, count, repeats, iteration=0):
+    """A_r w_teacher - b_r for each sub-batch r: mean zero by the teacher's Bellman equation."""
+    ts = ReferenceBackend().transitions(problem, k_pi, k_mu, pool, count, repeats, FIXED_POINT_BASE, iteration)
+    w_t = model.teacher(problem, k_pi).w
+    return np.array([ts.a_sums[r] @ w_t / ts.counts[r] - ts.b_sums[r] / ts.counts[r] for r in range(repeats)]), ts
+
+
+def test_teacher_solves_the_expected_fixed_point_equation():
+    # E[A_hat] w_teacher = E[b_hat] exactly (realizable features, rho corrects b to pi). Over 16
+    # independent sub-batches, each component's mean residual lies within 5 standard errors of 0.
+    problem, k_pi, k_mu, pool = _probe_setup()
+    res, _ = _residuals(problem, k_pi, k_mu, pool, 16 * 400, 16)
+    mean = res.mean(axis=0)
+    se = res.std(axis=0, ddof=1) / math.sqrt(len(res))
+    assert np.all(np.abs(mean) <= 5 * se), (mean, se)

@@ -92,18 +92,22 @@ def _a_b_hat(ts: TransitionSums, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gap_noise(a_hat: np.ndarray, ts: TransitionSums, w_sharp: np.ndarray, gram: np.ndarray) -> float:
-    """RMS sampling noise of w_sharp in the G-norm, sqrt(tr(G Cov(w_sharp))), by the delta method over the
-    R sub-batches: w_sharp - w ~ mean_r u_r with u_r = A_hat^-1 (b_r - A_r w_sharp). NaN when R < 2."""
+    """RMS sampling noise of w_sharp in the G-norm, sqrt(tr(G Cov(w_sharp))), by the delete-one-group
+    jackknife over the R sub-batches: w_(-r) solves the fixed point without sub-batch r, and
+    Cov = (R - 1)/R sum_r (w_(-r) - mean)(w_(-r) - mean)^T. NaN when R < 2 or a solve fails."""
     reps = ts.a_sums.shape[0]
     if reps < 2 or not np.all(np.isfinite(w_sharp)):
         return math.nan
     counts = ts.counts.astype(float)
-    resid = ts.b_sums / counts[:, None] - np.einsum("rij,j->ri", ts.a_sums / counts[:, None, None], w_sharp)
+    total = counts.sum()
+    a_loo = (ts.a_sums.sum(axis=0)[None] - ts.a_sums) / (total - counts)[:, None, None]
+    b_loo = (ts.b_sums.sum(axis=0)[None] - ts.b_sums) / (total - counts)[:, None]
     try:
-        u = np.linalg.solve(a_hat, resid.T).T  # (R, d)
+        w_loo = np.linalg.solve(a_loo, b_loo[..., None])[..., 0]  # (R, d)
     except np.linalg.LinAlgError:
         return math.nan
-    cov = np.cov(u, rowvar=False, ddof=1) / reps
+    dev = w_loo - w_loo.mean(axis=0)
+    cov = (reps - 1) / reps * (dev.T @ dev)
     return math.sqrt(max(float(np.trace(gram @ cov)), 0.0))
 
 
