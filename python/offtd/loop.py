@@ -51,6 +51,8 @@ class LoopResult:
     final_k_mu: np.ndarray
     elapsed_s: float
     teacher_undefined_iters: list[int] = field(default_factory=list)
+    last_ratios: dict[str, np.ndarray] = field(default_factory=dict)  # probe -> its last pi/b ratios
+    last_eigenvalues: dict[str, np.ndarray] = field(default_factory=dict)  # "estimate" / "exact" -> eig(A)
 
 
 def initial_weights(spec: Spec, problem: Problem, k_pi: np.ndarray, backend: Backend) -> np.ndarray:
@@ -179,6 +181,8 @@ def run_loop(
         final_k_mu=k_mu,
         elapsed_s=time.perf_counter() - start,
         teacher_undefined_iters=undefined,
+        last_ratios=dict(state.ratios),
+        last_eigenvalues=dict(state.eigenvalues),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -50,6 +50,9 @@ class ProbeState:
     """What probes carry from one probe iteration to the next."""
 
     w_sharp_prev: np.ndarray | None = None
+    # the last probe iteration's pi/b ratios per probe and eigenvalues of A_hat / exact A (for the plots)
+    ratios: dict[str, np.ndarray] = field(default_factory=dict)
+    eigenvalues: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _rho_metrics(ctx: ProbeContext, rho: np.ndarray) -> dict[str, float]:
@@ -136,6 +139,7 @@ def fixed_point_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     with np.errstate(all="ignore"):
         noise = _gap_noise(a_hat, ts, w_sharp, gram) / scale if scale > 0.0 else math.nan
     exact_gap = ctx.exact_row["exact_teacher_gap"] if ctx.exact_row is not None else math.nan
+    state.ratios["fixed_point_probe"] = ts.rho
     return {
         "batch_size": float(k),
         "num_iters": float(cfg.num_iters),
@@ -182,6 +186,10 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     subs = ts.a_sums / ts.counts[:, None, None]
     proxies = np.array([proxy(a, r) for r, a in enumerate(subs)])
     full = eig_summary(a_hat, alpha)
+    state.ratios["stability_probe"] = ts.rho
+    state.eigenvalues["estimate"] = full.eig
+    if ctx.exact is not None:
+        state.eigenvalues["exact"] = ctx.exact.pop.eig
     sub_radius, sub_min_re = _sub_eigs(subs, alpha)
     iv_r = subbatch_interval(full.radius, sub_radius)
     iv_a = subbatch_interval(full.min_re, sub_min_re)
