@@ -443,6 +443,153 @@ mod tests {
         }
     }
 
+    /// MODEL.md 4.1 written out plainly: the pooled set, every distance `sqrt(sum_c (z_i[c] -
+    /// z_j[c])^2)` for i < j, sorted, the lower median (1.0 if 0, NaN if some distance is NaN),
+    /// and the three kernel sums over i != j, i outer, j inner.
+    fn mmd_oracle(x: &[f64], y: &[f64], dim: usize) -> (f64, f64) {
+        let m = x.len() / dim;
+        let z: Vec<&[f64]> = x.chunks(dim).chain(y.chunks(dim)).collect();
+        let sq = |u: &[f64], v: &[f64]| -> f64 {
+            let mut acc = 0.0;
+            for c in 0..dim {
+                acc += (u[c] - v[c]) * (u[c] - v[c]);
+            }
+            acc
+        };
+        let mut dists = Vec::new();
+        for i in 0..z.len() {
+            for j in i + 1..z.len() {
+                dists.push(sq(z[i], z[j]).sqrt());
+            }
+        }
+        if dists.is_empty() {
+            return (f64::NAN, 1.0);
+        }
+        if dists.iter().any(|d| d.is_nan()) {
+            return (f64::NAN, f64::NAN);
+        }
+        dists.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let med = dists[dists.len().div_ceil(2) - 1];
+        let sigma = if med == 0.0 { 1.0 } else { med };
+        if m < 2 {
+            return (f64::NAN, sigma);
+        }
+        let den = 2.0 * (sigma * sigma);
+        let k = |u: &[f64], v: &[f64]| (-sq(u, v) / den).exp();
+        let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+        for i in 0..m {
+            for j in 0..m {
+                if i != j {
+                    sxx += k(z[i], z[j]);
+                }
+            }
+        }
+        for i in 0..m {
+            for j in 0..m {
+                if i != j {
+                    syy += k(z[m + i], z[m + j]);
+                }
+            }
+        }
+        for i in 0..m {
+            for j in 0..m {
+                if i != j {
+                    sxy += k(z[i], z[m + j]);
+                }
+            }
+        }
+        let p = (m * (m - 1)) as f64;
+        ((sxx / p + syy / p) - (2.0 * sxy) / p, sigma)
+    }
+
+    fn same(a: (f64, f64), b: (f64, f64)) -> bool {
+        let eq = |u: f64, v: f64| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan());
+        eq(a.0, b.0) && eq(a.1, b.1)
+    }
+
+    /// Both paths (the stored triangle of `mmd2` and the streaming sums of large sets) equal the
+    /// model written out, for sets with several coordinates, ties, shared state coordinates,
+    /// infinities that order like any other distance and ones that make a distance NaN.
+    #[test]
+    fn both_paths_equal_the_model_written_out() {
+        let mut s: u64 = 777;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / 9007199254740992.0 * 4.0 - 2.0
+        };
+        for (m, dim) in [
+            (1, 1),
+            (1, 3),
+            (2, 2),
+            (3, 3),
+            (5, 2),
+            (17, 4),
+            (64, 3),
+            (65, 2),
+            (130, 2),
+        ] {
+            let x: Vec<f64> = (0..m * dim).map(|_| next()).collect();
+            let mut y: Vec<f64> = (0..m * dim).map(|_| next() + 0.3).collect();
+            for i in 0..m {
+                y[i * dim] = x[i * dim]; // the shared state coordinate
+            }
+            let mut xt = x.clone();
+            for v in xt.iter_mut().step_by(3) {
+                *v = (*v * 2.0).round() / 2.0; // ties
+            }
+            let cases: Vec<(Vec<f64>, Vec<f64>)> = vec![
+                (x.clone(), y.clone()),
+                (xt.clone(), y.clone()),
+                (x.clone(), x.clone()),
+                (vec![1.0; m * dim], vec![1.0; m * dim]),
+            ];
+            for (a, b) in cases {
+                let want = mmd_oracle(&a, &b, dim);
+                assert!(same(mmd2(&a, &b, dim).unwrap(), want), "m {m} dim {dim}");
+                assert!(same(streaming(&a, &b, m, dim), want), "m {m} dim {dim}");
+            }
+            if m >= 2 {
+                // +inf and -inf in one column: an infinite distance, no NaN
+                let mut a = x.clone();
+                let mut b = y.clone();
+                a[dim - 1] = f64::INFINITY;
+                b[(m - 1) * dim + dim - 1] = f64::NEG_INFINITY;
+                let want = mmd_oracle(&a, &b, dim);
+                assert!(!want.1.is_nan());
+                assert!(
+                    same(mmd2(&a, &b, dim).unwrap(), want),
+                    "inf m {m} dim {dim}"
+                );
+                assert!(same(streaming(&a, &b, m, dim), want), "inf m {m} dim {dim}");
+                // two -inf in one column: inf - inf = NaN somewhere
+                b[dim - 1] = f64::NEG_INFINITY;
+                assert!(same(mmd2(&a, &b, dim).unwrap(), (f64::NAN, f64::NAN)));
+                assert!(mmd_oracle(&a, &b, dim).1.is_nan());
+                // and two +inf
+                let mut c = x.clone();
+                c[0] = f64::INFINITY;
+                c[(m - 1) * dim] = f64::INFINITY;
+                assert!(same(mmd2(&c, &y, dim).unwrap(), (f64::NAN, f64::NAN)));
+            }
+        }
+    }
+
+    /// The stored triangle's row offsets: row i of the pairs (i, j), i < j < z, starts after the
+    /// z-1 + z-2 + ... + z-i pairs of the rows before it.
+    #[test]
+    fn triangle_offsets() {
+        for z in [2usize, 3, 4, 10, 129] {
+            let mut off = 0;
+            for i in 0..z - 1 {
+                assert_eq!(tri_offset(i, z), off, "z {z} i {i}");
+                off += z - 1 - i;
+            }
+            assert_eq!(off, z * (z - 1) / 2);
+        }
+    }
+
     #[test]
     fn mmd_by_hand() {
         let x = [0.0, 1.0];

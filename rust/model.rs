@@ -761,6 +761,371 @@ mod tests {
         assert_eq!(pick(0.5, 1), 0);
     }
 
+    /// `min(floor(u * N), N - 1)`: for a uniform (u <= 1 - 2^-53) `u * N` stays below N for every
+    /// pool size below 2^53, so the guard only shows at u = 1, where the formula still gives N - 1.
+    #[test]
+    fn pick_is_the_guarded_floor() {
+        let u_max = 1.0 - f64::EPSILON / 2.0;
+        for n in [1usize, 2, 3, 5, 7, 1000, 4097] {
+            assert_eq!(pick(u_max, n), n - 1);
+            assert_eq!(pick(1.0, n), n - 1);
+        }
+        assert_eq!(pick(0.5, 4), 2);
+        assert_eq!(pick(0.74, 4), 2);
+        assert_eq!(pick(0.75, 4), 3);
+    }
+
+    /// Section 2's log densities, by hand: `lpi = -0.5*qpi/(sigma_pi*sigma_pi) - m*log(sigma_pi)`.
+    #[test]
+    fn log_densities_by_hand() {
+        let rc = RatioConsts::new(3, 0.5, 2.0, 0.25);
+        assert_eq!(rc.var_pi, 0.25);
+        assert_eq!(rc.var_mu, 4.0);
+        assert_eq!(rc.mlog_pi, 3.0 * 0.5f64.ln());
+        assert_eq!(rc.mlog_mu, 3.0 * 2.0f64.ln());
+        assert_eq!(rc.log1m_p, 0.75f64.ln());
+        assert_eq!(rc.log_p, 0.25f64.ln());
+        // q = 3: -0.5 * 3 / 0.25 = -6; - 3 ln 0.5 = +3 ln 2
+        assert_eq!(rc.log_pi(3.0), -6.0 - 3.0 * 0.5f64.ln());
+        assert_eq!(rc.log_mu(3.0), -0.375 - 3.0 * 2.0f64.ln());
+        assert_eq!(rc.log_pi(0.0), -(3.0 * 0.5f64.ln()));
+        assert!((rc.log_pi(3.0) - (-6.0 + 3.0 * std::f64::consts::LN_2)).abs() < 1e-14);
+    }
+
+    /// `log_ratio` is section 2's formula as written (x = lmu + log1p(-p), y = lpi + log(p),
+    /// M = max(x, y), lb = M + log(exp(x - M) + exp(y - M)), lr = lpi - lb) to the bit, including
+    /// inf/NaN inputs, and `exp(lr)` is the mixture ratio `pi / ((1-p) mu + p pi)`.
+    #[test]
+    fn log_ratio_is_the_formula_of_the_model() {
+        let literal = |p: f64, lpi: f64, lmu: f64| -> f64 {
+            if p == 0.0 {
+                return lpi - lmu;
+            }
+            if p == 1.0 {
+                return 0.0;
+            }
+            let x = lmu + (-p).ln_1p();
+            let y = lpi + p.ln();
+            let mx = if y > x { y } else { x };
+            let lb = mx + ((x - mx).exp() + (y - mx).exp()).ln();
+            lpi - lb
+        };
+        let vals = [
+            -700.0,
+            -30.5,
+            -3.25,
+            -1.0,
+            -0.1,
+            0.0,
+            0.7,
+            2.5,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for p in [0.0, 1e-3, 0.25, 0.5, 0.75, 0.999, 1.0] {
+            let rc = RatioConsts::new(2, 0.7, 1.3, p);
+            for &lpi in &vals {
+                for &lmu in &vals {
+                    let got = rc.log_ratio(lpi, lmu);
+                    let want = literal(p, lpi, lmu);
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "p {p} lpi {lpi} lmu {lmu}: {got} vs {want}"
+                    );
+                    if lpi.is_finite() && lmu.is_finite() && lpi > -30.0 && lmu > -30.0 {
+                        let ratio = lpi.exp() / ((1.0 - p) * lmu.exp() + p * lpi.exp());
+                        let rel = (got.exp() - ratio).abs() / ratio;
+                        assert!(rel < 1e-13, "p {p} lpi {lpi} lmu {lmu}: {rel}");
+                        if p > 0.0 {
+                            assert!(got.exp() <= (1.0 / p) * (1.0 + 1e-15));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `clip_rho` is Python's `min(rho, clip)` written as `clip if clip < rho else rho`.
+    #[test]
+    fn clip_rho_is_python_min() {
+        assert_eq!(clip_rho(2.0, 1.5), 1.5);
+        assert_eq!(clip_rho(1.0, 1.5), 1.0);
+        assert_eq!(clip_rho(1.5, 1.5), 1.5);
+        assert_eq!(clip_rho(f64::INFINITY, 2.0), 2.0);
+        assert_eq!(clip_rho(7.0, f64::INFINITY), 7.0);
+        assert!(clip_rho(f64::NAN, 2.0).is_nan());
+    }
+
+    #[test]
+    fn select_picks_the_bits_of_one_argument() {
+        let pairs = [
+            (1.5, -2.25),
+            (-0.0, 0.0),
+            (f64::NAN, f64::INFINITY),
+            (f64::from_bits(0x7ff8_0000_dead_beef), 3.0),
+            (5e-324, -f64::MAX),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(select(true, a, b).to_bits(), a.to_bits());
+            assert_eq!(select(false, a, b).to_bits(), b.to_bits());
+        }
+    }
+
+    #[test]
+    fn quad_form_and_matvec_by_hand() {
+        // x = (1, 2), Q = [[1, 2], [3, 4]]: 1*1*1 + 1*2*2 + 2*3*1 + 2*4*2 = 1 + 4 + 6 + 16
+        assert_eq!(quad_form(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0]), 27.0);
+        let mut out = [0.0; 2];
+        matvec(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1.0, -1.0, 2.0], &mut out);
+        assert_eq!(out, [5.0, 11.0]);
+        assert_eq!(dot(&[1.5, -2.0, 4.0], &[2.0, 3.0, 0.25]), -2.0);
+        assert_eq!(
+            matvec_fixed(&[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &[1.0, -1.0, 2.0]),
+            [5.0, 11.0]
+        );
+        assert_eq!(dot_fixed(&[1.5, -2.0, 4.0], &[2.0, 3.0, 0.25]), -2.0);
+        assert_eq!(
+            quad_form_fixed(&[1.0, 2.0], &[[1.0, 2.0], [3.0, 4.0]]),
+            27.0
+        );
+    }
+
+    /// One environment step by hand (n = m = 1, the mixture picks pi): a = K_pi s + sigma_pi z,
+    /// s' = (A s + B a) + sigma_eps z_e, r = -c_r (s Q s + a R a), the densities' ratio.
+    #[test]
+    fn step_by_hand() {
+        let p = Problem {
+            n: 1,
+            m: 1,
+            a: &[0.5],
+            b: &[2.0],
+            q: &[3.0],
+            r: &[0.25],
+            sigma_eps: 0.5,
+            sigma_0: 1.0,
+            reward_scale: 2.0,
+            sigma_pi: 0.5,
+            sigma_mu: 1.0,
+            p_mix: 0.5,
+            gamma: 0.9,
+            rho_clip: 1.5,
+            seed: 0,
+        };
+        let rc = p.consts();
+        let mut sc = StepScratch::new(1, 1);
+        // u = 0.25 < p: pi; s = 2, K_pi = 1, z = 2 -> a = 2 + 0.5 * 2 = 3; dpi = 1, dmu = 3 - (-1) = 4
+        let st = step(
+            &p,
+            &rc,
+            &[1.0],
+            &[-0.5],
+            &[2.0],
+            0.25,
+            &[2.0],
+            &[-1.0],
+            &mut sc,
+        );
+        assert_eq!(sc.a, vec![3.0]);
+        assert_eq!(sc.dpi, vec![1.0]);
+        // s' = (0.5 * 2 + 2 * 3) + 0.5 * -1 = 6.5; r = -2 * (2*3*2 + 3*0.25*3) = -2 * 14.25
+        assert_eq!(sc.s_next, vec![6.5]);
+        assert_eq!(st.reward, -28.5);
+        let lpi = -0.5 * 1.0 / 0.25 - 0.5f64.ln();
+        let lmu: f64 = -0.5 * 16.0 / 1.0 - 0.0;
+        let ratio = lpi.exp() / (0.5 * lmu.exp() + 0.5 * lpi.exp());
+        assert!((st.rho - ratio).abs() < 1e-14 * ratio);
+        assert!(st.rho > 1.5 && st.rho <= 2.0);
+        assert_eq!(st.rho_bar, 1.5);
+        // u = 0.5 is not < p: mu; a = -0.5 * 2 + 1 * 2 = 1
+        let st2 = step(
+            &p,
+            &rc,
+            &[1.0],
+            &[-0.5],
+            &[2.0],
+            0.5,
+            &[2.0],
+            &[-1.0],
+            &mut sc,
+        );
+        assert_eq!(sc.a, vec![1.0]);
+        assert_eq!(sc.dpi, vec![-1.0]);
+        assert_eq!(sc.s_next, vec![2.5]);
+        assert_eq!(st2.reward, -2.0 * (12.0 + 0.25));
+        let fm = FixedModel::<1, 1>::new(&p, &[1.0], &[-0.5]);
+        let fx = fm.step(&[2.0], 0.25, &[2.0], &[-1.0]);
+        assert_eq!(
+            (fx.a, fx.dpi, fx.s_next, fx.reward),
+            ([3.0], [1.0], [6.5], -28.5)
+        );
+        assert_eq!(fx.rho.to_bits(), st.rho.to_bits());
+        assert_eq!(fx.rho_bar, 1.5);
+    }
+
+    /// Every scalar of the problem is checked: non-finite values and values outside their domain
+    /// are errors naming the argument.
+    #[test]
+    fn validation_of_every_scalar() {
+        let a = [1.0];
+        let ok = Problem {
+            n: 1,
+            m: 1,
+            a: &a,
+            b: &a,
+            q: &a,
+            r: &a,
+            sigma_eps: 0.0,
+            sigma_0: 0.0,
+            reward_scale: 1.0,
+            sigma_pi: 1.0,
+            sigma_mu: 1.0,
+            p_mix: 0.0,
+            gamma: 0.9,
+            rho_clip: f64::INFINITY,
+            seed: 0,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(Problem { p_mix: 1.0, ..ok }.validate().is_ok());
+        assert!(Problem {
+            rho_clip: 1e-300,
+            ..ok
+        }
+        .validate()
+        .is_ok());
+        let arg = |p: Problem| p.validate().unwrap_err().arg();
+        assert_eq!(arg(Problem { n: 0, ..ok }), "a");
+        assert_eq!(arg(Problem { m: 0, ..ok }), "b");
+        assert_eq!(arg(Problem { n: 2, ..ok }), "a");
+        assert_eq!(arg(Problem { m: 2, ..ok }), "b");
+        assert_eq!(
+            arg(Problem {
+                b: &[1.0, 2.0],
+                ..ok
+            }),
+            "b"
+        );
+        assert_eq!(arg(Problem { q: &[], ..ok }), "q");
+        assert_eq!(
+            arg(Problem {
+                r: &[1.0, 1.0],
+                ..ok
+            }),
+            "r"
+        );
+        assert_eq!(
+            arg(Problem {
+                a: &[f64::NAN],
+                ..ok
+            }),
+            "a"
+        );
+        assert_eq!(
+            arg(Problem {
+                b: &[f64::INFINITY],
+                ..ok
+            }),
+            "b"
+        );
+        assert_eq!(
+            arg(Problem {
+                q: &[f64::NAN],
+                ..ok
+            }),
+            "q"
+        );
+        assert_eq!(
+            arg(Problem {
+                r: &[f64::NEG_INFINITY],
+                ..ok
+            }),
+            "r"
+        );
+        assert_eq!(
+            arg(Problem {
+                sigma_mu: -1.0,
+                ..ok
+            }),
+            "sigma_mu"
+        );
+        assert_eq!(
+            arg(Problem {
+                sigma_mu: f64::NAN,
+                ..ok
+            }),
+            "sigma_mu"
+        );
+        assert_eq!(
+            arg(Problem {
+                sigma_eps: -1e-300,
+                ..ok
+            }),
+            "sigma_eps"
+        );
+        assert_eq!(
+            arg(Problem {
+                sigma_eps: f64::INFINITY,
+                ..ok
+            }),
+            "sigma_eps"
+        );
+        assert_eq!(
+            arg(Problem {
+                sigma_0: -1.0,
+                ..ok
+            }),
+            "sigma_0"
+        );
+        assert_eq!(
+            arg(Problem {
+                reward_scale: f64::NAN,
+                ..ok
+            }),
+            "reward_scale"
+        );
+        assert_eq!(
+            arg(Problem {
+                gamma: f64::INFINITY,
+                ..ok
+            }),
+            "gamma"
+        );
+        assert_eq!(
+            arg(Problem {
+                p_mix: f64::NAN,
+                ..ok
+            }),
+            "p_mix"
+        );
+        assert_eq!(arg(Problem { p_mix: -0.1, ..ok }), "p_mix");
+        assert_eq!(
+            arg(Problem {
+                rho_clip: 0.0,
+                ..ok
+            }),
+            "rho_clip"
+        );
+        assert_eq!(
+            arg(Problem {
+                rho_clip: -2.0,
+                ..ok
+            }),
+            "rho_clip"
+        );
+        assert!(check_gain("k", &[1.0, 2.0], 1, 2).is_ok());
+        assert_eq!(check_gain("k", &[1.0], 1, 2).unwrap_err().arg(), "k");
+        assert_eq!(
+            check_gain("k", &[1.0, f64::NAN], 1, 2).unwrap_err().arg(),
+            "k"
+        );
+        assert!(check_finite_scalar("x", f64::MAX).is_ok());
+        assert_eq!(check_finite_scalar("x", f64::NAN).unwrap_err().arg(), "x");
+        assert_eq!(
+            check_finite("v", &[0.0, f64::INFINITY]).unwrap_err().arg(),
+            "v"
+        );
+    }
+
     #[test]
     fn validation() {
         let a = [1.0];

@@ -491,6 +491,61 @@ mod tests {
         }
     }
 
+    /// Fills longer than one batch of normals (BATCH_BLOCKS blocks = 512 normals), from every
+    /// offset within a block, equal the draws read one by one; `blocks` lists the stream's blocks.
+    #[test]
+    fn bulk_fills_across_batches_and_blocks_listing() {
+        let s = Stream::new(31, 4, 9, 2);
+        for first in 0..4u64 {
+            for len in [511usize, 512, 513, 515, 1025, 1030] {
+                let z = normals(s, first, len);
+                let u = uniforms(s, first, len);
+                assert_eq!(z.len(), len);
+                for i in 0..len {
+                    assert_eq!(
+                        z[i].to_bits(),
+                        s.normal(first + i as u64).to_bits(),
+                        "{first}+{i}"
+                    );
+                    assert_eq!(u[i].to_bits(), s.uniform(first + i as u64).to_bits());
+                }
+            }
+        }
+        let b = blocks(s, 5, 3);
+        assert_eq!(b.len(), 12);
+        for q in 0..3 {
+            assert_eq!(&b[4 * q..4 * q + 4], &s.block(5 + q as u64));
+        }
+        assert!(blocks(s, 0, 0).is_empty());
+        // uniforms of a block are its words' top 53 bits scaled by 2^-53
+        let w = s.block(7);
+        let v = block_uniforms(w);
+        for k in 0..4 {
+            assert_eq!(v[k], (w[k] >> 11) as f64 / 9_007_199_254_740_992.0);
+        }
+    }
+
+    /// Box-Muller by hand on chosen words: u1 = 1 - (x >> 11) 2^-53 = 3/4 for x = 2^62, u2 = 1/8 for
+    /// y = 2^61 (theta = pi/4): (r cos theta, r sin theta) with r = sqrt(-2 ln 0.75).
+    #[test]
+    fn box_muller_by_hand() {
+        let x = 1u64 << 62; // >> 11 gives 2^51
+        let y = 1u64 << 61; // >> 11 gives 2^50: u2 = 1/8
+        let (a, b) = box_muller(x, y);
+        let r = (-2.0 * 0.75f64.ln()).sqrt();
+        let th = TAU / 8.0;
+        assert_eq!(a.to_bits(), (r * th.cos()).to_bits());
+        assert_eq!(b.to_bits(), (r * th.sin()).to_bits());
+        assert!((a - r * std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-15);
+        let n = block_normals([x, y, y, x]);
+        assert_eq!(n[0].to_bits(), a.to_bits());
+        assert_eq!(n[1].to_bits(), b.to_bits());
+        let (c, d) = box_muller(y, x);
+        assert_eq!((n[2].to_bits(), n[3].to_bits()), (c.to_bits(), d.to_bits()));
+        assert_eq!(mulhilo(u64::MAX, 3), (2, u64::MAX - 2));
+        assert_eq!(mulhilo(1 << 40, 1 << 40), (1 << 16, 0));
+    }
+
     #[test]
     fn tau_is_the_literal_of_the_model() {
         assert_eq!(

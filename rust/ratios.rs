@@ -431,6 +431,11 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
         let khat = if n > t { khat_from_top(u, &top) } else { nan };
         (bs, vals[0], vals[1], khat)
     };
+    // a selection may return any of the zeros that compare equal at a rank; the reference's stable
+    // sort puts a definite one there, whose sign the quantiles take
+    let finite = || rho.iter().copied().filter(|x| x.is_finite());
+    let p95 = stable_rank_value(finite, i95, p95);
+    let p99 = stable_rank_value(finite, i99, p99);
     let nf = n as f64;
     let (sum, sq) = (bs.sum, bs.sq);
     RhoStatsOut {
@@ -448,6 +453,21 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
         ess_frac: (sum * sum) / (nf * sq),
         khat,
     }
+}
+
+/// The value a stable sort of `xs()` (the reference's `sorted`) puts at 0-based rank `idx`, given
+/// `v`, the value a selection found at that rank. Equal values differ only when they are zeros of
+/// both signs (`-0.0 == 0.0`), so `v` is returned unless it is a zero; then the stable order holds
+/// the values below zero first and the zeros in input order after them, and the zero at `idx` is
+/// the `(idx - below)`-th zero of the input. Costs a pass over `xs` only when `v` is a zero.
+fn stable_rank_value<I: Iterator<Item = f64>>(xs: impl Fn() -> I, idx: usize, v: f64) -> f64 {
+    if v != 0.0 {
+        return v;
+    }
+    let below = xs().filter(|&x| x < 0.0).count();
+    idx.checked_sub(below)
+        .and_then(|k| xs().filter(|&x| x == 0.0).nth(k))
+        .unwrap_or(v)
 }
 
 /// `(p95, p99, k_hat)` of the (finite) values `v`, reordering `v` in place: selections at the
@@ -616,6 +636,285 @@ mod tests {
             assert_eq!(k.to_bits(), one.to_bits());
         }
         assert_eq!(gpd_khat(&x).to_bits(), one.to_bits());
+    }
+
+    /// MODEL.md section 5 written out plainly, as the reference does: the finite ratios in input
+    /// order, block sums over BLOCK of them, Python's min/max (the first of equal values), a stable
+    /// sort for the order statistics, and the PSIS fit of Zhang & Stephens with its weak prior.
+    fn stats_oracle(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
+        let fin: Vec<f64> = rho.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = fin.len();
+        let nan = f64::NAN;
+        let bsum = |v: &[f64]| -> f64 {
+            let mut total = 0.0;
+            for blk in v.chunks(BLOCK) {
+                let mut part = 0.0;
+                for &x in blk {
+                    part += x;
+                }
+                total += part;
+            }
+            total
+        };
+        if n == 0 {
+            return RhoStatsOut {
+                n: 0,
+                nonfinite: rho.len() as u64,
+                mean: nan,
+                rho2_mean: nan,
+                min: nan,
+                max: nan,
+                p95: nan,
+                p99: nan,
+                clip,
+                clip_active: clip_enabled,
+                clip_frac: nan,
+                ess_frac: nan,
+                khat: nan,
+            };
+        }
+        let nf = n as f64;
+        let s1 = bsum(&fin);
+        let sq: Vec<f64> = fin.iter().map(|x| x * x).collect();
+        let s2 = bsum(&sq);
+        let (mut lo, mut hi, mut above) = (fin[0], fin[0], 0usize);
+        for &x in &fin {
+            if x < lo {
+                lo = x;
+            }
+            if x > hi {
+                hi = x;
+            }
+            if x > clip {
+                above += 1;
+            }
+        }
+        let mut y = fin.clone();
+        y.sort_by(|a, b| a.partial_cmp(b).unwrap()); // stable
+        let q = |p: f64| -> f64 {
+            let r = (p * nf).ceil().max(1.0) as usize;
+            y[r - 1]
+        };
+        let t = (0.2 * nf).min(3.0 * nf.sqrt()).ceil() as usize;
+        let khat = if n <= t {
+            nan
+        } else {
+            let u = y[n - t - 1];
+            let x: Vec<f64> = y[n - t..]
+                .iter()
+                .filter(|&&v| v > u)
+                .map(|&v| v - u)
+                .collect();
+            if x.len() < 5 {
+                nan
+            } else {
+                let tn = x.len();
+                let tf = tn as f64;
+                let mc = 30 + (tf.sqrt().floor() as usize);
+                let xq = x[((tf / 4.0 + 0.5).floor() as usize) - 1];
+                let mut bs = Vec::new();
+                let mut ls = Vec::new();
+                for j in 1..=mc {
+                    let b = (1.0 - (mc as f64 / (j as f64 - 0.5)).sqrt()) / (3.0 * xq)
+                        + 1.0 / x[tn - 1];
+                    let lg: Vec<f64> = x.iter().map(|&xi| (-b * xi).ln_1p()).collect();
+                    let k = bsum(&lg) / tf;
+                    bs.push(b);
+                    ls.push(tf * ((-b / k).ln() - k - 1.0));
+                }
+                let mut wts = Vec::new();
+                for &lj in &ls {
+                    let mut den = 0.0;
+                    for &ll in &ls {
+                        den += (ll - lj).exp();
+                    }
+                    wts.push(1.0 / den);
+                }
+                let kept: Vec<(f64, f64)> = bs
+                    .iter()
+                    .zip(&wts)
+                    .filter(|(_, &w)| !(w < 10.0 * f64::EPSILON))
+                    .map(|(&b, &w)| (b, w))
+                    .collect();
+                let mut total = 0.0;
+                for &(_, w) in &kept {
+                    total += w;
+                }
+                let mut bstar = 0.0;
+                for &(b, w) in &kept {
+                    bstar += b * (w / total);
+                }
+                let lg: Vec<f64> = x.iter().map(|&xi| (-bstar * xi).ln_1p()).collect();
+                let kstar = bsum(&lg) / tf;
+                (tf * kstar + 10.0 * 0.5) / (tf + 10.0)
+            }
+        };
+        RhoStatsOut {
+            n: n as u64,
+            nonfinite: (rho.len() - n) as u64,
+            mean: s1 / nf,
+            rho2_mean: s2 / nf,
+            min: lo,
+            max: hi,
+            p95: q(0.95),
+            p99: q(0.99),
+            clip,
+            clip_active: clip_enabled,
+            clip_frac: above as f64 / nf,
+            ess_frac: (s1 * s1) / (nf * s2),
+            khat,
+        }
+    }
+
+    fn assert_stats_eq(got: &RhoStatsOut, want: &RhoStatsOut, what: &str) {
+        let f = |s: &RhoStatsOut| {
+            [
+                s.mean,
+                s.rho2_mean,
+                s.min,
+                s.max,
+                s.p95,
+                s.p99,
+                s.clip,
+                s.clip_frac,
+                s.ess_frac,
+                s.khat,
+            ]
+        };
+        assert_eq!(
+            (got.n, got.nonfinite, got.clip_active),
+            (want.n, want.nonfinite, want.clip_active),
+            "{what}"
+        );
+        let names = [
+            "mean",
+            "rho2_mean",
+            "min",
+            "max",
+            "p95",
+            "p99",
+            "clip",
+            "clip_frac",
+            "ess_frac",
+            "khat",
+        ];
+        for ((a, b), name) in f(got).iter().zip(f(want)).zip(names) {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{what}: {name} {a:e} vs {b:e}"
+            );
+        }
+    }
+
+    /// A deterministic heavy-tailed sample: u^-xi scaled, with some ties.
+    fn sample(n: usize, seed: u64, xi: f64) -> Vec<f64> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = ((x >> 11) as f64 + 1.0) / 9007199254740993.0;
+                let v = u.powf(-xi) * 0.5;
+                if i % 11 == 0 {
+                    (v * 4.0).floor() / 4.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    /// Every statistic equals section 5 written out, to the bit, at the sizes where the kernel
+    /// changes path: BLOCK, LANES * BLOCK, 16 * BLOCK, SMALL (the large-n selection), a k_hat tail
+    /// longer than BLOCK; with ties, clip values at a ratio, signed zeros and non-finite ratios.
+    #[test]
+    fn statistics_equal_the_model_written_out() {
+        let sizes = [
+            0usize, 1, 2, 4, 5, 6, 7, 24, 25, 26, 100, 1023, 1024, 1025, 4095, 4096, 4097, 8193,
+            16385, 65535, 65536, 65537, 70001,
+        ];
+        for (i, &n) in sizes.iter().enumerate() {
+            let v = sample(n, i as u64 + 1, 0.6);
+            for clip in [0.75, 1.0, f64::INFINITY] {
+                assert_stats_eq(
+                    &rho_stats(&v, clip, true),
+                    &stats_oracle(&v, clip, true),
+                    &format!("n {n}"),
+                );
+            }
+            let mut w = v.clone();
+            for k in (0..n).step_by(97) {
+                w[k] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY][k % 3];
+            }
+            assert_stats_eq(
+                &rho_stats(&w, 2.0, false),
+                &stats_oracle(&w, 2.0, false),
+                &format!("n {n} non-finite"),
+            );
+        }
+        // a tail of more than BLOCK points: the k_hat means are block sums
+        let v = sample(116_509, 99, 0.8);
+        assert_eq!(tail_len(v.len()), 1025);
+        assert_stats_eq(
+            &rho_stats(&v, 3.0, true),
+            &stats_oracle(&v, 3.0, true),
+            "T = 1025",
+        );
+    }
+
+    /// Python's min and max keep the first of equal values, and its stable sort keeps equal values
+    /// in input order: with -0.0 and +0.0 mixed, the signs of min, max and the quantiles follow.
+    #[test]
+    fn signed_zeros_follow_the_stable_order() {
+        let mut x: u64 = 12345;
+        for n in [1usize, 2, 20, 100, 101, 3000, 70_000] {
+            for trial in 0..4 {
+                let v: Vec<f64> = (0..n)
+                    .map(|i| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        match (x >> 60) % 4 {
+                            0 if trial == 3 && i % 2 == 0 => -1.0,
+                            0 | 1 => -0.0,
+                            2 => 0.0,
+                            _ if trial > 1 => 1.0,
+                            _ => 0.0,
+                        }
+                    })
+                    .collect();
+                assert_stats_eq(
+                    &rho_stats(&v, 0.0, true),
+                    &stats_oracle(&v, 0.0, true),
+                    &format!("n {n} trial {trial}"),
+                );
+            }
+        }
+        let s = rho_stats(&[0.0, -0.0, -0.0], 1.0, false);
+        assert_eq!(s.min.to_bits(), 0.0f64.to_bits());
+        assert_eq!(s.max.to_bits(), 0.0f64.to_bits());
+        // stable order [0.0, -0.0, -0.0]: rank ceil(0.95 * 3) = 3 -> the last -0.0
+        assert_eq!(s.p95.to_bits(), (-0.0f64).to_bits());
+    }
+
+    #[test]
+    fn rank_rules_by_hand() {
+        // 1-based rank max(1, ceil(p n)) as a 0-based index
+        assert_eq!(quantile_index(0.95, 100), 94);
+        assert_eq!(quantile_index(0.95, 101), 95); // ceil(95.95) = 96
+        assert_eq!(quantile_index(0.99, 100), 98);
+        assert_eq!(quantile_index(0.5, 3), 1);
+        assert_eq!(quantile_index(0.0, 7), 0);
+        assert_eq!(quantile_index(0.01, 7), 0);
+        assert_eq!(quantile_index(1.0, 7), 6);
+        // T = ceil(min(0.2 n, 3 sqrt(n)))
+        assert_eq!(tail_len(24), 5);
+        assert_eq!(tail_len(26), 6);
+        assert_eq!(tail_len(40_804), 606);
+        assert_eq!(tail_len(40_805), 607);
+        assert_eq!(tail_len(116_508), 1024);
+        assert_eq!(tail_len(116_509), 1025);
     }
 
     #[test]

@@ -502,7 +502,7 @@ fn rollout_impl(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{features, quad_form};
+    use crate::model::{features, quad_form, StepScratch};
 
     fn problem<'a>(
         a: &'a [f64],
@@ -657,6 +657,161 @@ mod tests {
             let fixed = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, true).unwrap();
             let dynamic = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, false).unwrap();
             assert_eq!(fixed, dynamic);
+        }
+    }
+
+    /// MODEL.md section 3, written out plainly: per trajectory j, its four streams read draw by draw
+    /// (uncached), one `model::step` per step, the per-trajectory sums of step 3 over the full d x d
+    /// Gram matrix, then the trajectory sums added in order from 0.0. The oracle of
+    /// `rollout_equals_the_model_written_out`.
+    #[allow(clippy::type_complexity)]
+    fn rollout_oracle(
+        p: &Problem,
+        w: &[f64],
+        k_pi: &[f64],
+        k_mu: &[f64],
+        iteration: u64,
+        batch: usize,
+        horizon: usize,
+    ) -> RolloutOut {
+        let (n, m) = (p.n, p.m);
+        let d = feature_dim(n);
+        let rc = p.consts();
+        let mut states = Vec::new();
+        let mut rewards = Vec::new();
+        let mut rho = Vec::new();
+        let (mut td_sq, mut rho2) = (0.0, 0.0);
+        let mut grad_w = vec![0.0; d];
+        let mut grad_k = vec![0.0; m * n];
+        let mut gram = vec![0.0; d * d];
+        for j in 0..batch as u64 {
+            let start = Stream::new(p.seed, 1, iteration, j);
+            let mix = Stream::new(p.seed, 2, iteration, j);
+            let act = Stream::new(p.seed, 3, iteration, j);
+            let env = Stream::new(p.seed, 4, iteration, j);
+            let mut s: Vec<f64> = (0..n as u64).map(|i| p.sigma_0 * start.normal(i)).collect();
+            states.extend_from_slice(&s);
+            let (mut t_td, mut t_rho2) = (0.0, 0.0);
+            let mut t_gw = vec![0.0; d];
+            let mut t_gk = vec![0.0; m * n];
+            let mut t_gram = vec![0.0; d * d];
+            let mut sc = StepScratch::new(n, m);
+            for h in 0..horizon as u64 {
+                let za: Vec<f64> = (0..m as u64)
+                    .map(|k| act.normal(h * m as u64 + k))
+                    .collect();
+                let ze: Vec<f64> = (0..n as u64)
+                    .map(|i| env.normal(h * n as u64 + i))
+                    .collect();
+                let st = step(p, &rc, k_pi, k_mu, &s, mix.uniform(h), &za, &ze, &mut sc);
+                let mut f = vec![0.0; d];
+                let mut f2 = vec![0.0; d];
+                features(&s, &mut f);
+                features(&sc.s_next, &mut f2);
+                let delta = (st.reward + p.gamma * dot(w, &f2)) - dot(w, &f);
+                t_td += delta * delta;
+                t_rho2 += st.rho * st.rho;
+                let g = st.rho_bar * delta;
+                for i in 0..d {
+                    t_gw[i] += g * f[i];
+                }
+                for i in 0..m {
+                    for jj in 0..n {
+                        t_gk[i * n + jj] += (g * sc.dpi[i]) * s[jj];
+                    }
+                }
+                for i in 0..d {
+                    for k in 0..d {
+                        t_gram[i * d + k] += f[i] * f[k];
+                    }
+                }
+                rewards.push(st.reward);
+                rho.push(st.rho);
+                s = sc.s_next.clone();
+                states.extend_from_slice(&s);
+            }
+            td_sq += t_td;
+            rho2 += t_rho2;
+            for (a, b) in grad_w.iter_mut().zip(&t_gw) {
+                *a += b;
+            }
+            for (a, b) in grad_k.iter_mut().zip(&t_gk) {
+                *a += b;
+            }
+            for (a, b) in gram.iter_mut().zip(&t_gram) {
+                *a += b;
+            }
+        }
+        RolloutOut {
+            batch,
+            horizon,
+            states,
+            rewards,
+            rho,
+            count: (batch * horizon) as u64,
+            td_sq,
+            rho2,
+            grad_w,
+            grad_k,
+            gram,
+        }
+    }
+
+    /// Every output of the rollout, fixed-size and general kernels, equals the model written out,
+    /// at sizes around the chunk (CHUNK), work item (ITEM_STEPS) and parallel (PAR_MIN_STEPS) limits.
+    #[test]
+    fn rollout_equals_the_model_written_out() {
+        let a3 = [0.6, 0.1, 0.0, -0.2, 0.5, 0.1, 0.05, 0.0, 0.4];
+        let b3 = [0.0, 1.0, 0.5, -0.3, 1.0, 0.2];
+        let q3 = [1.0, 0.1, 0.0, 0.1, 2.0, 0.0, 0.0, 0.0, 0.5];
+        let r3 = [0.1, 0.01, 0.01, 0.2];
+        let a5: Vec<f64> = (0..25)
+            .map(|i| {
+                if i % 6 == 0 {
+                    0.5
+                } else {
+                    0.02 * i as f64 - 0.25
+                }
+            })
+            .collect();
+        let b5: Vec<f64> = (0..5).map(|i| 0.3 * i as f64 - 0.5).collect();
+        let q5: Vec<f64> = (0..25)
+            .map(|i| if i % 6 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let cases: [(usize, usize, &[f64], &[f64], &[f64], &[f64]); 3] = [
+            (2, 1, &A, &B, &Q, &R),
+            (3, 2, &a3, &b3, &q3, &r3),
+            (5, 1, &a5, &b5, &q5, &R),
+        ];
+        for (n, m, a, b, q, r) in cases {
+            let d = feature_dim(n);
+            let w: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
+            let kp: Vec<f64> = (0..m * n).map(|i| 0.1 * (i as f64 * 1.3).cos()).collect();
+            let km: Vec<f64> = (0..m * n).map(|i| 0.1 * (i as f64 * 0.7).sin()).collect();
+            for (p_mix, clip) in [(0.3, 1.2), (0.0, f64::INFINITY), (1.0, 0.5)] {
+                let p = Problem {
+                    n,
+                    m,
+                    a,
+                    b,
+                    q,
+                    r,
+                    sigma_pi: 0.4,
+                    sigma_mu: 0.6,
+                    ..problem(&A, &B, &Q, &R, p_mix, clip)
+                };
+                for (batch, horizon) in [(1, 1), (3, 2), (2, CHUNK + 1), (9, 57), (65, 1)] {
+                    let want = rollout_oracle(&p, &w, &kp, &km, 6, batch, horizon);
+                    for allow_fixed in [true, false] {
+                        let got =
+                            rollout_impl(&p, &w, &kp, &km, 6, batch, horizon, allow_fixed).unwrap();
+                        assert_eq!(
+                            got, want,
+                            "n {n} m {m} p {p_mix} batch {batch} horizon {horizon} fixed {allow_fixed}"
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -213,6 +213,200 @@ mod tests {
         (0..d).map(|i| dot(&a[i * d..(i + 1) * d], x)).collect()
     }
 
+    /// MODEL.md section 6's GMRES(d) written out with the literal choices listed in the module
+    /// docs (those of the reference, `offtd/reference/solver.py`), for matrices without a zero
+    /// rotation denominator: the oracle of `gmres_equals_the_model_written_out`.
+    fn gmres_oracle(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> SolveOut {
+        let d = b.len();
+        let nrm = |v: &[f64]| -> f64 {
+            let mut acc = 0.0;
+            for x in v {
+                acc += x * x;
+            }
+            acc.sqrt()
+        };
+        let res = |x: &[f64]| -> Vec<f64> {
+            (0..d)
+                .map(|i| b[i] - dot(&a[i * d..(i + 1) * d], x))
+                .collect()
+        };
+        let mut x = vec![0.0; d];
+        let bnorm = nrm(b);
+        if bnorm == 0.0 {
+            return SolveOut {
+                x,
+                converged: true,
+                iterations: 0,
+                residual: 0.0,
+            };
+        }
+        let mut iters = 0u64;
+        let mut done = false;
+        while !done && iters < max_iters {
+            let r = res(&x);
+            let beta = nrm(&r);
+            if !(beta / bnorm > tol) {
+                break;
+            }
+            let mut vs: Vec<Vec<f64>> = vec![r.iter().map(|ri| ri / beta).collect()];
+            let mut g = vec![0.0; d + 1];
+            g[0] = beta;
+            let mut h = vec![vec![0.0; d]; d + 1];
+            let (mut cs, mut sn): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+            let mut k_used = 0;
+            for k in 0..d {
+                if iters >= max_iters {
+                    break;
+                }
+                let mut w: Vec<f64> = (0..d)
+                    .map(|i| dot(&a[i * d..(i + 1) * d], &vs[k]))
+                    .collect();
+                for i in 0..=k {
+                    let hik = dot(&w, &vs[i]);
+                    h[i][k] = hik;
+                    for l in 0..d {
+                        w[l] -= hik * vs[i][l];
+                    }
+                }
+                let hk1 = nrm(&w);
+                h[k + 1][k] = hk1;
+                for i in 0..k {
+                    let t = cs[i] * h[i][k] + sn[i] * h[i + 1][k];
+                    h[i + 1][k] = -sn[i] * h[i][k] + cs[i] * h[i + 1][k];
+                    h[i][k] = t;
+                }
+                let (hkk, hkk1) = (h[k][k], h[k + 1][k]);
+                let den = (hkk * hkk + hkk1 * hkk1).sqrt();
+                let (c, s) = (hkk / den, hkk1 / den);
+                cs.push(c);
+                sn.push(s);
+                h[k][k] = c * hkk + s * hkk1;
+                h[k + 1][k] = 0.0;
+                g[k + 1] = -s * g[k];
+                g[k] = c * g[k];
+                iters += 1;
+                k_used = k + 1;
+                if g[k + 1].abs() / bnorm <= tol {
+                    done = true;
+                    break;
+                }
+                if hk1 == 0.0 {
+                    break;
+                }
+                vs.push(w.iter().map(|wl| wl / hk1).collect());
+            }
+            if k_used == 0 {
+                break;
+            }
+            let mut y = vec![0.0; k_used];
+            for i in (0..k_used).rev() {
+                let mut acc = 0.0;
+                for j in i + 1..k_used {
+                    acc += h[i][j] * y[j];
+                }
+                y[i] = (g[i] - acc) / h[i][i];
+            }
+            for i in 0..d {
+                let mut acc = 0.0;
+                for j in 0..k_used {
+                    acc += vs[j][i] * y[j];
+                }
+                x[i] += acc;
+            }
+        }
+        let residual = nrm(&res(&x)) / bnorm;
+        SolveOut {
+            converged: residual <= tol,
+            x,
+            iterations: iters,
+            residual,
+        }
+    }
+
+    /// GMRES equals the model written out to the bit (solution, iterations, residual, verdict) on
+    /// nonsymmetric systems of several sizes (below and above matvec_rows' eight-row interleave),
+    /// with budgets that end mid-cycle and tolerances that force restarts or stop early.
+    #[test]
+    fn gmres_equals_the_model_written_out() {
+        let mut s: u64 = 4242;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / 9007199254740992.0 * 2.0 - 1.0
+        };
+        for d in [1usize, 2, 3, 5, 8, 9, 12] {
+            for shift in [0.3, 1.0, 4.0] {
+                let a: Vec<f64> = (0..d * d)
+                    .map(|i| next() + if i % (d + 1) == 0 { shift } else { 0.0 })
+                    .collect();
+                let b: Vec<f64> = (0..d).map(|_| next() * 3.0).collect();
+                for (max_iters, tol) in [
+                    (1, 1e-12),
+                    (d as u64 - 1, 1e-14),
+                    (d as u64 + 2, 1e-14),
+                    (3 * d as u64 + 1, 1e-15),
+                    (200, 1e-8),
+                    (200, 0.5),
+                    (200, 0.0),
+                ] {
+                    let got = gmres(&a, &b, max_iters, tol).unwrap();
+                    let want = gmres_oracle(&a, &b, max_iters, tol);
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got.x),
+                        bits(&want.x),
+                        "d {d} shift {shift} it {max_iters} tol {tol}"
+                    );
+                    assert_eq!(
+                        got.iterations, want.iterations,
+                        "d {d} it {max_iters} tol {tol}"
+                    );
+                    assert_eq!(got.residual.to_bits(), want.residual.to_bits());
+                    assert_eq!(got.converged, want.converged);
+                }
+            }
+        }
+    }
+
+    /// Every iteration counts against the budget, across restarts; a converged solve reports the
+    /// true residual, and the iteration count of an exactly solvable d x d system is at most d.
+    #[test]
+    fn iteration_budget_and_counts() {
+        let a = [4.0, 1.0, 0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 2.0];
+        let b = [1.0, 2.0, 3.0];
+        for it in 0..7u64 {
+            let s = gmres(&a, &b, it, 1e-300).unwrap();
+            assert_eq!(s.iterations, it, "budget {it}");
+            assert_eq!(s.converged, s.residual <= 1e-300);
+        }
+        let s = gmres(&a, &b, 100, 1e-10).unwrap();
+        assert!(s.converged && s.iterations <= 3 && s.iterations >= 1);
+        let r: Vec<f64> = (0..3)
+            .map(|i| b[i] - dot(&a[i * 3..i * 3 + 3], &s.x))
+            .collect();
+        assert_eq!(s.residual, dot(&r, &r).sqrt() / dot(&b, &b).sqrt());
+        // a start that already meets the tolerance spends nothing: x = 0 when tol >= 1
+        let s = gmres(&a, &b, 100, 1.0).unwrap();
+        assert_eq!(
+            (s.iterations, s.x.clone(), s.residual),
+            (0, vec![0.0; 3], 1.0)
+        );
+        assert!(s.converged);
+        // identity: one iteration, exact
+        let s = gmres(&[1.0, 0.0, 0.0, 1.0], &[3.0, -4.0], 10, 1e-15).unwrap();
+        assert_eq!(
+            (s.iterations, s.x.clone(), s.residual),
+            (1, vec![3.0, -4.0], 0.0)
+        );
+        // A v = 0 for the first Krylov vector (b in the null space): no progress is possible
+        let s = gmres(&[0.0, 0.0, 0.0, 1.0], &[1.0, 0.0], 10, 1e-12).unwrap();
+        assert_eq!(s.x, vec![0.0, 0.0]);
+        assert_eq!(s.residual, 1.0);
+        assert!(!s.converged);
+        assert!(s.iterations <= 2);
+    }
+
     #[test]
     fn small_systems() {
         let a = [4.0, 1.0, 0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 2.0];

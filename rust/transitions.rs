@@ -747,6 +747,336 @@ mod tests {
             .collect()
     }
 
+    /// MODEL.md 4.2 written out plainly: sub-batch r holds k in [floor(rK/R), floor((r+1)K/R)),
+    /// each block of BLOCK consecutive samples inside it summed left to right from 0.0, the block
+    /// sums added in order; one `model::step` per sample with draws read by index (uncached).
+    fn transitions_oracle(
+        p: &Problem,
+        k_pi: &[f64],
+        k_mu: &[f64],
+        pool: &[f64],
+        count: usize,
+        repeats: usize,
+        base: u64,
+        iteration: u64,
+    ) -> TransitionsOut {
+        let (n, m) = (p.n, p.m);
+        let d = feature_dim(n);
+        let rc = p.consts();
+        let pool_len = pool.len() / n;
+        let st = |off: u64| Stream::new(p.seed, base + off, iteration, 0);
+        let (pick_s, mix_s, act_s, env_s) = (st(0), st(1), st(2), st(3));
+        let mut a_sums = vec![0.0; repeats * d * d];
+        let mut b_sums = vec![0.0; repeats * d];
+        let mut counts = Vec::new();
+        let mut rho = Vec::new();
+        let mut sc = StepScratch::new(n, m);
+        for r in 0..repeats {
+            let lo = r * count / repeats;
+            let hi = (r + 1) * count / repeats;
+            counts.push((hi - lo) as u64);
+            let mut start = lo;
+            while start < hi {
+                let end = (start + BLOCK).min(hi);
+                let mut a_blk = vec![0.0; d * d];
+                let mut b_blk = vec![0.0; d];
+                for k in start..end {
+                    let ku = k as u64;
+                    let idx = pick(pick_s.uniform(ku), pool_len);
+                    let s = &pool[idx * n..(idx + 1) * n];
+                    let za: Vec<f64> = (0..m as u64)
+                        .map(|j| act_s.normal(ku * m as u64 + j))
+                        .collect();
+                    let ze: Vec<f64> = (0..n as u64)
+                        .map(|i| env_s.normal(ku * n as u64 + i))
+                        .collect();
+                    let out = step(p, &rc, k_pi, k_mu, s, mix_s.uniform(ku), &za, &ze, &mut sc);
+                    let mut f = vec![0.0; d];
+                    let mut f2 = vec![0.0; d];
+                    features(s, &mut f);
+                    features(&sc.s_next, &mut f2);
+                    for i in 0..d {
+                        for j in 0..d {
+                            a_blk[i * d + j] += (out.rho_bar * f[i]) * (f[j] - p.gamma * f2[j]);
+                        }
+                        b_blk[i] += (out.rho_bar * out.reward) * f[i];
+                    }
+                    rho.push(out.rho);
+                }
+                for i in 0..d * d {
+                    a_sums[r * d * d + i] += a_blk[i];
+                }
+                for i in 0..d {
+                    b_sums[r * d + i] += b_blk[i];
+                }
+                start = end;
+            }
+        }
+        TransitionsOut {
+            repeats,
+            a_sums,
+            b_sums,
+            counts,
+            rho,
+        }
+    }
+
+    /// MODEL.md 4.1's draws written out plainly, block sums over BLOCK samples.
+    #[allow(clippy::too_many_arguments)]
+    fn policy_samples_oracle(
+        n: usize,
+        m: usize,
+        sigma_pi: f64,
+        sigma_mu: f64,
+        seed: u64,
+        k_pi: &[f64],
+        k_mu: &[f64],
+        pool: &[f64],
+        count: usize,
+        mmd_count: usize,
+        iteration: u64,
+    ) -> PolicySamplesOut {
+        let pool_len = pool.len() / n;
+        let pick_s = Stream::new(seed, 10, iteration, 0);
+        let mu_s = Stream::new(seed, 11, iteration, 0);
+        let pi_s = Stream::new(seed, 12, iteration, 0);
+        let lpdf = |a: &[f64], mean: &[f64], sigma: f64| -> f64 {
+            let mut q = 0.0;
+            for j in 0..m {
+                q += (a[j] - mean[j]) * (a[j] - mean[j]);
+            }
+            -0.5 * q / (sigma * sigma) - m as f64 * sigma.ln()
+        };
+        let mut out = PolicySamplesOut {
+            rho: Vec::new(),
+            tv_sum: 0.0,
+            state_moment: vec![0.0; n * n],
+            mmd_s: Vec::new(),
+            mmd_a_pi: Vec::new(),
+            mmd_a_mu: Vec::new(),
+        };
+        let mut start = 0;
+        while start < count {
+            let end = (start + BLOCK).min(count);
+            let mut tv = 0.0;
+            let mut mom = vec![0.0; n * n];
+            for k in start..end {
+                let ku = k as u64;
+                let idx = pick(pick_s.uniform(ku), pool_len);
+                let s = &pool[idx * n..(idx + 1) * n];
+                let mut mean_pi = vec![0.0; m];
+                let mut mean_mu = vec![0.0; m];
+                matvec(k_pi, s, &mut mean_pi);
+                matvec(k_mu, s, &mut mean_mu);
+                let a: Vec<f64> = (0..m)
+                    .map(|j| mean_mu[j] + sigma_mu * mu_s.normal(ku * m as u64 + j as u64))
+                    .collect();
+                let r = (lpdf(&a, &mean_pi, sigma_pi) - lpdf(&a, &mean_mu, sigma_mu)).exp();
+                out.rho.push(r);
+                tv += if 1.0 - r < 0.0 { 0.0 } else { 1.0 - r };
+                for i in 0..n {
+                    for j in 0..n {
+                        mom[i * n + j] += s[i] * s[j];
+                    }
+                }
+                if k < mmd_count {
+                    out.mmd_s.extend_from_slice(s);
+                    out.mmd_a_mu.extend_from_slice(&a);
+                    for j in 0..m {
+                        out.mmd_a_pi
+                            .push(mean_pi[j] + sigma_pi * pi_s.normal(ku * m as u64 + j as u64));
+                    }
+                }
+            }
+            out.tv_sum += tv;
+            for (t, x) in out.state_moment.iter_mut().zip(&mom) {
+                *t += x;
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// The probe kernels, fixed-size and general, equal MODEL.md 4.1 / 4.2 written out, around
+    /// BLOCK, SUB and PAR_MIN_SAMPLES and with sub-batches that start inside a block.
+    #[test]
+    fn probe_kernels_equal_the_model_written_out() {
+        let a3 = [0.6, 0.1, 0.0, -0.2, 0.5, 0.1, 0.05, 0.0, 0.4];
+        let b3 = [0.0, 1.0, 0.5, -0.3, 1.0, 0.2];
+        let q3 = [1.0, 0.1, 0.0, 0.1, 2.0, 0.0, 0.0, 0.0, 0.5];
+        let r3 = [0.1, 0.01, 0.01, 0.2];
+        let a5: Vec<f64> = (0..25)
+            .map(|i| {
+                if i % 6 == 0 {
+                    0.5
+                } else {
+                    0.02 * i as f64 - 0.25
+                }
+            })
+            .collect();
+        let b5: Vec<f64> = (0..5).map(|i| 0.3 * i as f64 - 0.5).collect();
+        let q5: Vec<f64> = (0..25)
+            .map(|i| if i % 6 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let cases: [(usize, usize, &[f64], &[f64], &[f64], &[f64]); 3] = [
+            (2, 1, &A, &B, &Q, &R),
+            (3, 2, &a3, &b3, &q3, &r3),
+            (5, 1, &a5, &b5, &q5, &R),
+        ];
+        for (n, m, a, b, q, r) in cases {
+            let pool: Vec<f64> = (0..37 * n)
+                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
+                .collect();
+            let kp: Vec<f64> = (0..m * n).map(|i| 0.1 * (i as f64 * 1.3).cos()).collect();
+            let km: Vec<f64> = (0..m * n).map(|i| 0.1 * (i as f64 * 0.7).sin()).collect();
+            for (p_mix, clip) in [(0.3, 1.2), (0.0, f64::INFINITY), (1.0, 0.5)] {
+                let p = Problem {
+                    n,
+                    m,
+                    a,
+                    b,
+                    q,
+                    r,
+                    ..problem(p_mix)
+                };
+                let p = Problem {
+                    rho_clip: clip,
+                    ..p
+                };
+                for (count, repeats) in [(0, 1), (1, 1), (5, 3), (600, 2), (2049, 2), (2050, 5)] {
+                    let want = transitions_oracle(&p, &kp, &km, &pool, count, repeats, 30, 7);
+                    for allow_fixed in [true, false] {
+                        let got = transitions_impl(
+                            &p,
+                            &kp,
+                            &km,
+                            &pool,
+                            count,
+                            repeats,
+                            30,
+                            7,
+                            allow_fixed,
+                        )
+                        .unwrap();
+                        assert_eq!(got, want, "n {n} m {m} K {count} R {repeats}");
+                    }
+                }
+            }
+            for (count, mmd) in [(0, 0), (3, 3), (300, 257), (1025, 1025), (2049, 300)] {
+                let want = policy_samples_oracle(n, m, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2);
+                for allow_fixed in [true, false] {
+                    let got = policy_samples_impl(
+                        n,
+                        m,
+                        0.3,
+                        0.5,
+                        5,
+                        &kp,
+                        &km,
+                        &pool,
+                        count,
+                        mmd,
+                        2,
+                        allow_fixed,
+                    )
+                    .unwrap();
+                    assert_eq!(got, want, "n {n} m {m} K {count} M {mmd}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn input_errors_name_the_argument() {
+        let p = problem(0.3);
+        let k = [0.0, 0.0];
+        let pool = [1.0, 2.0, 3.0, 4.0];
+        assert!(transitions(&p, &k, &k, &pool, 3, 1, 20, 0).is_ok());
+        let arg = |r: CoreResult<TransitionsOut>| r.unwrap_err().arg();
+        assert_eq!(
+            arg(transitions(&p, &k[..1], &k, &pool, 3, 1, 20, 0)),
+            "k_pi"
+        );
+        assert_eq!(
+            arg(transitions(&p, &k, &[f64::NAN, 0.0], &pool, 3, 1, 20, 0)),
+            "k_mu"
+        );
+        assert_eq!(
+            arg(transitions(&p, &k, &k, &pool[..3], 3, 1, 20, 0)),
+            "pool"
+        );
+        assert_eq!(arg(transitions(&p, &k, &k, &[], 3, 1, 20, 0)), "pool");
+        assert_eq!(arg(transitions(&p, &k, &k, &pool, 3, 0, 20, 0)), "repeats");
+        assert_eq!(
+            arg(transitions(&p, &k, &k, &pool, 3, 1, u64::MAX - 2, 0)),
+            "base"
+        );
+        assert!(transitions(&p, &k, &k, &pool, 3, 1, u64::MAX - 3, 0).is_ok());
+        let bad = Problem {
+            gamma: f64::NAN,
+            ..p
+        };
+        assert_eq!(arg(transitions(&bad, &k, &k, &pool, 3, 1, 20, 0)), "gamma");
+        let ps = |sp: f64, sm: f64, m: usize, kp: &[f64], pool: &[f64], c: usize, mm: usize| {
+            policy_samples(2, m, sp, sm, 1, kp, &k, pool, c, mm, 0)
+        };
+        assert!(ps(0.3, 0.5, 1, &k, &pool, 4, 4).is_ok());
+        assert_eq!(
+            ps(0.0, 0.5, 1, &k, &pool, 4, 4).unwrap_err().arg(),
+            "sigma_pi"
+        );
+        assert_eq!(
+            ps(f64::INFINITY, 0.5, 1, &k, &pool, 4, 4)
+                .unwrap_err()
+                .arg(),
+            "sigma_pi"
+        );
+        assert_eq!(
+            ps(0.3, -1.0, 1, &k, &pool, 4, 4).unwrap_err().arg(),
+            "sigma_mu"
+        );
+        assert_eq!(
+            ps(0.3, f64::NAN, 1, &k, &pool, 4, 4).unwrap_err().arg(),
+            "sigma_mu"
+        );
+        assert_eq!(ps(0.3, 0.5, 0, &[], &pool, 4, 4).unwrap_err().arg(), "k_pi");
+        assert_eq!(
+            ps(0.3, 0.5, 1, &k[..1], &pool, 4, 4).unwrap_err().arg(),
+            "k_pi"
+        );
+        assert_eq!(
+            ps(0.3, 0.5, 1, &k, &pool[..3], 4, 4).unwrap_err().arg(),
+            "pool"
+        );
+        assert_eq!(
+            ps(0.3, 0.5, 1, &k, &pool, 4, 5).unwrap_err().arg(),
+            "mmd_count"
+        );
+        let bad_mu = policy_samples(2, 1, 0.3, 0.5, 1, &k, &[0.0, f64::NAN], &pool, 4, 4, 0);
+        assert_eq!(bad_mu.unwrap_err().arg(), "k_mu");
+    }
+
+    #[test]
+    fn mmd_rows_per_block() {
+        assert_eq!(mmd_rows(0, 0), 0);
+        assert_eq!(mmd_rows(0, 5), 5);
+        assert_eq!(mmd_rows(0, BLOCK + 3), BLOCK);
+        assert_eq!(mmd_rows(1, BLOCK + 3), 3);
+        assert_eq!(mmd_rows(2, BLOCK + 3), 0);
+        assert_eq!(mmd_rows(1, 2 * BLOCK), BLOCK);
+        let t = tasks(2, 2 * BLOCK + 2);
+        let spans: Vec<(usize, usize, usize)> = t.iter().map(|t| (t.r, t.start, t.end)).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 0, BLOCK),
+                (0, BLOCK, BLOCK + 1),
+                (1, BLOCK + 1, 2 * BLOCK + 1),
+                (1, 2 * BLOCK + 1, 2 * BLOCK + 2)
+            ]
+        );
+    }
+
     #[test]
     fn sub_batches_partition_samples() {
         for (r_, k_) in [(1, 10), (3, 10), (4, 4), (5, 3), (7, 3000)] {

@@ -69,6 +69,9 @@ rust/ratios.rs
 - the k_hat tail's block sums (T' > BLOCK): ``test_rho_stats_khat_tail_sizes`` [T' = 1024, 1025].
 - ``CAND_ITEM = 4`` (candidates per work item; mc = 54 and 62 are not multiples of 4): same test.
 - the 5-point minimum tail of the fit: ``test_rho_stats_khat_minimum_tail`` [4, 5, 6 exceedances].
+- ties at a quantile's rank between -0.0 and +0.0 (selection may return either; the reference's stable
+  sort returns a definite one): ``test_rho_stats_signed_zeros_at_the_quantiles`` [n = 100, 1025, 70000,
+  small and large paths]. This found a real parity bug, fixed in ratios.rs (``stable_rank_value``).
 
 rust/mmd.rs
 - ``ITEM_PAIRS = 1 << 13`` (rows per work item of the stored triangle): ``test_mmd2_materialized_sizes``
@@ -469,6 +472,20 @@ def test_rho_stats_khat_minimum_tail(exceed):
     so = check_stats(rho, 1.0)
     assert math.isnan(so.khat) == (exceed < 5)
     assert so.clip_frac == exceed / 100
+
+
+def test_rho_stats_signed_zeros_at_the_quantiles():
+    """-0.0 == +0.0, so a selection may return either zero at a quantile's rank; the reference's
+    stable sort keeps equal values in input order and returns a definite one. Both signs must agree
+    (the core once returned the sign selection happened to find)."""
+    gen = np.random.default_rng(4)
+    for size in (100, 1025, 70000):
+        for extra in (0.0, 0.004):
+            rho = np.where(gen.random(size) < 0.5, -0.0, 0.0)
+            rho[gen.random(size) < extra] = 1.5  # a few positive ratios above the zeros
+            rho[gen.random(size) < extra] = -1.0  # and a few negative ones below
+            so = check_stats(rho, 1.0)
+            assert so.p95 == 0.0 and so.p99 == 0.0
 
 
 def test_rho_stats_clip_levels():
