@@ -120,25 +120,51 @@ def solve_lyapunov(lmat: np.ndarray, qmat: np.ndarray, gamma: float) -> np.ndarr
 
 
 def teacher(problem: Problem, k_pi: np.ndarray) -> Teacher:
-    """MODEL.md 3.7. Undefined (NaN, never an exception) when sqrt(gamma) rho(A + BK) >= 1."""
+    """MODEL.md 3.7. Undefined (NaN, never an exception) when sqrt(gamma) rho(A + BK) >= 1, and when the
+    value is not representable in double precision: the Lyapunov system is singular to working precision,
+    or P, c0 or the weights overflow (`closed_loop_radius` then still says whether it exists in exact
+    arithmetic: see :func:`teacher_overflows`)."""
     n, d = problem.n, problem.d
-    lmat = problem.a + problem.b @ k_pi
-    if not np.all(np.isfinite(lmat)):
-        return Teacher(False, np.full((n, n), math.nan), math.nan, np.full(d, math.nan), math.nan)
-    radius = float(np.max(np.abs(np.linalg.eigvals(lmat))))
-    if not math.sqrt(problem.gamma) * radius < 1.0:
+
+    def undefined(radius: float) -> Teacher:
         return Teacher(False, np.full((n, n), math.nan), math.nan, np.full(d, math.nan), radius)
-    qk = problem.q + k_pi.T @ problem.r @ k_pi
-    p = solve_lyapunov(lmat, qk, problem.gamma)
-    sp2 = problem.sigma_pi**2
-    g = problem.gamma
-    c0 = (
-        sp2 * np.trace(problem.r)
-        + g * (sp2 * np.trace(problem.b.T @ p @ problem.b) + problem.sigma_eps**2 * np.trace(p))
-    ) / (1.0 - g)
-    c_r = problem.reward_scale
-    w = weights_from_kernel(-c_r * p, np.zeros(n), -c_r * float(c0))
-    return Teacher(True, p, float(c0), w, radius)
+
+    with np.errstate(all="ignore"):
+        lmat = problem.a + problem.b @ k_pi
+        if not np.all(np.isfinite(lmat)):
+            return undefined(math.nan)
+        try:
+            radius = float(np.max(np.abs(np.linalg.eigvals(lmat))))
+        except np.linalg.LinAlgError:  # the QR iteration did not converge
+            return undefined(math.nan)
+        if not math.sqrt(problem.gamma) * radius < 1.0:
+            return undefined(radius)
+        qk = problem.q + k_pi.T @ problem.r @ k_pi
+        try:
+            p = solve_lyapunov(lmat, qk, problem.gamma)
+        except np.linalg.LinAlgError:  # singular to working precision (entries ~1e160 square to inf)
+            return undefined(radius)
+        sp2 = problem.sigma_pi**2
+        g = problem.gamma
+        c0 = float(
+            (
+                sp2 * np.trace(problem.r)
+                + g * (sp2 * np.trace(problem.b.T @ p @ problem.b) + problem.sigma_eps**2 * np.trace(p))
+            )
+            / (1.0 - g)
+        )
+        c_r = problem.reward_scale
+        w = weights_from_kernel(-c_r * p, np.zeros(n), -c_r * c0)
+    if not (np.all(np.isfinite(p)) and math.isfinite(c0) and np.all(np.isfinite(w))):
+        return undefined(radius)
+    return Teacher(True, p, c0, w, radius)
+
+
+def teacher_overflows(problem: Problem, tch: Teacher) -> bool:
+    """True when `tch` (from :func:`teacher`) exists in exact arithmetic (sqrt(gamma) rho(A + BK) < 1)
+    but is not representable in double precision."""
+    r = tch.closed_loop_radius
+    return not tch.defined and math.isfinite(r) and math.sqrt(problem.gamma) * r < 1.0
 
 
 def critic_teacher_error(w: np.ndarray, w_teacher: np.ndarray, gram_mean: np.ndarray) -> float:

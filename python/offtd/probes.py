@@ -180,7 +180,10 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
         if not np.all(np.isfinite(a_hat)):
             return math.nan
         v0 = ctx.backend.normals(p.seed, rng.POWER_INIT, ctx.iteration, substream, p.d)
-        return ctx.backend.power_iteration(eye - alpha * a_hat, v0, cfg.power_iters)
+        m = eye - alpha * a_hat
+        if not np.all(np.isfinite(m)):  # alpha_w x A_hat overflows (alpha_w ~ 1e308): no estimate
+            return math.nan
+        return ctx.backend.power_iteration(m, v0, cfg.power_iters)
 
     a_hat, _ = _a_b_hat(ts, k)
     subs = ts.a_sums / ts.counts[:, None, None]

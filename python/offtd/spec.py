@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
+import reprlib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -35,6 +37,34 @@ class SpecError(ValueError):
 def _printable(text: str) -> str:
     """`text` with control characters escaped (a key or path may hold a newline): messages stay one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 4
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60
+
+
+def _short(value: Any) -> str:
+    """A short repr of a value for an error message: a 400-digit integer, a megabyte string or a list
+    nested 5000 deep stays a short line (repr itself would be huge, or raise)."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError, TypeError):  # ints beyond sys.get_int_max_str_digits(), ...
+        return f"<{type(value).__name__}>"
+
+
+# Integers every key accepts at most (the Rust core takes 64-bit sizes); a key's own `hi` may be lower.
+INT_MAX = 2**63 - 1
+
+
+def _is_bool(value: Any) -> bool:
+    """Python's bool or numpy's (np.True_ is neither a bool nor an int subclass)."""
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy"
+
+
+def _is_real(value: Any) -> bool:
+    """A real number that is not a bool: int, float, numpy integer and floating scalars, Fraction."""
+    return isinstance(value, numbers.Real) and not _is_bool(value)
 
 
 def _f(default: Any, doc: str = "", **check: Any) -> Any:
@@ -139,7 +169,8 @@ class HealthCfg:
     khat_fail: float = _f(0.7, "FAIL when PSIS k_hat is above this beyond its noise", lo=-math.inf)
     w_norm_max: float = _f(1e6, "FAIL when ||w|| exceeds this many times ||w_teacher||", lo=0.0, lo_open=True)
     td_loss_max: float = _f(1e12, "FAIL when td_loss exceeds this many times the teacher's mean V^2", lo=0.0, lo_open=True)
-    level: float = _f(0.95, "confidence level of the intervals verdicts use where no exact value exists", lo=0.5, hi=1.0, hi_open=True)
+    # hi: the normal quantile of (1 + level) / 2 must be below 1 in double precision
+    level: float = _f(0.95, "confidence level of the intervals verdicts use where no exact value exists", lo=0.5, hi=0.999999)
     clip_mass_warn: float = _f(0.5, "WARN when clipping removes more than this share of E_b[rho] = 1", lo=0.0, hi=1.0)
     clip_mass_fail: float = _f(0.99, "FAIL when clipping removes more than this share (the critic barely moves)", lo=0.0, hi=1.0)
     teacher_gap_warn: float = _f(0.1, "WARN when the exact clipped fixed point is this far from the teacher (relative RMS)", lo=0.0)
@@ -205,66 +236,90 @@ def _num(x: float | int) -> str:
 
 def _check_scalar(key: str, value: Any, ftype: Any, meta: Mapping[str, Any]) -> Any:
     tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    # numpy scalars (np.int64, np.float32, np.bool_) are accepted and stored as Python values.
     if tname == "bool":
-        if not isinstance(value, bool):
-            raise SpecError(key, f"expected true or false, got {value!r}")
-        return value
+        if not _is_bool(value):
+            raise SpecError(key, f"expected true or false, got {_short(value)}")
+        return bool(value)
     if tname == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer() and math.isfinite(value):
-                value = int(value)
-            else:
-                raise SpecError(key, f"expected an integer, got {value!r}")
+        if isinstance(value, numbers.Integral) and not _is_bool(value):
+            value = int(value)
+        elif _is_real(value) and _float_or_none(value) is not None and float(value).is_integer():
+            value = int(float(value))
+        else:
+            raise SpecError(key, f"expected an integer, got {_short(value)}")
     elif tname == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(key, f"expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise SpecError(key, f"must be finite, got {value!r}")
+        if not _is_real(value):
+            raise SpecError(key, f"expected a number, got {_short(value)}")
+        as_float = _float_or_none(value)
+        if as_float is None or not math.isfinite(as_float):
+            raise SpecError(key, f"must be finite, got {_short(value)}")
+        value = as_float
     elif tname == "str":
         if not isinstance(value, str):
-            raise SpecError(key, f"expected a string, got {value!r}")
+            raise SpecError(key, f"expected a string, got {_short(value)}")
+        value = str(value)  # np.str_ -> str
         choices = meta.get("choices")
         if choices and value not in choices:
-            raise SpecError(key, f"must be one of {', '.join(choices)}, got {value!r}{_suggest(value, list(choices))}")
+            raise SpecError(key, f"must be one of {', '.join(choices)}, got {_short(value)}{_suggest(value, list(choices))}")
         if key == "name" and (
             not value or value in (".", "..") or any(c == "/" or not c.isprintable() for c in value)
         ):
-            raise SpecError(key, f"must be a non-empty name without '/' or control characters, got {value!r}")
+            raise SpecError(key, f"must be a non-empty name without '/' or control characters, got {_short(value)}")
         return value
     lo, hi = meta.get("lo"), meta.get("hi")
+    if tname == "int" and hi is None:
+        hi = INT_MAX
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         op = ">" if meta.get("lo_open") else ">="
-        raise SpecError(key, f"must be {op} {_num(lo)}, got {value!r}")
+        raise SpecError(key, f"must be {op} {_num(lo)}, got {_short(value)}")
     if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
         op = "<" if meta.get("hi_open") else "<="
-        raise SpecError(key, f"must be {op} {_num(hi)}, got {value!r}")
+        raise SpecError(key, f"must be {op} {_num(hi)}, got {_short(value)}")
     return value
+
+
+def _float_or_none(value: Any) -> float | None:
+    """float(value), or None when it does not fit a double (a 400-digit integer: OverflowError)."""
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 def _check_matrix(key: str, value: Any) -> Matrix | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(r, (list, tuple)) for r in value):
-        raise SpecError(key, f"expected a matrix (a list of rows), got {value!r}")
+    if _is_ndarray(value):  # numpy arrays from notebooks: rows of numbers, like a list of lists
+        value = value.tolist() if value.ndim == 2 else value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(key, f"expected a matrix (a list of rows), got {_short(value)}")
+    value = [r.tolist() if _is_ndarray(r) and r.ndim == 1 else r for r in value]
+    if not all(isinstance(r, (list, tuple)) for r in value):
+        raise SpecError(key, f"expected a matrix (a list of rows), got {_short(value)}")
     rows = []
     for row in value:
         out = []
         for x in row:
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                raise SpecError(key, f"matrix entries must be numbers, got {x!r}")
-            if not math.isfinite(float(x)):
-                raise SpecError(key, f"matrix entries must be finite, got {x!r}")
-            out.append(float(x))
+            if not _is_real(x):
+                raise SpecError(key, f"matrix entries must be numbers, got {_short(x)}")
+            as_float = _float_or_none(x)
+            if as_float is None or not math.isfinite(as_float):
+                raise SpecError(key, f"matrix entries must be finite, got {_short(x)}")
+            out.append(as_float)
         rows.append(tuple(out))
     if len({len(r) for r in rows}) != 1:
         raise SpecError(key, "matrix rows have different lengths")
     return tuple(rows)
 
 
+def _is_ndarray(value: Any) -> bool:
+    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise SpecError(prefix.rstrip(".") or "spec", f"expected a table, got {data!r}")
+        raise SpecError(prefix.rstrip(".") or "spec", f"expected a table, got {_short(data)}")
     known = {f.name: f for f in fields(cls)}
     for k in data:
         if f"{prefix}{k}" in REMOVED_KEYS:
@@ -358,6 +413,7 @@ def _resolve(spec: Spec) -> Spec:
         raise SpecError("health.clip_mass_warn", f"must be <= health.clip_mass_fail ({spec.health.clip_mass_fail:g})")
     out = dataclasses.replace(spec, env=env, policy=policy)
     _check_memory(out)
+    _check_initial_teacher(out)
     return out
 
 
@@ -365,6 +421,61 @@ def _resolve(spec: Spec) -> Spec:
 # CSV text), and per probe iteration by the probe rows (dicts of ~25 metrics for each of four probes).
 SERIES_BYTES_PER_ITER = 1024
 PROBE_ROW_BYTES = 16 * 1024
+
+
+# The matrices the teacher is computed from (MODEL.md 3.7), in the order a refusal names them on a tie.
+_TEACHER_INPUTS = ("env.a", "env.b", "policy.k_init", "env.q", "env.r")
+# Largest |z| of the backend's Box-Muller normals: sqrt(-2 log 2^-53) = 8.57 (MODEL.md 1).
+_MAX_NORMAL = 9.0
+
+
+def _check_initial_teacher(spec: Spec) -> None:
+    """The exact value (teacher) at the initial gains must be a finite double wherever it exists: the
+    critic may start from it and every iteration measures the critic against it. Refuses specs whose
+    teacher exists (sqrt(gamma) rho(A + B K_init) < 1) but overflows double precision, and teacher_noise
+    starts whose noise overflows. Costs one Lyapunov solve (n^2 unknowns)."""
+    import numpy as np
+
+    from .model import problem_from_spec, teacher, teacher_overflows
+
+    problem = problem_from_spec(spec)
+    k_init = np.array(spec.policy.k_init, dtype=float)
+    tch = teacher(problem, k_init)
+    if teacher_overflows(problem, tch):
+        if teacher(dataclasses.replace(problem, reward_scale=1.0), k_init).defined:
+            raise SpecError(
+                "env.reward_scale",
+                f"the exact value (teacher) at the initial gains overflows double precision at reward_scale = "
+                f"{spec.env.reward_scale:g}; use a smaller scale",
+            )
+
+        def largest(key: str) -> float:
+            table, name = key.split(".")
+            return max(abs(x) for row in getattr(getattr(spec, table), name) for x in row)
+
+        key = max(_TEACHER_INPUTS, key=largest)
+        raise SpecError(
+            key,
+            f"the exact value (teacher) at the initial gains is not representable in double precision (the "
+            f"Lyapunov solve overflows; largest entry {largest(key):g}); use smaller entries",
+        )
+    if spec.critic.init != "teacher_noise" or not tch.defined:
+        return
+    with np.errstate(all="ignore"):
+        norm = float(np.linalg.norm(tch.w))  # as the loop computes it (MODEL.md 3, critic initialisation)
+        scale = spec.critic.init_noise * norm / math.sqrt(problem.d)
+        worst = float(np.max(np.abs(tch.w))) + _MAX_NORMAL * scale
+    if not math.isfinite(norm):
+        raise SpecError(
+            "critic.init",
+            f"teacher_noise needs ||w_teacher||, which overflows double precision (reward_scale = "
+            f"{spec.env.reward_scale:g}); use init = \"teacher\" or a smaller env.reward_scale",
+        )
+    if not math.isfinite(worst):
+        raise SpecError(
+            "critic.init_noise",
+            f"the initial noise (init_noise x ||w_teacher|| / sqrt(d) = {scale:g}) overflows double precision",
+        )
 
 
 def sub_batches(cfg: FixedPointProbeCfg | StabilityProbeCfg) -> int:
@@ -441,6 +552,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:  # [[[[... thousands deep: the parser recurses once per level
+        raise SpecError(f"--set {key}", "value nested too deeply") from None
     return key, value
 
 
@@ -485,11 +598,18 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
 
 
+# A spec is a few kilobytes; reading stops here (`offtd run /dev/zero` must not read forever).
+MAX_SPEC_BYTES = 1 << 20
+
+
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML file; a missing or malformed file is a SpecError naming the file (and line, column)."""
     p = Path(path)
     try:
-        text = p.read_bytes()
+        with open(p, "rb") as fh:
+            text = fh.read(MAX_SPEC_BYTES + 1)
+        if len(text) > MAX_SPEC_BYTES:
+            raise SpecError(str(path), f"larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec file")
     except FileNotFoundError:
         raise SpecError(str(path), "no such spec file") from None
     except IsADirectoryError:
@@ -502,6 +622,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SpecError(str(path), "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise _format_toml_error(str(path), exc) from None
+    except RecursionError:
+        raise SpecError(str(path), "malformed TOML: arrays or tables nested too deeply") from None
 
 
 def default_spec_text() -> str:
@@ -518,17 +640,20 @@ def load_spec(
     `source` is a path to a TOML file, a nested dict, a Spec, or None for the embedded default
     experiment. `overrides` maps dotted keys to values (`{"run.seed": 3}`).
     """
-    if source is None:
-        data: dict[str, Any] = tomllib.loads(default_spec_text())
-    elif isinstance(source, Spec):
-        data = _drop_none(source.to_dict())
-    elif isinstance(source, Mapping):
-        data = _deep_copy(source)
-    else:
-        data = read_toml(source)
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    return spec_from_dict(data)
+    try:
+        if source is None:
+            data: dict[str, Any] = tomllib.loads(default_spec_text())
+        elif isinstance(source, Spec):
+            data = _drop_none(source.to_dict())
+        elif isinstance(source, Mapping):
+            data = _deep_copy(source)
+        else:
+            data = read_toml(source)
+        for key, value in (overrides or {}).items():
+            _set_dotted(data, key, value)
+        return spec_from_dict(data)
+    except RecursionError:  # a dict nested thousands deep from the Python API
+        raise SpecError("spec", "tables nested too deeply") from None
 
 
 def _toml_value(v: Any) -> str:
