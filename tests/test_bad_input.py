@@ -227,8 +227,9 @@ def test_full_output_location_is_refused_before_the_run(tmp_path, monkeypatch, c
 
 
 def test_write_failure_mid_run_is_one_line_and_leaves_no_report(tmp_path):
-    """A file-size limit makes the last (largest) file fail as a full disk would: clear error, exit 2,
-    and no report.json (so the directory does not pass for a complete run), no temporary files."""
+    """A file-size limit makes the last (largest) file fail as a full disk would: clear error, exit 3
+    ("could not write the run", not bad input), and nothing half-written left: no run directory at all,
+    no temporary files."""
     import resource
 
     run_dir = tmp_path / "run"
@@ -241,13 +242,12 @@ def test_write_failure_mid_run_is_one_line_and_leaves_no_report(tmp_path):
          "--set", "run.outer_iters=3", "--set", "run.horizon=10"],
         capture_output=True, text=True, env=_subprocess_env(), timeout=120, preexec_fn=limit,
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("offtd: error: ")
-    assert str(run_dir) in proc.stderr and "cannot write the run" in proc.stderr and "File too large" in proc.stderr
-    names = sorted(p.name for p in run_dir.iterdir())
-    assert "report.json" not in names and "spec.toml" in names
-    assert not [n for n in names if n.endswith(".tmp")], names  # write_atomic cleaned up after itself
+    assert str(run_dir) in proc.stderr and "could not write the run" in proc.stderr and "File too large" in proc.stderr
+    assert proc.stdout == ""  # no run directory and no status: the run was not kept
+    assert list(tmp_path.iterdir()) == []  # write_run removed its files, api.run the directory
     with pytest.raises(offtd.SpecError, match="not a complete offtd run directory"):
         offtd.load_run(run_dir)
 

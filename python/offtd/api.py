@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -13,9 +15,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import get_backend
+from .threads import single_thread_blas
 from .health import evaluate
 from .loop import run_loop
-from .report import build_report, decode_nonfinite, plain, render_markdown, write_run
+from .report import NONFINITE, build_report, decode_nonfinite, plain, render_markdown, write_run
 from .spec import Spec, SpecError, load_spec, memory_terms
 from .exact.section import theory as theory_section
 
@@ -61,6 +64,12 @@ def _probe_arrays(report: dict) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+class OutputError(SpecError):
+    """The run could not be written (disk full, file too large, an unwritable file system): not bad input
+    (the command line exits 3, not 2). Nothing half-written is left behind: the files, the run directory
+    and any parent directories the run created are removed."""
+
+
 def _normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Accept `policy.p_mix` and, for keyword arguments, `policy__p_mix`."""
     return {k.replace("__", "."): v for k, v in overrides.items()}
@@ -74,39 +83,85 @@ def make_run_dir(
 ) -> Path:
     """Create a new run directory (never reusing one): `run_dir` if given, else `out_root/name/<timestamp>`
     with a numeric suffix when that name is taken. Raises SpecError when the location is not writable or
-    has less than `need_bytes` free."""
-    if run_dir is not None:
-        path = Path(run_dir)
-        if path.exists() or path.is_symlink():
-            raise SpecError(str(path), "run directory already exists; offtd never overwrites a run")
-        _mkdir(path.parent, parents=True)
-        _check_free_space(path.parent, need_bytes)
-        _mkdir(path, parents=False)
-        return path
-    base = Path(out_root) / name
-    _mkdir(base, parents=True)
-    _check_free_space(base, need_bytes)
-    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    for i in range(10000):
-        path = base / (stamp if i == 0 else f"{stamp}_{i}")
+    has less than `need_bytes` free; a refused location is left as it was (no empty `out_root/name`)."""
+    return _make_run_dir(out_root, name, run_dir, need_bytes)[0]
+
+
+def _make_run_dir(
+    out_root: str | os.PathLike[str] | None,
+    name: str,
+    run_dir: str | os.PathLike[str] | None,
+    need_bytes: int,
+) -> tuple[Path, list[Path]]:
+    """:func:`make_run_dir`, also returning the directories it created (parents first), which
+    :func:`_remove_dirs` takes away again when the run cannot be written."""
+    created: list[Path] = []
+    try:
+        if run_dir is not None:
+            path = Path(run_dir)
+            if _lexists(path):
+                raise SpecError(str(path), "run directory already exists; offtd never overwrites a run")
+            _check_free_space(path.parent, need_bytes)  # before anything is created
+            _mkdir(path.parent, parents=True, created=created)
+            _mkdir(path, parents=False, created=created)
+            return path, created
+        base = Path(out_root if out_root is not None else "outputs") / name
+        _check_free_space(base, need_bytes)
+        _mkdir(base, parents=True, created=created)
+        stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        for i in range(10000):
+            path = base / (stamp if i == 0 else f"{stamp}_{i}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise SpecError(str(path), f"cannot create run directory: {exc.strerror}") from None
+            created.append(path)
+            return path, created
+        raise SpecError(str(base), "cannot find a free run directory name")
+    except BaseException:
+        _remove_dirs(created)
+        raise
+
+
+def _lexists(path: Path) -> bool:
+    """Whether something (even a dangling symlink) is at `path`; a path that cannot be asked about (name
+    too long, no permission) counts as existing, so that creating it reports the real error."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove the directories a run created, deepest first, where they are empty."""
+    for path in reversed(created):
         try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise SpecError(str(path), f"cannot create run directory: {exc.strerror}") from None
-    raise SpecError(str(base), "cannot find a free run directory name")
+            path.rmdir()
+        except OSError:
+            pass
 
 
-def _mkdir(path: Path, parents: bool) -> None:
+def _mkdir(path: Path, parents: bool, created: list[Path]) -> None:
+    missing = []
+    if parents:
+        p = path
+        while not _lexists(p) and p != p.parent:
+            missing.append(p)
+            p = p.parent
     try:
         path.mkdir(parents=parents, exist_ok=parents)
+        created.extend(reversed(missing) if parents else [path])
     except FileExistsError:
         if parents:  # exist_ok: something that is not a directory is in the way
             raise SpecError(str(path), "exists and is not a directory") from None
         raise SpecError(str(path), "run directory already exists; offtd never overwrites a run") from None
     except OSError as exc:
+        created.extend(p for p in reversed(missing) if os.path.isdir(p))  # those made before the failure
         raise SpecError(str(path), f"cannot create directory: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise SpecError(str(path), "output location is not writable")
@@ -118,8 +173,13 @@ def output_estimate_bytes(spec: Spec) -> int:
 
 
 def _check_free_space(path: Path, need: int) -> None:
+    """Refuse `path` (which need not exist yet: its nearest existing ancestor is asked) when its file
+    system has less than `need` bytes free."""
+    probe = path
+    while not _lexists(probe) and probe != probe.parent:
+        probe = probe.parent
     try:
-        free = shutil.disk_usage(path).free
+        free = shutil.disk_usage(probe).free
     except OSError:  # pragma: no cover - cannot tell; writing will say
         return
     if free < need:
@@ -128,6 +188,7 @@ def _check_free_space(path: Path, need: int) -> None:
         )
 
 
+@single_thread_blas
 def run(
     spec: str | os.PathLike[str] | Mapping[str, Any] | Spec | None = None,
     backend: str = "rust",
@@ -146,24 +207,32 @@ def run(
     `run_dir` is given.
     """
     resolved = load_spec(spec, _normalise_overrides(overrides))
+    warning = cap_threads()
+    if warning is not None:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
     impl = get_backend(backend)
-    directory = None
+    directory, created = None, []
     if out is not None or run_dir is not None:  # before any work: an unusable location fails early
-        directory = make_run_dir(out, resolved.name, run_dir, need_bytes=output_estimate_bytes(resolved))
-    loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
-    th = theory_section(resolved, loop)
-    verdict = evaluate(resolved, loop, impl)
-    info = {
-        "run_dir": str(directory) if directory is not None else None,
-        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-        "backend": impl.name,
-    }
-    report = build_report(resolved, loop, verdict, th, info)
-    if directory is not None:
-        try:
-            write_run(directory, resolved, report, loop.elapsed_s)
-        except OSError as exc:  # disk full, file too large, ...: no partial report.json is left behind
-            raise SpecError(str(directory), f"cannot write the run: {exc.strerror or exc}") from None
+        directory, created = _make_run_dir(out, resolved.name, run_dir, output_estimate_bytes(resolved))
+    try:
+        loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
+        with np.errstate(all="ignore"):  # extreme specs overflow to inf/NaN here as in the loop: no warnings
+            th = theory_section(resolved, loop)
+            verdict = evaluate(resolved, loop, impl)
+        info = {
+            "run_dir": str(directory) if directory is not None else None,
+            "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+            "backend": impl.name,
+        }
+        report = build_report(resolved, loop, verdict, th, info)
+        if directory is not None:
+            try:
+                write_run(directory, resolved, report, loop.elapsed_s)
+            except OSError as exc:  # disk full, file too large, ...: write_run removed what it wrote
+                raise OutputError(str(directory), f"could not write the run: {exc.strerror or exc}; nothing was kept") from None
+    except Exception:  # no empty or half-written run directory is left (an interruption keeps it: 130)
+        _remove_dirs(created)
+        raise
     rep = plain(report)
     return RunResult(
         report=rep,
@@ -175,13 +244,33 @@ def run(
     )
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
-    """Read back a run directory written by `offtd run` (report.json and spec.toml)."""
-    path = Path(run_dir)
+def cap_threads() -> str | None:
+    """RAYON_NUM_THREADS above the usable cores only slows the Rust core down (5000 threads made a run
+    150x slower): cap it at the core count before the core starts its threads (it reads the variable once
+    per process). Thread counts never change results (specs/MODEL.md 0.2). Returns a warning when it
+    capped, else None."""
+    raw = os.environ.get("RAYON_NUM_THREADS")
+    if raw is None:
+        return None
     try:
-        report = decode_nonfinite(json.loads((path / "report.json").read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise SpecError(str(path), "no report.json here: not a complete offtd run directory") from None
+        wanted = int(raw.strip())
+    except ValueError:  # the core ignores what is not a positive integer
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if wanted <= cores:
+        return None
+    os.environ["RAYON_NUM_THREADS"] = str(cores)
+    return f"RAYON_NUM_THREADS={wanted} is more than the {cores} usable cores; using {cores}"
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
+    """Read back a run directory written by `offtd run` (report.json and spec.toml). A missing, truncated,
+    empty or otherwise damaged report.json is a SpecError naming the file and what is wrong."""
+    path = Path(run_dir)
+    report = _read_report(path)
     spec = load_spec(path / "spec.toml")
     return RunResult(
         report=report,
@@ -190,6 +279,100 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
         series=_arrays(report["series"]),
         probe_series=_probe_arrays(report),
     )
+
+
+class _BareConstant(Exception):
+    pass
+
+
+def _bare_constant(token: str) -> float:
+    raise _BareConstant(token)
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):  # 1e999: valid JSON grammar, but report.json never writes it
+        raise _BareConstant(text)
+    return x
+
+
+def _read_report(run_dir: Path) -> dict:
+    """report.json as written by :func:`offtd.report.to_json`, checked: strict JSON (non-finite numbers
+    are the strings "inf", "-inf", "nan"; bare NaN / Infinity tokens are invalid) with the structure
+    RunResult reads."""
+    file = run_dir / "report.json"
+    where = str(file)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(str(run_dir), "no report.json here: not a complete offtd run directory") from None
+    except IsADirectoryError:
+        raise SpecError(where, "is a directory, not a report") from None
+    except OSError as exc:
+        raise SpecError(where, f"cannot read: {exc.strerror or exc}") from None
+    if not raw.strip():
+        raise SpecError(where, "is empty: the run directory is damaged")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(where, f"is not UTF-8 text (byte {exc.start}): the file is damaged") from None
+    try:
+        data = json.loads(text, parse_constant=_bare_constant, parse_float=_finite_float)
+    except _BareConstant as exc:
+        raise SpecError(
+            where, f"invalid JSON: the number {exc} (report.json writes non-finite numbers as \"inf\", \"-inf\", \"nan\")"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(where, f"invalid JSON (truncated or damaged): {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # an integer beyond the digit limit, nesting thousands deep
+        raise SpecError(where, f"invalid JSON: {type(exc).__name__}") from None
+    problem = _report_problem(data)
+    if problem is not None:
+        raise SpecError(where, f"not an offtd report: {problem}")
+    return decode_nonfinite(data)
+
+
+_REPORT_TABLES = ("run_info", "health", "scale_checks", "core_metrics", "probes", "series", "probe_series", "theory")
+
+
+def _report_problem(data: Any) -> str | None:
+    """What keeps `data` from being a report RunResult can read (None: nothing)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__ if data is not None else 'null'}"
+    for key in _REPORT_TABLES:
+        if not isinstance(data.get(key), dict):
+            return f'"{key}" is missing or not an object'
+    if not isinstance(data.get("next_steps"), list):
+        return '"next_steps" is missing or not a list'
+    health = data["health"]
+    if health.get("status") not in ("PASS", "WARN", "FAIL", "INTERRUPTED") or not isinstance(health.get("status_line"), str):
+        return '"health" has no valid status and status_line'
+    checks = health.get("checks")
+    if not isinstance(checks, list) or not all(
+        isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("name", "status", "reason")) for c in checks
+    ):
+        return '"health.checks" is not a list of checks'
+    for key in ("seed", "name", "key_hparams", "completed_iters", "outer_iters"):
+        if key not in data["run_info"]:
+            return f'"run_info.{key}" is missing'
+    columns = [(f"series.{k}", v) for k, v in data["series"].items()]
+    for probe, cols in data["probe_series"].items():
+        if not isinstance(cols, dict):
+            return f'"probe_series.{probe}" is not an object'
+        columns += [(f"probe_series.{probe}.{k}", v) for k, v in cols.items()]
+    exact = data.get("exact_series", {})
+    if not isinstance(exact, dict):
+        return '"exact_series" is not an object'
+    columns += [(f"exact_series.{k}", v) for k, v in exact.items()]
+    for name, values in columns:
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            return f'"{name}" is not a list of numbers'
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    """A number of a report series: finite number, null (not measured) or "inf" / "-inf" / "nan"."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in NONFINITE)
 
 
 def theory(

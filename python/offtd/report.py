@@ -4,11 +4,13 @@ atomic writing of a run directory."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from .health import Verdict
 from .loop import CORE_METRICS, EXTRA_CORE_METRICS, LoopResult
-from .spec import Spec, key_hparams, to_toml
+from .spec import Spec, _printable, key_hparams, to_toml
 from .summary import fmt, summarize
 
 SAMPLE_COLUMNS = (
@@ -89,10 +91,25 @@ def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict,
 
 # ------------------------------------------------------------------------------------------- markdown
 
+# "<" that could open an HTML tag, comment, declaration or autolink; "&" that could start an entity.
+_MD_HTML = re.compile(r"<(?=[A-Za-z/!?])|&(?=[A-Za-z0-9#])")
+
+
+def md(text: Any, table: bool = False) -> str:
+    """Any string as inert markdown text on one line: backslashes doubled, control characters and line
+    separators escaped as `\\n`, `\\x1b`, ... (a name or path holding a newline cannot start a heading), HTML
+    tags and entities escaped, no inline links; in a table cell (`table=True`) pipes escaped too. What a
+    reader sees rendered is the text itself."""
+    s = _printable(str(text).replace("\\", "\\\\"))
+    if table:
+        s = s.replace("|", "\\|")
+    s = _MD_HTML.sub(lambda m: "&lt;" if m.group() == "<" else "&amp;", s)
+    return s.replace("](", "]\\(")
+
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out = ["| " + " | ".join(md(h, table=True) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(md(c, table=True) for c in r) + " |" for r in rows]
     return out
 
 
@@ -133,15 +150,15 @@ def render_markdown(report: dict, elapsed_s: float | None = None) -> str:
     took = f" in {elapsed_s:.3g} s" if elapsed_s is not None else ""
     lines = ["# Run Report", "", "## Run Info"]
     lines += [
-        f"- run_dir: {info.get('run_dir')}",
-        f"- timestamp: {info.get('timestamp')}",
-        f"- seed: {info['seed']}",
-        f"- key_hparams: {info['key_hparams']}",
-        f"- backend: {info.get('backend')}",
-        f"- name: {info['name']}",
-        f"- iterations: {info['completed_iters']} of {info['outer_iters']} completed{took}",
+        f"- run_dir: {md(info.get('run_dir'))}",
+        f"- timestamp: {md(info.get('timestamp'))}",
+        f"- seed: {md(info['seed'])}",
+        f"- key_hparams: {md(info['key_hparams'])}",
+        f"- backend: {md(info.get('backend'))}",
+        f"- name: {md(info['name'])}",
+        f"- iterations: {md(info['completed_iters'])} of {md(info['outer_iters'])} completed{took}",
     ]
-    lines += ["", "## Health", f"- {report['health']['status_line']}"]
+    lines += ["", "## Health", f"- {md(report['health']['status_line'])}"]
     sc = report["scale_checks"]
     ratio = sc["stability_probe_step_scale_ratio"]
     lines += [
@@ -154,11 +171,11 @@ def render_markdown(report: dict, elapsed_s: float | None = None) -> str:
     lines += ["", "## Core Metrics", *_summary_table(report["core_metrics"])]
     lines += ["", "## Probe Metrics"]
     for name in sorted(report["probes"]):
-        lines += [f"### {name}", *_summary_table(report["probes"][name]), ""]
+        lines += [f"### {md(name)}", *_summary_table(report["probes"][name]), ""]
     head, tail = _samples(report)
     lines += ["## Samples (Head)", *_table(list(SAMPLE_COLUMNS), head), ""]
     lines += ["## Samples (Tail)", *_table(list(SAMPLE_COLUMNS), tail), ""]
-    lines += ["## Next Steps", *(f"- {s}" for s in report["next_steps"]), ""]
+    lines += ["## Next Steps", *(f"- {md(s)}" for s in report["next_steps"]), ""]
     lines += ["## Theory"]
     lines += _table(
         ["quantity", "predicted", "measured", "note"],
@@ -244,20 +261,29 @@ def series_csv(columns: dict[str, list[float]]) -> str:
     return buf.getvalue()
 
 
-def _file_mode() -> int:
-    """0o666 less the process umask: what `open()` would give (mkstemp alone gives 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new hidden `.<name>.<random>.tmp` next to `path`, created with mode 0o666: the kernel applies the
+    umask (and a default ACL) exactly as for `open()`. Nothing process-wide is read or changed (reading
+    the umask with os.umask sets it, and races with other threads creating files)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file, even
-    if the process is killed mid-write (at worst a hidden `.<name>.*.tmp` file is left behind)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if the process is killed mid-write (at worst a hidden `.<name>.*.tmp` file is left behind). The file
+    gets the mode `open()` would give (0o666 less the umask)."""
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), _file_mode())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -271,12 +297,28 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_run(run_dir: Path, spec: Spec, report: dict, elapsed_s: float | None = None) -> None:
-    """Write every file of a run. report.json goes last: its presence marks a complete run directory."""
-    write_atomic(run_dir / "spec.toml", to_toml(spec))
-    write_atomic(run_dir / "series.csv", series_csv(report["series"]))
-    for name, cols in report["probe_series"].items():
-        write_atomic(run_dir / f"{name}.csv", series_csv(cols))
-    if report.get("exact_series"):
-        write_atomic(run_dir / "exact_td.csv", series_csv(report["exact_series"]))
-    write_atomic(run_dir / "report.md", render_markdown(report, elapsed_s))
-    write_atomic(run_dir / "report.json", to_json(report))
+    """Write every file of a run. report.json goes last: its presence marks a complete run directory.
+    When a write fails (disk full, file too large, interrupted) the files already written are removed
+    before the error propagates: no half-written run is left (the caller removes the directory)."""
+    written: list[Path] = []
+
+    def put(name: str, text: str) -> None:
+        write_atomic(run_dir / name, text)
+        written.append(run_dir / name)
+
+    try:
+        put("spec.toml", to_toml(spec))
+        put("series.csv", series_csv(report["series"]))
+        for name, cols in report["probe_series"].items():
+            put(f"{name}.csv", series_csv(cols))
+        if report.get("exact_series"):
+            put("exact_td.csv", series_csv(report["exact_series"]))
+        put("report.md", render_markdown(report, elapsed_s))
+        put("report.json", to_json(report))
+    except BaseException:
+        for path in reversed(written):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .api import RunResult, make_run_dir, run
-from .report import write_atomic
-from .spec import Spec, SpecError, load_spec, parse_override
+from .api import OutputError, RunResult, make_run_dir, run
+from .report import md, write_atomic
+from .spec import Spec, SpecError, _printable, load_spec
 from .summary import fmt
 
 try:
@@ -35,7 +35,7 @@ HEADLINE = (
     ("dist_action_kl", ("probes", "distribution_probe", "dist_action_kl", "last")),
     ("rho_khat_pi_b", ("probes", "fixed_point_probe", "rho_khat", "last")),
     ("w_gap", ("probes", "fixed_point_probe", "w_gap", "last")),
-    ("stability_radius_exact", ("probes", "stability_probe", "stability_radius_exact", "last")),
+    ("stability_radius", ("probes", "stability_probe", "stability_radius", "last")),
     ("a_min_real_eig", ("probes", "stability_probe", "a_min_real_eig", "last")),
 )
 
@@ -47,12 +47,33 @@ class Cell:
     spec: Spec
 
 
+# Statuses of a sweep's cells, worst last: ERROR is a cell that could not run to a report.
+STATUSES = ("PASS", "WARN", "FAIL", "INTERRUPTED", "ERROR")
+
+
+@dataclass(frozen=True)
+class CellError:
+    """A cell that ended without a report (an unexpected error): what `on_cell` gets instead of a RunResult."""
+
+    message: str
+    run_dir: Path | None = None
+    status: str = "ERROR"
+
+    @property
+    def status_line(self) -> str:
+        return f"status: ERROR ({self.message})"
+
+
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """`key=v1,v2,...` items -> {key: [values]}; values are TOML (a list value needs brackets:
     `env.b=[[0.5,0],[0,0.5]]` is one value, so give lists as `key=[...];[...]` separated by ';')."""
     grid: dict[str, list[Any]] = {}
     for item in items:
-        key, raw = parse_override(item)[0], item.split("=", 1)[1].strip()
+        if "=" not in item:
+            raise SpecError(f"--grid {item}", "expected KEY=V1,V2,..., e.g. policy.p_mix=0,0.1")
+        key, raw = (part.strip() for part in item.split("=", 1))
+        if not key or not all(part.strip() for part in key.split(".")):
+            raise SpecError(f"--grid {item}", "empty key or key part, expected e.g. policy.p_mix=0,0.1")
         sep = ";" if raw.startswith("[") else ","
         values = []
         for part in raw.split(sep):
@@ -63,6 +84,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
                 values.append(tomllib.loads(f"v = {part}")["v"])
             except tomllib.TOMLDecodeError:
                 values.append(part)
+            except RecursionError:
+                raise SpecError(f"--grid {key}", "value nested too deeply") from None
         if key in grid:
             raise SpecError(f"--grid {key}", "given twice")
         grid[key] = values
@@ -106,6 +129,20 @@ def summary_row(cell: Cell, result: RunResult) -> dict[str, Any]:
     return row
 
 
+def error_row(cell: Cell, error: CellError) -> dict[str, Any]:
+    """The summary row of a cell that could not run: status ERROR and its message under `flagged`."""
+    row: dict[str, Any] = {"cell": cell.index, **cell.overrides, "status": "ERROR", "flagged": error.message}
+    row.update({name: None for name, _ in HEADLINE})
+    row["run_dir"] = ""
+    return row
+
+
+def _error_message(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, SpecError) else f"{type(exc).__name__}: {exc}"
+    text = _printable(text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -116,20 +153,21 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell_text(v: Any) -> str:
+    """A table cell as inert markdown: a value such as name="a|b" or "<b>x</b>" stays one literal cell."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None or isinstance(v, (int, float)):
         return fmt(v)
-    return str(v)
+    return md(v, table=True)
 
 
 def _markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
     cols = ["cell", *keys, "status", "flagged", *(name for name, _ in HEADLINE)]
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    lines = ["| " + " | ".join(md(c, table=True) for c in cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     for r in rows:
         vals = [_cell_text(r[c]) for c in cols]
         lines.append("| " + " | ".join(vals) + " |")
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "WARN", "FAIL", "INTERRUPTED")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     head = f"# Sweep\n\n{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + "\n\n"
     return head + "\n".join(lines) + "\n"
 
@@ -139,11 +177,13 @@ def sweep(
     grid: Mapping[str, list[Any]],
     backend: str = "rust",
     out: str | os.PathLike[str] = "outputs",
-    on_cell: Callable[[int, int, RunResult], None] | None = None,
+    on_cell: Callable[[int, int, RunResult | CellError], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run every cell; returns (sweep directory, summary rows). Writes sweep.csv and sweep.md after
-    each cell, so an interrupted sweep still has the table of the cells it finished."""
+    each cell, so an interrupted sweep still has the table of the cells it finished. A cell that fails
+    with an error is recorded as ERROR with its message and the sweep goes on; a run or table that
+    cannot be written (OutputError) stops it."""
     base = load_spec(spec)
     all_cells = cells(base, grid)
     root = make_run_dir(out, f"{base.name}_sweep")
@@ -151,10 +191,21 @@ def sweep(
     for cell in all_cells:
         if should_stop is not None and should_stop():
             break
-        result = run(cell.spec, backend=backend, run_dir=root / f"cell_{cell.index:04d}", should_stop=should_stop)
-        rows.append(summary_row(cell, result))
-        write_atomic(root / "sweep.csv", _csv(rows))
-        write_atomic(root / "sweep.md", _markdown(rows, list(grid)))
+        result: RunResult | CellError
+        try:
+            result = run(cell.spec, backend=backend, run_dir=root / f"cell_{cell.index:04d}", should_stop=should_stop)
+        except OutputError:
+            raise
+        except Exception as exc:  # one broken cell must not stop the others
+            result = CellError(_error_message(exc))
+            rows.append(error_row(cell, result))
+        else:
+            rows.append(summary_row(cell, result))
+        try:
+            write_atomic(root / "sweep.csv", _csv(rows))
+            write_atomic(root / "sweep.md", _markdown(rows, list(grid)))
+        except OSError as exc:
+            raise OutputError(str(root), f"could not write the sweep table: {exc.strerror or exc}") from None
         if on_cell is not None:
             on_cell(cell.index, len(all_cells), result)
     return root, rows
