@@ -303,8 +303,21 @@ def test_corners_run():
     assert check(TINY_ENTRIES, "python") == "ran"
 
 
+# Found by this test: a zero standard error (one stability sub-batch) divided the advice's margin by 0.
+ZERO_SE = {
+    "name": "x", "env": {"state_dim": 1, "action_dim": 1, "a": [[-F_TINY]], "q": [[0.0]], "sigma_eps": 0.0, "sigma_0": 0.0,
+                         "reward_scale": F_TINY},
+    "run": {"outer_iters": 1, "horizon": 1, "probe_every": INT_MAX, "batch": 2},
+    "policy": {"sigma_mu": 1e-6, "sigma_pi": 1e-6, "p_mix": 0.0, "beta": 0.0, "k_init": [[F_MAX]], "k_mu_init": [[F_TINY]]},
+    "critic": {"gamma": F_MIN_NORMAL, "alpha_w": F_MAX},
+    "probes": {"distribution": {"action_samples": 2, "num_samples": 64}, "fixed_point": {"batch_size": 16, "num_iters": 20},
+               "stability": {"batch_size": 16, "power_iters": 20}},
+}  # fmt: skip
+
+
 @settings(max_examples=MAX_EXAMPLES)
 @example((HIGHEST, "python"))
+@example((ZERO_SE, "rust"))
 @given(extreme_specs())
 def test_extreme_specs_run_or_are_refused(drawn):
     data, backend = drawn

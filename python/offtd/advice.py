@@ -187,11 +187,12 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
         row = last_row(result, "stability_probe")
         if row is not None:
             z = z_level(spec)
-            margins = [abs(row["stability_radius"] - 1.0) / row["stability_radius_se"], abs(row["a_min_real_eig"]) / row["a_min_real_eig_se"]]
+            pairs = [(abs(row["stability_radius"] - 1.0), row["stability_radius_se"]), (abs(row["a_min_real_eig"]), row["a_min_real_eig_se"])]
+            margins = [d / se for d, se in pairs if se > 0]  # a zero standard error (one sub-batch) gives no margin
             finite = [x for x in margins if math.isfinite(x) and x > 0]
             factor = (z / min(finite)) ** 2 if finite else math.nan
             size = spec.probes.stability.batch_size
-            need = f"about {_fmt(math.ceil(size * factor))}" if math.isfinite(factor) else "a larger value"
+            need = f"about {_fmt(math.ceil(size * factor))}" if math.isfinite(size * factor) else "a larger value"
             steps.append(
                 f"the stability estimate straddles the boundary -> raise probes.stability.batch_size from {size} to {need} "
                 "(the interval shrinks like 1/sqrt(batch_size)), or add margin (raise p_mix, lower gamma)."
