@@ -1,35 +1,117 @@
 //! The Python module `offtd._core`: thin `*_py` wrappers around the kernels.
 //!
 //! This is the only module that knows about Python. Each wrapper checks its arrays (numpy float64,
-//! number of dimensions, shape, C-contiguity, finiteness where the math needs it), releases the
-//! interpreter lock around the kernel with `py.detach`, and converts the result to numpy arrays,
-//! dicts and tuples. Wrong dtype / number of dimensions / non-array raise `TypeError`; wrong shape,
-//! non-contiguous, non-finite and out-of-domain values raise `ValueError`; every message starts with
-//! the argument's name. [`CoreError`]s become exceptions in one place, [`to_py_err`].
+//! number of dimensions, shape, C-contiguity, finiteness where the math needs it), runs the kernel
+//! with the interpreter detached ([`run_detached`]), and converts the result to numpy arrays, dicts
+//! and tuples (the arrays take over the kernel's `Vec`s, no copy). Wrong dtype / number of
+//! dimensions / non-array raise `TypeError`; wrong shape, non-contiguous, non-finite and
+//! out-of-domain values raise `ValueError`; a call whose memory would not fit raises
+//! `CoreMemoryError` (a `MemoryError`); every message starts with the argument's name. [`CoreError`]s
+//! become exceptions in one place, [`to_py_err`].
+//!
+//! Signals: while a kernel runs, the calling thread re-attaches about every 10 ms of work and runs
+//! `check_signals` (Python's signal handlers). When a handler raises, the kernel stops
+//! ([`crate::interrupt`]) and that exception is raised from the call, partial results discarded.
+
+use std::sync::Mutex;
 
 use numpy::ndarray::{Array, IxDyn};
 use numpy::{
     dtype, IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
     PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySequence};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PySequence, PyTuple, PyType};
 
-use crate::error::{fmt_shape, CoreError};
+use crate::error::{fmt_shape, CoreError, CoreResult};
+use crate::interrupt::{self, Interrupt};
 use crate::model::{check_finite, feature_dim, features, Problem, BLOCK};
 use crate::philox::{self, Stream};
-use crate::{mmd, moments, power, ratios, rollout, solver, transitions};
+use crate::{mem, mmd, moments, power, ratios, rollout, solver, transitions};
 
-/// Largest number of elements any one output or scratch array may hold (8 GiB of float64).
-const MAX_ELEMS: u128 = 1 << 30;
+/// Size arguments (counts of samples, trajectories, steps) must be below this: far more than any
+/// machine holds, and small enough that no product of a size with the other dimensions overflows.
+/// Sizes below it are limited by the memory available, which the kernels check (`mem::plan`).
+const MAX_SIZE: u64 = 1 << 48;
+
+/// `offtd._core.CoreMemoryError`: a call whose outputs and scratch would not fit in the memory
+/// available. A `MemoryError`, and a `ValueError` as well (the size arguments are what is wrong,
+/// and callers that caught the `ValueError` of the old fixed limit keep working).
+fn memory_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let ty = TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let bases = PyTuple::new(
+            py,
+            [
+                py.get_type::<PyMemoryError>(),
+                py.get_type::<PyValueError>(),
+            ],
+        )?;
+        let ns = PyDict::new(py);
+        ns.set_item("__module__", "offtd._core")?;
+        ns.set_item(
+            "__doc__",
+            "A call of offtd._core whose arrays and scratch would need more memory than is \
+             available (MemAvailable, the address-space limit or the memory cgroup). The message \
+             names the argument that sets the size and the bytes.",
+        )?;
+        let ty = py
+            .get_type::<PyType>()
+            .call1(("CoreMemoryError", bases, ns))?
+            .cast_into::<PyType>()?;
+        Ok(ty.unbind())
+    })?;
+    Ok(ty.bind(py))
+}
 
 /// The one place core errors become Python exceptions.
 pub fn to_py_err(e: CoreError) -> PyErr {
-    if e.is_type_error() {
-        PyTypeError::new_err(e.to_string())
-    } else {
-        PyValueError::new_err(e.to_string())
+    match e {
+        CoreError::OutOfMemory { .. } => Python::attach(|py| match memory_error_type(py) {
+            Ok(ty) => PyErr::from_type(ty.clone(), e.to_string()),
+            Err(_) => PyMemoryError::new_err(e.to_string()),
+        }),
+        // only reached when no signal handler's exception was kept (see `run_detached`)
+        CoreError::Interrupted => PyKeyboardInterrupt::new_err(e.to_string()),
+        e if e.is_type_error() => PyTypeError::new_err(e.to_string()),
+        e => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// Runs `f` with the interpreter detached, polling Python's signal handlers from this thread about
+/// every 10 ms of the kernel's work (the kernel's ticks decide when, [`crate::interrupt`]). When a
+/// handler raises, the kernel stops and its exception is returned; other errors go through
+/// [`to_py_err`].
+fn run_detached<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    F: FnOnce() -> CoreResult<T> + Send,
+    T: Send,
+{
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let poll = || -> bool {
+        Python::attach(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(err) => {
+                *raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                true
+            }
+        })
+    };
+    let out = py.detach(|| {
+        let intr = Interrupt::new(&poll);
+        interrupt::scope(&intr, f)
+    });
+    match out {
+        Ok(v) => Ok(v),
+        Err(CoreError::Interrupted) => {
+            let raised = raised.into_inner().unwrap_or_else(|p| p.into_inner());
+            Err(raised.unwrap_or_else(|| to_py_err(CoreError::Interrupted)))
+        }
+        Err(e) => Err(to_py_err(e)),
     }
 }
 
@@ -176,27 +258,17 @@ fn bool_arg(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<bool> {
         .map_err(|_| wrong_type(obj, arg, "bool"))
 }
 
-/// A size argument: an integer in `[min, 2^30]`.
+/// A size argument: an integer in `[min, 2^48)`; whether its arrays fit is the kernel's memory
+/// plan's question (`CoreMemoryError`).
 fn size_arg(obj: &Bound<'_, PyAny>, arg: &'static str, min: u64) -> PyResult<usize> {
     let v = u64_arg(obj, arg)?;
     if v < min {
         return Err(value_err(arg, format!("must be >= {min}, got {v}")));
     }
-    if v as u128 > MAX_ELEMS {
-        return Err(value_err(arg, format!("must be <= {MAX_ELEMS}, got {v}")));
+    if v >= MAX_SIZE {
+        return Err(value_err(arg, format!("must be < 2**48, got {v}")));
     }
-    Ok(v as usize)
-}
-
-fn check_alloc(arg: &'static str, elems: u128) -> PyResult<()> {
-    if elems > MAX_ELEMS {
-        Err(value_err(
-            arg,
-            format!("the result would need {elems} elements (limit {MAX_ELEMS})"),
-        ))
-    } else {
-        Ok(())
-    }
+    usize::try_from(v).map_err(|_| value_err(arg, format!("too large for this machine, got {v}")))
 }
 
 fn to_numpy<'py, T: numpy::Element>(
@@ -381,8 +453,7 @@ fn philox_blocks_py<'py>(
     count: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
-    check_alloc("count", count as u128 * 4)?;
-    let v = py.detach(|| philox::blocks(stream, start, count));
+    let v = run_detached(py, || philox::try_blocks(stream, start, count))?;
     to_numpy(py, v, &[count, 4])
 }
 
@@ -399,7 +470,7 @@ fn uniforms_py<'py>(
     count: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
-    let v = py.detach(|| philox::uniforms(stream, start, count));
+    let v = run_detached(py, || philox::try_uniforms(stream, start, count))?;
     to_numpy(py, v, &[count])
 }
 
@@ -416,7 +487,7 @@ fn normals_py<'py>(
     count: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (stream, start, count) = stream_args(seed, purpose, iteration, substream, start, count)?;
-    let v = py.detach(|| philox::normals(stream, start, count));
+    let v = run_detached(py, || philox::try_normals(stream, start, count))?;
     to_numpy(py, v, &[count])
 }
 
@@ -430,15 +501,19 @@ fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bou
         return Err(value_err("states", "state dimension n must be >= 1"));
     }
     let d = feature_dim(n);
-    check_alloc("states", rows as u128 * d as u128)?;
     let src = s.slice();
-    let out = py.detach(|| {
-        let mut out = vec![0.0; rows * d];
-        for (row, o) in src.chunks_exact(n).zip(out.chunks_exact_mut(d)) {
-            features(row, o);
+    let out = run_detached(py, || {
+        mem::plan("states", mem::bytes_of::<f64>(rows) * d as u128)?;
+        let mut out: Vec<f64> = mem::zeroed("states", rows * d)?;
+        for (c, o) in out.chunks_mut(1024 * d).enumerate() {
+            interrupt::tick_check((o.len() + 1024 * n) as u64)?;
+            let rows_in = &src[c * 1024 * n..];
+            for (row, o) in rows_in.chunks_exact(n).zip(o.chunks_exact_mut(d)) {
+                features(row, o);
+            }
         }
-        out
-    });
+        Ok(out)
+    })?;
     to_numpy(py, out, &[rows, d])
 }
 
@@ -493,14 +568,11 @@ fn rollout_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let batch = size_arg(batch, "batch", 1)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
-    let per_traj =
-        ((horizon as u128 + 1) * n as u128).max(2 + d as u128 * (d as u128 + 3) + (m * n) as u128);
-    check_alloc("batch", batch as u128 * per_traj)?;
     let p = pa.problem(sigma_0);
     let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
-    let out = py
-        .detach(|| rollout::rollout(&p, ws, kp, km, iteration, batch, horizon))
-        .map_err(to_py_err)?;
+    let out = run_detached(py, || {
+        rollout::rollout(&p, ws, kp, km, iteration, batch, horizon)
+    })?;
     let dict = PyDict::new(py);
     dict.set_item(
         "states",
@@ -570,17 +642,13 @@ fn transitions_py<'py>(
     let repeats = size_arg(repeats, "repeats", 1)?;
     let base = u64_arg(base, "base")?;
     let iteration = u64_arg(iteration, "iteration")?;
-    let dd = (d * d + d) as u128;
-    check_alloc(
-        "repeats",
-        (repeats as u128 + (count / BLOCK) as u128 + 1) * dd,
-    )?;
     let p = pa.problem(0.0);
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
-    let out = py
-        .detach(|| transitions::transitions(&p, kp, km, pl, count, repeats, base, iteration))
-        .map_err(to_py_err)?;
-    let counts: Vec<i64> = out.counts.iter().map(|&c| c as i64).collect();
+    let out = run_detached(py, || {
+        transitions::transitions(&p, kp, km, pl, count, repeats, base, iteration)
+    })?;
+    let counts: Vec<i64> =
+        mem::collect("repeats", out.counts.iter().map(|&c| c as i64)).map_err(to_py_err)?;
     let dict = PyDict::new(py);
     dict.set_item("a_sums", to_numpy(py, out.a_sums, &[repeats, d, d])?)?;
     dict.set_item("b_sums", to_numpy(py, out.b_sums, &[repeats, d])?)?;
@@ -630,13 +698,11 @@ fn policy_samples_py<'py>(
     let mmd_count = size_arg(mmd_count, "mmd_count", 0)?;
     let iteration = u64_arg(iteration, "iteration")?;
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
-    let out = py
-        .detach(|| {
-            transitions::policy_samples(
-                n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration,
-            )
-        })
-        .map_err(to_py_err)?;
+    let out = run_detached(py, || {
+        transitions::policy_samples(
+            n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration,
+        )
+    })?;
     let dict = PyDict::new(py);
     dict.set_item("rho", to_numpy(py, out.rho, &[count])?)?;
     dict.set_item("tv_sum", out.tv_sum)?;
@@ -665,7 +731,7 @@ fn rho_stats_py<'py>(
         return Err(value_err("clip", "must not be NaN"));
     }
     let xs = rho.slice();
-    let s = py.detach(|| ratios::rho_stats(xs, clip, clip_enabled));
+    let s = run_detached(py, || ratios::try_rho_stats(xs, clip, clip_enabled))?;
     let dict = PyDict::new(py);
     dict.set_item("n", s.n)?;
     dict.set_item("nonfinite", s.nonfinite)?;
@@ -707,9 +773,7 @@ fn gmres_py<'py>(
         return Err(value_err("tol", format!("must be >= 0, got {tol}")));
     }
     let (asl, bsl) = (a.slice(), b.slice());
-    let out = py
-        .detach(|| solver::gmres(asl, bsl, max_iters, tol))
-        .map_err(to_py_err)?;
+    let out = run_detached(py, || solver::gmres(asl, bsl, max_iters, tol))?;
     Ok((
         to_numpy(py, out.x, &[d])?,
         out.converged,
@@ -734,9 +798,7 @@ fn lu_solve_py<'py>(
     let a = array_shaped(a, "a", &[Some(d), Some(d)], true)?;
     check_finite("b", b.slice()).map_err(to_py_err)?;
     let (asl, bsl) = (a.slice(), b.slice());
-    let x = py
-        .detach(|| solver::lu_solve(asl, bsl))
-        .map_err(to_py_err)?;
+    let x = run_detached(py, || solver::lu_solve(asl, bsl))?;
     to_numpy(py, x, &[d])
 }
 
@@ -759,8 +821,7 @@ fn power_iteration_py<'py>(
     check_finite("v0", v0.slice()).map_err(to_py_err)?;
     let iters = u64_arg(iters, "iters")?;
     let (msl, vsl) = (m.slice(), v0.slice());
-    py.detach(|| power::power_iteration(msl, vsl, iters))
-        .map_err(to_py_err)
+    run_detached(py, || power::power_iteration(msl, vsl, iters))
 }
 
 /// `mmd2(x, y)`: `(mmd2, mmd_sigma)` for two (M, D) sample sets (MODEL.md 4.1); `mmd2` is NaN for
@@ -779,7 +840,7 @@ fn mmd2_py<'py>(
     }
     let y = array_shaped(y, "y", &[Some(rows), Some(dim)], false)?;
     let (xs, ys) = (x.slice(), y.slice());
-    py.detach(|| mmd::mmd2(xs, ys, dim)).map_err(to_py_err)
+    run_detached(py, || mmd::mmd2(xs, ys, dim))
 }
 
 /// `state_moments(a, b, k_pi, k_mu, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix, horizon)`: the
@@ -823,17 +884,12 @@ fn state_moments_py<'py>(
     let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
     let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
-    // the (n, n, n, n) buffers: moments, running sums, next moments, two scratch tensors and one
-    // Isserlis tensor per component
-    check_alloc("a", 8 * (n as u128).pow(4))?;
     let (asl, bsl, kp, km) = (a.slice(), b.slice(), k_pi.slice(), k_mu.slice());
-    let out = py
-        .detach(|| {
-            moments::state_moments(
-                n, m, asl, bsl, kp, km, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix, horizon,
-            )
-        })
-        .map_err(to_py_err)?;
+    let out = run_detached(py, || {
+        moments::state_moments(
+            n, m, asl, bsl, kp, km, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix, horizon,
+        )
+    })?;
     Ok((
         to_numpy(py, out.m2, &[n, n])?,
         to_numpy(py, out.m4, &[n, n, n, n])?,

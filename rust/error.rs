@@ -1,8 +1,10 @@
 //! The core's one error type.
 //!
 //! Every fallible kernel returns [`CoreError`]; the Python bindings map it to an exception in one place
-//! (`bindings::to_py_err`): [`CoreError::WrongType`] becomes `TypeError`, everything else `ValueError`.
-//! Messages always start with the argument's name so a caller sees which input was wrong.
+//! (`bindings::to_py_err`): [`CoreError::WrongType`] becomes `TypeError`, [`CoreError::OutOfMemory`]
+//! `offtd._core.CoreMemoryError` (a `MemoryError`), [`CoreError::Interrupted`] whatever exception
+//! the Python signal handler raised, everything else `ValueError`. Messages always start with the
+//! argument's name so a caller sees which input was wrong.
 
 use std::fmt;
 
@@ -29,6 +31,17 @@ pub enum CoreError {
     },
     /// A matrix the direct solver cannot factor.
     Singular { arg: &'static str },
+    /// The memory a call needs (its outputs and scratch, `bytes` in all) is more than the memory
+    /// available (`available`: MemAvailable, the address-space limit's headroom or the cgroup's,
+    /// whichever is least; `None` when an allocation itself failed). `arg` sets the size.
+    OutOfMemory {
+        arg: &'static str,
+        bytes: u128,
+        available: Option<u64>,
+    },
+    /// The computation was stopped because the caller asked (a signal arrived, see
+    /// [`crate::interrupt`]); its partial results are discarded.
+    Interrupted,
 }
 
 impl CoreError {
@@ -57,13 +70,30 @@ impl CoreError {
             | CoreError::NonFinite { arg }
             | CoreError::NotContiguous { arg }
             | CoreError::WrongType { arg, .. }
-            | CoreError::Singular { arg } => arg,
+            | CoreError::Singular { arg }
+            | CoreError::OutOfMemory { arg, .. } => arg,
+            CoreError::Interrupted => "interrupted",
         }
     }
 
     /// True for errors Python reports as `TypeError` (the rest are `ValueError`).
     pub fn is_type_error(&self) -> bool {
         matches!(self, CoreError::WrongType { .. })
+    }
+}
+
+/// A byte count for messages: `1.5 GiB`, `12 MiB`, `512 bytes`.
+pub fn fmt_bytes(bytes: u128) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB * KIB {
+        format!("{:.3} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.3} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.3} KiB", b / KIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -91,6 +121,26 @@ impl fmt::Display for CoreError {
                 write!(f, "{arg}: expected {expected}, got {got}")
             }
             CoreError::Singular { arg } => write!(f, "{arg}: matrix is singular"),
+            CoreError::OutOfMemory {
+                arg,
+                bytes,
+                available: Some(avail),
+            } => write!(
+                f,
+                "{arg}: this call needs {bytes} bytes ({}) of memory, more than the {} available",
+                fmt_bytes(*bytes),
+                fmt_bytes(*avail as u128)
+            ),
+            CoreError::OutOfMemory {
+                arg,
+                bytes,
+                available: None,
+            } => write!(
+                f,
+                "{arg}: cannot allocate the {bytes} bytes ({}) this call needs",
+                fmt_bytes(*bytes)
+            ),
+            CoreError::Interrupted => write!(f, "interrupted: the computation was stopped"),
         }
     }
 }
@@ -139,6 +189,25 @@ mod tests {
             CoreError::Singular { arg: "a" }.to_string(),
             "a: matrix is singular"
         );
+        assert_eq!(
+            CoreError::OutOfMemory {
+                arg: "count",
+                bytes: 8 << 30,
+                available: Some(3 << 30)
+            }
+            .to_string(),
+            "count: this call needs 8589934592 bytes (8.000 GiB) of memory, more than the 3.000 GiB available"
+        );
+        assert_eq!(
+            CoreError::OutOfMemory {
+                arg: "batch",
+                bytes: 1536,
+                available: None
+            }
+            .to_string(),
+            "batch: cannot allocate the 1536 bytes (1.500 KiB) this call needs"
+        );
+        assert_eq!(CoreError::Interrupted.arg(), "interrupted");
     }
 
     #[test]

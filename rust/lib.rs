@@ -15,7 +15,11 @@
 //!   one kernel that agrees with the reference to rounding rather than to the bit (its contractions
 //!   associate differently from numpy's `einsum`);
 //! - [`error`]: the one error type, [`error::CoreError`];
-//! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake).
+//! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake);
+//! - [`mem`]: the memory a call may take (relative to what the machine and the process's limits
+//!   leave) and fallible allocation, so an oversized request is an error, never an abort;
+//! - [`interrupt`]: stopping a kernel when its caller asks (the bindings poll Python's signal
+//!   handlers from the calling thread about every 10 ms of work).
 //!
 //! Parallel kernels combine per-trajectory or per-block partial sums sequentially in a fixed order,
 //! so results are bit-identical for any thread count. Only [`bindings`] knows about Python.
@@ -25,6 +29,8 @@
 
 pub mod bindings;
 pub mod error;
+pub mod interrupt;
+pub mod mem;
 pub mod mmd;
 pub mod model;
 pub mod moments;

@@ -21,6 +21,7 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{check_finite, check_finite_scalar};
+use crate::{interrupt, mem};
 
 /// `(mean_h M2_h, mean_h M4_h)`, row-major `(n, n)` and `(n, n, n, n)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,18 @@ struct Component {
 /// `E[x_i x_j x_k x_l]` for `x ~ N(0, s)`: `s_ij s_kl + s_ik s_jl + s_il s_jk`, row-major (n, n, n, n).
 pub fn isserlis(s: &[f64], n: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * n * n * n];
+    isserlis_into(s, n, &mut out);
+    out
+}
+
+/// [`isserlis`] into a fallibly allocated buffer ([`CoreError::OutOfMemory`] naming `a`).
+fn try_isserlis(s: &[f64], n: usize) -> CoreResult<Vec<f64>> {
+    let mut out = mem::zeroed("a", n * n * n * n)?;
+    isserlis_into(s, n, &mut out);
+    Ok(out)
+}
+
+fn isserlis_into(s: &[f64], n: usize, out: &mut [f64]) {
     let mut idx = 0;
     for i in 0..n {
         for j in 0..n {
@@ -56,12 +69,12 @@ pub fn isserlis(s: &[f64], n: usize) -> Vec<f64> {
             }
         }
     }
-    out
 }
 
 /// `dst = L x_mode src`: with `src` viewed as `(outer, n, inner)`,
 /// `dst[o, i, r] = sum_c L[i, c] * src[o, c, r]`. Mode 1 of an (n, n, n, n) tensor is
 /// `(1, n, n^3)`, mode 2 `(n, n, n^2)`, mode 3 `(n^2, n, n)`, mode 4 `(n^3, n, 1)`.
+/// Ticks the interruption as it goes; `Err(Interrupted)` leaves `dst` partly written.
 fn apply_mode(
     l: &[f64],
     lt: &[f64],
@@ -70,11 +83,19 @@ fn apply_mode(
     n: usize,
     outer: usize,
     inner: usize,
-) {
+) -> CoreResult<()> {
     let blk = n * inner;
     if inner == 1 {
         // dst[o, :] = L src[o, :] = sum_c src[o, c] * L^T[c, :]: a contiguous axpy over i
-        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)).take(outer) {
+        for (o, (s, d)) in src
+            .chunks_exact(n)
+            .zip(dst.chunks_exact_mut(n))
+            .take(outer)
+            .enumerate()
+        {
+            if o % n == 0 {
+                interrupt::tick_check((2 * n * n * n) as u64)?;
+            }
             d.fill(0.0);
             for (c, &sc) in s.iter().enumerate() {
                 let ltc = &lt[c * n..(c + 1) * n];
@@ -83,7 +104,7 @@ fn apply_mode(
                 }
             }
         }
-        return;
+        return Ok(());
     }
     for (s, d) in src
         .chunks_exact(blk)
@@ -91,6 +112,7 @@ fn apply_mode(
         .take(outer)
     {
         for i in 0..n {
+            interrupt::tick_check((2 * n * inner) as u64)?;
             let drow = &mut d[i * inner..(i + 1) * inner];
             drow.fill(0.0);
             for c in 0..n {
@@ -102,6 +124,7 @@ fn apply_mode(
             }
         }
     }
+    Ok(())
 }
 
 /// The recursion's state: the current moments, their running sums and scratch space. One call of
@@ -123,7 +146,7 @@ struct Recursion {
 }
 
 impl Recursion {
-    fn new(n: usize, sigma_0: f64, comps: Vec<Component>) -> Self {
+    fn new(n: usize, sigma_0: f64, comps: Vec<Component>) -> CoreResult<Self> {
         let n2 = n * n;
         let n4 = n2 * n2;
         let mut eye = vec![0.0; n2];
@@ -133,25 +156,29 @@ impl Recursion {
         let v2 = sigma_0 * sigma_0;
         let v4 = v2 * v2;
         let m2: Vec<f64> = eye.iter().map(|e| v2 * e).collect();
-        let m4: Vec<f64> = isserlis(&eye, n).iter().map(|e| v4 * e).collect();
-        Recursion {
+        let mut m4 = try_isserlis(&eye, n)?;
+        for e in m4.iter_mut() {
+            *e *= v4;
+        }
+        let zeros = |len: usize| mem::zeroed::<f64>("a", len);
+        Ok(Recursion {
             n,
             comps,
             m2,
             m4,
-            acc2: vec![0.0; n2],
-            acc4: vec![0.0; n4],
-            new2: vec![0.0; n2],
-            new4: vec![0.0; n4],
-            lm2: vec![0.0; n2],
-            s2: vec![0.0; n2],
-            t1: vec![0.0; n4],
-            t2: vec![0.0; n4],
-        }
+            acc2: zeros(n2)?,
+            acc4: zeros(n4)?,
+            new2: zeros(n2)?,
+            new4: zeros(n4)?,
+            lm2: zeros(n2)?,
+            s2: zeros(n2)?,
+            t1: zeros(n4)?,
+            t2: zeros(n4)?,
+        })
     }
 
     /// Adds the current moments to the running sums and advances them one step.
-    fn step(&mut self) {
+    fn step(&mut self) -> CoreResult<()> {
         let n = self.n;
         let (n2, n3) = (n * n, n * n * n);
         for (a, &v) in self.acc2.iter_mut().zip(&self.m2) {
@@ -184,10 +211,10 @@ impl Recursion {
                 }
             }
             // y = L^{(x)4} M4, one mode at a time: m4 -> t1 -> t2 -> t1 -> t2
-            apply_mode(l, &comp.lt, &self.m4, &mut self.t1, n, 1, n3);
-            apply_mode(l, &comp.lt, &self.t1, &mut self.t2, n, n, n2);
-            apply_mode(l, &comp.lt, &self.t2, &mut self.t1, n, n2, n);
-            apply_mode(l, &comp.lt, &self.t1, &mut self.t2, n, n3, 1);
+            apply_mode(l, &comp.lt, &self.m4, &mut self.t1, n, 1, n3)?;
+            apply_mode(l, &comp.lt, &self.t1, &mut self.t2, n, n, n2)?;
+            apply_mode(l, &comp.lt, &self.t2, &mut self.t1, n, n2, n)?;
+            apply_mode(l, &comp.lt, &self.t1, &mut self.t2, n, n3, 1)?;
             let w = comp.weight;
             for (i, o) in self.new2.iter_mut().enumerate() {
                 *o += w * (self.s2[i] + s[i]);
@@ -196,6 +223,7 @@ impl Recursion {
             let u = &self.s2;
             let mut idx = 0;
             for i in 0..n {
+                interrupt::tick_check((24 * n * n * n) as u64)?;
                 for j in 0..n {
                     for k in 0..n {
                         for q in 0..n {
@@ -214,14 +242,19 @@ impl Recursion {
         }
         std::mem::swap(&mut self.m2, &mut self.new2);
         std::mem::swap(&mut self.m4, &mut self.new4);
+        Ok(())
     }
 
     /// The running sums divided by the number of steps taken.
     fn finish(self, horizon: usize) -> StateMoments {
         let h = horizon as f64;
+        let mut m4 = self.acc4;
+        for v in m4.iter_mut() {
+            *v /= h;
+        }
         StateMoments {
             m2: self.acc2.iter().map(|v| v / h).collect(),
-            m4: self.acc4.iter().map(|v| v / h).collect(),
+            m4,
         }
     }
 }
@@ -299,6 +332,7 @@ pub fn state_moments(
     if horizon == 0 {
         return Err(CoreError::invalid("horizon", "must be >= 1, got 0"));
     }
+    mem::plan("a", state_moments_bytes(n))?;
 
     // B B^T, shared by both components
     let mut bbt = vec![0.0; n * n];
@@ -339,7 +373,7 @@ pub fn state_moments(
                 s[i * n + j] = v * bbt[i * n + j] + if i == j { e } else { 0.0 };
             }
         }
-        let iss = isserlis(&s, n);
+        let iss = try_isserlis(&s, n)?;
         comps.push(Component {
             weight,
             l,
@@ -349,12 +383,18 @@ pub fn state_moments(
         });
     }
 
-    let mut rec = Recursion::new(n, sigma_0, comps);
+    let mut rec = Recursion::new(n, sigma_0, comps)?;
     for _ in 0..horizon {
-        // one step per iteration: a cancellation check belongs here
-        rec.step();
+        rec.step()?;
     }
     Ok(rec.finish(horizon))
+}
+
+/// The bytes [`state_moments`] holds at once for state dimension `n`: five `(n, n, n, n)` tensors
+/// of the recursion, one Isserlis tensor per component, one more while it starts, and `n^2` matrices.
+pub fn state_moments_bytes(n: usize) -> u128 {
+    let n2 = n as u128 * n as u128;
+    8 * (8 * n2 * n2 + 16 * n2)
 }
 
 #[cfg(test)]

@@ -7,9 +7,19 @@
 //! one shared counter; a helper that wakes after the work is done is not waited for. Small jobs run
 //! on the calling thread alone. Every item is processed by exactly one thread, with the same
 //! operations whichever thread it is, so results never depend on the number of threads.
+//!
+//! Interruption ([`crate::interrupt`]): helpers run with the caller's interrupt installed, so the
+//! kernels' ticks see a stop on every thread, and no thread takes another item once a stop was
+//! requested; the calling thread, which always works, is the one that polls. A stopped
+//! [`for_each_item`] returns [`CoreError::Interrupted`]. Its bookkeeping (one slot per item) is
+//! allocated fallibly.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{CoreError, CoreResult};
+use crate::interrupt::{self, Helper};
+use crate::mem;
 
 /// The number of threads rayon's global pool would have: `RAYON_NUM_THREADS` if set to a positive
 /// integer, else the available parallelism (rayon's own rule).
@@ -43,16 +53,40 @@ fn helper_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// The threads [`for_each_item`] would use for `items` items: for the memory plans of per-thread
+/// scratch.
+pub fn threads_for(items: usize, parallel: bool) -> usize {
+    if !(parallel && items > 1) {
+        return 1;
+    }
+    let t = if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        configured_threads()
+    };
+    t.min(items).max(1)
+}
+
+/// Bytes [`for_each_item`] allocates for its bookkeeping of `items` items of type `T`.
+pub fn overhead_bytes<T>(items: usize) -> u128 {
+    mem::bytes_of::<Mutex<Option<T>>>(items)
+}
+
 /// Runs `work(scratch, i, item)` for every `(i, item)` of `items`, with one `scratch = init()` per
 /// participating thread. Parallel only when `parallel` is true, there is more than one item and
 /// more than one thread is allowed: the current rayon pool's size when called from one of its
 /// workers (tests pin thread counts with `ThreadPool::install`), else [`configured_threads`].
-pub fn for_each_item<T, S, I, W>(items: Vec<T>, parallel: bool, init: I, work: W)
+///
+/// Stops taking items once the caller's kernel was asked to stop, and then returns
+/// [`CoreError::Interrupted`]; [`CoreError::OutOfMemory`] (argument `items`) when its bookkeeping
+/// cannot be allocated.
+pub fn for_each_item<T, S, I, W>(items: Vec<T>, parallel: bool, init: I, work: W) -> CoreResult<()>
 where
     T: Send,
     I: Fn() -> S + Sync,
     W: Fn(&mut S, usize, T) + Sync,
 {
+    let helper = Helper::current();
     let in_pool = rayon::current_thread_index().is_some();
     let threads = if parallel && items.len() > 1 {
         let t = if in_pool {
@@ -67,15 +101,22 @@ where
     if threads <= 1 {
         let mut scratch = init();
         for (i, item) in items.into_iter().enumerate() {
+            if helper.is_stopped() {
+                break;
+            }
             work(&mut scratch, i, item);
         }
-        return;
+        return interrupt::check();
     }
-    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let slots: Vec<Mutex<Option<T>>> =
+        mem::collect("items", items.into_iter().map(|t| Mutex::new(Some(t))))?;
     let next = AtomicUsize::new(0);
     let run = || {
         let mut scratch: Option<S> = None;
         loop {
+            if helper.is_stopped() {
+                break;
+            }
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= slots.len() {
                 break;
@@ -90,6 +131,9 @@ where
             }
         }
     };
+    // helpers see the caller's interrupt (the caller keeps polling it)
+    let inner = run;
+    let run = || helper.run(inner);
     let run = &run;
     match (in_pool, helper_pool()) {
         (false, Some(pool)) => run_with_helpers(pool, threads - 1, run),
@@ -102,6 +146,7 @@ where
             run();
         }),
     }
+    interrupt::check()
 }
 
 /// Helpers registered with [`run_with_helpers`]: whether the caller still accepts helpers, and how
@@ -189,18 +234,40 @@ impl Drop for CloseAndWait<'_> {
 }
 
 /// `[f(c) for c in xs.chunks(chunk)]`, in chunk order, the chunks shared among threads when
-/// `parallel` (see [`for_each_item`]).
-pub fn map_chunks<T, R, F>(xs: &[T], chunk: usize, parallel: bool, f: F) -> Vec<R>
+/// `parallel` (see [`for_each_item`]; `f` should [`interrupt::tick`] its work).
+pub fn map_chunks<T, R, F>(xs: &[T], chunk: usize, parallel: bool, f: F) -> CoreResult<Vec<R>>
 where
     T: Sync,
     R: Send,
     F: Fn(&[T]) -> R + Sync,
 {
     let chunk = chunk.max(1);
-    let mut out: Vec<Option<R>> = (0..xs.len().div_ceil(chunk)).map(|_| None).collect();
-    let items: Vec<_> = xs.chunks(chunk).zip(out.iter_mut()).collect();
-    for_each_item(items, parallel, || (), |_, _, (c, slot)| *slot = Some(f(c)));
-    out.into_iter().flatten().collect()
+    map_ranges(xs.len(), chunk, parallel, |lo, hi| f(&xs[lo..hi]))
+}
+
+/// `[f(lo, hi) for each range [lo, hi) of `chunk` consecutive indices below `len`]`, in order, the
+/// ranges shared among threads when `parallel`.
+pub fn map_ranges<R, F>(len: usize, chunk: usize, parallel: bool, f: F) -> CoreResult<Vec<R>>
+where
+    R: Send,
+    F: Fn(usize, usize) -> R + Sync,
+{
+    let chunk = chunk.max(1);
+    let count = len.div_ceil(chunk);
+    let mut out: Vec<Option<R>> = mem::collect("items", (0..count).map(|_| None))?;
+    let items: Vec<(usize, &mut Option<R>)> =
+        mem::collect("items", (0..count).map(|c| c * chunk).zip(out.iter_mut()))?;
+    for_each_item(
+        items,
+        parallel,
+        || (),
+        |_, _, (lo, slot)| *slot = Some(f(lo, (lo + chunk).min(len))),
+    )?;
+    let mut res = mem::with_capacity("items", count)?;
+    for r in out {
+        res.push(r.ok_or(CoreError::Interrupted)?);
+    }
+    Ok(res)
 }
 
 #[cfg(test)]
@@ -255,6 +322,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_ends_the_items_on_every_thread() {
+        use crate::interrupt::{scope, tick, Interrupt, TICK_UNITS};
+        let poll = || true; // stop at the first poll (after POLL_PERIOD)
+        let intr = Interrupt::new(&poll);
+        let done = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..100_000).collect();
+        let t = std::time::Instant::now();
+        let res = scope(&intr, || {
+            for_each_item(
+                items,
+                true,
+                || (),
+                |_, _, _| {
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < std::time::Duration::from_micros(200) {
+                        if tick(TICK_UNITS) {
+                            return;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+        });
+        assert_eq!(res, Err(CoreError::Interrupted));
+        assert!(done.load(Ordering::SeqCst) < 100_000);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        let res = scope(&intr, || map_ranges(10, 3, false, |lo, hi| hi - lo));
+        assert_eq!(res, Err(CoreError::Interrupted));
+        assert_eq!(
+            map_ranges(10, 3, true, |lo, hi| (lo, hi)).unwrap(),
+            vec![(0, 3), (3, 6), (6, 9), (9, 10)]
+        );
+    }
+
+    #[test]
     fn every_item_once_any_thread_count() {
         for threads in [1, 2, 3, 5] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -264,22 +370,22 @@ mod tests {
             let mut out = vec![0u64; 1000];
             pool.install(|| {
                 let items: Vec<&mut u64> = out.iter_mut().collect();
-                for_each_item(items, true, || 7u64, |s, i, slot| *slot = i as u64 * *s);
+                for_each_item(items, true, || 7u64, |s, i, slot| *slot = i as u64 * *s).unwrap();
             });
             assert!(out.iter().enumerate().all(|(i, &v)| v == 7 * i as u64));
         }
         // outside any pool, and sequentially
         let mut out = [0u64; 10];
         let items: Vec<&mut u64> = out.iter_mut().collect();
-        for_each_item(items, false, || (), |_, i, slot| *slot = i as u64);
+        for_each_item(items, false, || (), |_, i, slot| *slot = i as u64).unwrap();
         assert_eq!(out[9], 9);
         let mut out = [0u64; 10];
         let items: Vec<&mut u64> = out.iter_mut().collect();
-        for_each_item(items, true, || (), |_, i, slot| *slot = i as u64 + 1);
+        for_each_item(items, true, || (), |_, i, slot| *slot = i as u64 + 1).unwrap();
         assert_eq!(out[9], 10);
         let xs: Vec<u64> = (0..1000).collect();
         for par in [false, true] {
-            let sums = map_chunks(&xs, 64, par, |c| c.iter().sum::<u64>());
+            let sums = map_chunks(&xs, 64, par, |c| c.iter().sum::<u64>()).unwrap();
             assert_eq!(sums.len(), 16);
             assert_eq!(sums[0], (0..64).sum::<u64>());
             assert_eq!(sums.iter().sum::<u64>(), 999 * 1000 / 2);

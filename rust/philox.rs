@@ -5,6 +5,9 @@
 //! [`Uniforms`] and [`Normals`] read a stream by index and cache the last block, so reading a stream
 //! sequentially generates every block exactly once.
 
+use crate::error::{CoreError, CoreResult};
+use crate::{interrupt, mem};
+
 /// First round multiplier.
 pub const PHILOX_M0: u64 = 0xD2E7_470E_E14C_6C93;
 /// Second round multiplier.
@@ -320,6 +323,16 @@ fn normals_batch(stream: &Stream, b0: u64, out: &mut [f64]) {
     }
 }
 
+/// Values generated between two interruption ticks by the array functions below (a multiple of 4,
+/// so the chunks of [`fill_normals`] stay block-aligned; the values do not depend on it).
+const FILL_CHUNK: usize = 1 << 14;
+
+/// A fallibly allocated output of `count` values of `T`, planned against the available memory.
+fn output<T: mem::Zeroed>(count: usize) -> CoreResult<Vec<T>> {
+    mem::plan("count", mem::bytes_of::<T>(count))?;
+    mem::zeroed("count", count)
+}
+
 /// Blocks `start .. start + count` of a stream, flattened (4 words per block).
 pub fn blocks(stream: Stream, start: u64, count: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(count * 4);
@@ -341,6 +354,45 @@ pub fn normals(stream: Stream, start: u64, count: usize) -> Vec<f64> {
     let mut z = vec![0.0; count];
     fill_normals(&stream, start, &mut z);
     z
+}
+
+/// [`blocks`] for callers that pass the size: the output planned against the available memory and
+/// allocated fallibly ([`CoreError::OutOfMemory`] naming `count`), the work interruptible.
+pub fn try_blocks(stream: Stream, start: u64, count: usize) -> CoreResult<Vec<u64>> {
+    let len = count.checked_mul(4).ok_or(CoreError::OutOfMemory {
+        arg: "count",
+        bytes: count as u128 * 32,
+        available: None,
+    })?;
+    let mut out: Vec<u64> = output(len)?;
+    for (c, chunk) in out.chunks_mut(FILL_CHUNK).enumerate() {
+        interrupt::tick_check(8 * chunk.len() as u64)?;
+        let b0 = start + (c * FILL_CHUNK / 4) as u64;
+        for (b, words) in chunk.chunks_exact_mut(4).enumerate() {
+            words.copy_from_slice(&stream.block(b0 + b as u64));
+        }
+    }
+    Ok(out)
+}
+
+/// [`uniforms`], planned, fallible and interruptible like [`try_blocks`].
+pub fn try_uniforms(stream: Stream, start: u64, count: usize) -> CoreResult<Vec<f64>> {
+    let mut u = output(count)?;
+    for (c, chunk) in u.chunks_mut(FILL_CHUNK).enumerate() {
+        interrupt::tick_check(4 * chunk.len() as u64)?;
+        fill_uniforms(&stream, start + (c * FILL_CHUNK) as u64, chunk);
+    }
+    Ok(u)
+}
+
+/// [`normals`], planned, fallible and interruptible like [`try_blocks`].
+pub fn try_normals(stream: Stream, start: u64, count: usize) -> CoreResult<Vec<f64>> {
+    let mut z = output(count)?;
+    for (c, chunk) in z.chunks_mut(FILL_CHUNK).enumerate() {
+        interrupt::tick_check(16 * chunk.len() as u64)?;
+        fill_normals(&stream, start + (c * FILL_CHUNK) as u64, chunk);
+    }
+    Ok(z)
 }
 
 #[cfg(test)]
@@ -435,6 +487,35 @@ mod tests {
         }
         // a rough moment check over many normals
         let many = normals(Stream::new(3, 3, 1, 9), 0, 40_000);
+        // chunked generation equals one call per value, across chunk boundaries and offsets
+        for first in [0u64, 1, 3, 5] {
+            let long = try_normals(Stream::new(3, 3, 1, 9), first, 2 * FILL_CHUNK + 7).unwrap();
+            let u = try_uniforms(Stream::new(3, 4, 1, 9), first, 2 * FILL_CHUNK + 7).unwrap();
+            for i in [
+                0,
+                FILL_CHUNK - 1,
+                FILL_CHUNK,
+                FILL_CHUNK + 1,
+                2 * FILL_CHUNK + 6,
+            ] {
+                assert_eq!(
+                    long[i].to_bits(),
+                    Stream::new(3, 3, 1, 9).normal(first + i as u64).to_bits()
+                );
+                assert_eq!(
+                    u[i].to_bits(),
+                    Stream::new(3, 4, 1, 9).uniform(first + i as u64).to_bits()
+                );
+            }
+        }
+        let b = try_blocks(Stream::new(1, 2, 3, 4), 7, FILL_CHUNK / 4 + 3).unwrap();
+        assert_eq!(b, blocks(Stream::new(1, 2, 3, 4), 7, FILL_CHUNK / 4 + 3));
+        for k in [0, FILL_CHUNK / 4 - 1, FILL_CHUNK / 4, FILL_CHUNK / 4 + 2] {
+            assert_eq!(
+                b[4 * k..4 * k + 4],
+                Stream::new(1, 2, 3, 4).block(7 + k as u64)
+            );
+        }
         let mean: f64 = many.iter().sum::<f64>() / many.len() as f64;
         let var: f64 = many.iter().map(|z| z * z).sum::<f64>() / many.len() as f64;
         assert!(mean.abs() < 0.03, "mean {mean}");

@@ -3,9 +3,11 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{check_finite, dot, matvec_rows};
+use crate::{interrupt, mem};
 
 /// The power-iteration estimate of the spectral radius of the row-major (d, d) matrix `m`.
-/// `iters == 0` returns NaN (no estimate was made); so does `v0 = 0` (0/0).
+/// `iters == 0` returns NaN (no estimate was made); so does `v0 = 0` (0/0). Each step ticks the
+/// interruption ([`crate::interrupt`]): any `iters` up to 2^64 - 1 can be stopped.
 pub fn power_iteration(m: &[f64], v0: &[f64], iters: u64) -> CoreResult<f64> {
     let d = v0.len();
     if d == 0 {
@@ -22,10 +24,18 @@ pub fn power_iteration(m: &[f64], v0: &[f64], iters: u64) -> CoreResult<f64> {
     check_finite("v0", v0)?;
     // v0 = 0 gives 0/0 = NaN and a NaN estimate, as in the reference
     let n0 = dot(v0, v0).sqrt();
-    let mut v: Vec<f64> = v0.iter().map(|x| x / n0).collect();
-    let mut x = vec![0.0; d];
+    let mut v: Vec<f64> = mem::collect("v0", v0.iter().map(|x| x / n0))?;
+    let mut x: Vec<f64> = mem::zeroed("v0", d)?;
     let mut lam = f64::NAN;
+    let work = (2 * d * d + 4 * d) as u64;
+    // work since the last tick, kept here so a small matrix's step does not pay a tick
+    let mut pending = 0u64;
     for _ in 0..iters {
+        pending += work;
+        if pending >= interrupt::TICK_UNITS {
+            interrupt::tick_check(pending)?;
+            pending = 0;
+        }
         matvec_rows(m, &v, &mut x);
         lam = dot(&x, &x).sqrt();
         if lam == 0.0 {

@@ -6,7 +6,8 @@
 
 use std::cmp::Ordering;
 
-use crate::par;
+use crate::error::CoreResult;
+use crate::{interrupt, mem, par};
 
 use crate::model::BLOCK;
 
@@ -131,7 +132,11 @@ const SAMPLE: usize = 8192;
 
 /// Order statistics at the requested 0-based `indices` (any order), plus the values from `tail_from`
 /// on, sorted ascending (`tail_from` <= n; empty when `None`).
-fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<f64>, Vec<f64>) {
+fn order_stats(
+    xs: &[f64],
+    indices: &[usize],
+    tail_from: Option<usize>,
+) -> CoreResult<(Vec<f64>, Vec<f64>)> {
     let n = xs.len();
     let lowest = indices.iter().copied().chain(tail_from).min().unwrap_or(0);
     if n >= SMALL {
@@ -145,19 +150,28 @@ fn order_stats(xs: &[f64], indices: &[usize], tail_from: Option<usize>) -> (Vec<
         let pos = frac * SAMPLE as f64 - margin;
         if pos > 0.0 {
             let t = sample[(pos as usize).min(SAMPLE - 1)];
-            let cand: Vec<f64> = par::map_chunks(xs, 1 << 16, true, |c| {
+            let parts = par::map_chunks(xs, 1 << 16, true, |c| {
+                if interrupt::tick(2 * c.len() as u64) {
+                    return Vec::new();
+                }
                 c.iter().copied().filter(|&x| x >= t).collect::<Vec<f64>>()
-            })
-            .concat();
+            })?;
+            let cand = mem::concat("rho", &parts)?;
+            drop(parts);
             // every value < t ranks below every candidate
             let below = n - cand.len();
             if below <= lowest {
                 let shifted: Vec<usize> = indices.iter().map(|&i| i - below).collect();
-                return select_in_place(cand, &shifted, tail_from.map(|t| t - below));
+                return Ok(select_in_place(
+                    cand,
+                    &shifted,
+                    tail_from.map(|t| t - below),
+                ));
             }
         }
     }
-    select_in_place(xs.to_vec(), indices, tail_from)
+    let copy = mem::collect("rho", xs.iter().copied())?;
+    Ok(select_in_place(copy, indices, tail_from))
 }
 
 fn select_in_place(
@@ -264,22 +278,30 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
     // (b_j, L_j), candidates in items of CAND_ITEM, each candidate's sums on one thread
     let mut bl = vec![(0.0, 0.0); mc];
     let items: Vec<_> = bl.chunks_mut(CAND_ITEM).collect();
-    par::for_each_item(
+    // an interrupted (or, for its few items, unallocatable) fit gives NaN; `try_rho_stats` then
+    // reports the interruption
+    let fitted = par::for_each_item(
         items,
         parallel,
         || (),
         |_, it, slots| {
             for (c, slot) in slots.iter_mut().enumerate() {
+                if interrupt::tick(4 * tn as u64) {
+                    return;
+                }
                 *slot = cand(it * CAND_ITEM + c + 1);
             }
         },
     );
+    if fitted.is_err() {
+        return f64::NAN;
+    }
     let (b, l): (Vec<f64>, Vec<f64>) = bl.into_iter().unzip();
     let l: &[f64] = &l;
     // wt_j = 1 / sum_l exp(L_l - L_j), one plain sum per candidate
     let mut wt = vec![0.0; mc];
     let items: Vec<_> = wt.chunks_mut(CAND_ITEM).collect();
-    par::for_each_item(
+    let weighted = par::for_each_item(
         items,
         parallel,
         || (),
@@ -294,6 +316,9 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
             }
         },
     );
+    if weighted.is_err() {
+        return f64::NAN;
+    }
     // "drop wt_j < 10 eps": a NaN weight is not dropped (as in the reference)
     let eps10 = 10.0 * f64::EPSILON;
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -318,7 +343,7 @@ pub fn gpd_khat(x: &[f64]) -> f64 {
 const PAR_MIN_RATIOS: usize = SMALL;
 
 /// Moments, extremes and clip count of `xs` (all finite) as block sums (0.2).
-fn moments(xs: &[f64], clip: f64) -> BlockSums {
+fn moments(xs: &[f64], clip: f64) -> CoreResult<BlockSums> {
     let fold = |acc: Option<BlockSums>, b: BlockSums| -> Option<BlockSums> {
         Some(match acc {
             None => BlockSums {
@@ -344,6 +369,9 @@ fn moments(xs: &[f64], clip: f64) -> BlockSums {
     // groups of LANES full blocks summed side by side (each block's sums still run left to right:
     // the groups only interleave independent dependency chains), then the rest
     let blocks_of = |c: &[f64]| -> Vec<BlockSums> {
+        if interrupt::tick(4 * c.len() as u64) {
+            return Vec::new();
+        }
         let full = c.len() / (LANES * BLOCK) * (LANES * BLOCK);
         let (grouped, rest) = c.split_at(full);
         grouped
@@ -353,26 +381,46 @@ fn moments(xs: &[f64], clip: f64) -> BlockSums {
             .collect()
     };
     let parallel = xs.len() >= PAR_MIN_RATIOS;
-    let out = par::map_chunks(xs, 16 * BLOCK, parallel, blocks_of)
+    let out = par::map_chunks(xs, 16 * BLOCK, parallel, blocks_of)?
         .into_iter()
         .flatten()
         .fold(None, fold);
     // xs is non-empty
-    out.unwrap_or(BlockSums {
+    Ok(out.unwrap_or(BlockSums {
         sum: f64::NAN,
         sq: f64::NAN,
         min: f64::NAN,
         max: f64::NAN,
         above: 0,
-    })
+    }))
 }
 
-/// The statistics of section 5 for `rho` with threshold `clip` (reported as `rho_clip`).
+/// The statistics of section 5 for `rho` with threshold `clip` (reported as `rho_clip`). Panics
+/// only where a `Vec` allocation would abort: [`try_rho_stats`] is the fallible form.
 pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
+    match try_rho_stats(rho, clip, clip_enabled) {
+        Ok(out) => out,
+        Err(e) => panic!("rho_stats: {e}"),
+    }
+}
+
+/// The bytes [`try_rho_stats`] may hold besides its input of `n` ratios: a copy of them and the
+/// candidates of the large-n selection.
+pub fn rho_stats_bytes(n: usize) -> u128 {
+    16 * n as u128 + 64 * 1024
+}
+
+/// [`rho_stats`] with its copies planned and allocated fallibly ([`CoreError::OutOfMemory`] naming
+/// `rho`) and its passes interruptible ([`CoreError::Interrupted`]).
+pub fn try_rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> CoreResult<RhoStatsOut> {
+    mem::plan("rho", rho_stats_bytes(rho.len()))?;
     let nonfinite = if rho.len() >= PAR_MIN_RATIOS {
         par::map_chunks(rho, 1 << 16, true, |c| {
+            if interrupt::tick(c.len() as u64) {
+                return 0;
+            }
             c.iter().filter(|x| !x.is_finite()).count()
-        })
+        })?
         .into_iter()
         .sum()
     } else {
@@ -381,7 +429,7 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
     let n = rho.len() - nonfinite;
     let nan = f64::NAN;
     if n == 0 {
-        return RhoStatsOut {
+        return Ok(RhoStatsOut {
             n: 0,
             nonfinite: nonfinite as u64,
             mean: nan,
@@ -395,7 +443,7 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
             clip_frac: nan,
             ess_frac: nan,
             khat: nan,
-        };
+        });
     }
     let i95 = quantile_index(0.95, n);
     let i99 = quantile_index(0.99, n);
@@ -407,7 +455,7 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
         } else {
             rho.iter().copied().filter(|x| x.is_finite()).collect()
         };
-        let bs = moments(&v, clip);
+        let bs = moments(&v, clip)?;
         let (p95, p99, khat) = small_order_stats(&mut v, i95, i99, t);
         (bs, p95, p99, khat)
     } else {
@@ -415,17 +463,19 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
         let xs: &[f64] = if nonfinite == 0 {
             rho
         } else {
-            owned = rho.iter().copied().filter(|x| x.is_finite()).collect();
+            let mut v = mem::with_capacity("rho", n)?;
+            v.extend(rho.iter().copied().filter(|x| x.is_finite()));
+            owned = v;
             &owned
         };
-        let bs = moments(xs, clip);
+        let bs = moments(xs, clip)?;
         let (vals, top, u) = if n > t {
             // u = y[n-T-1]; selecting it leaves exactly the top T values to its right
-            let (v, top) = order_stats(xs, &[i95, i99, n - t - 1], Some(n - t));
+            let (v, top) = order_stats(xs, &[i95, i99, n - t - 1], Some(n - t))?;
             let u = v[2];
             (v, top, u)
         } else {
-            let (v, _) = order_stats(xs, &[i95, i99], None);
+            let (v, _) = order_stats(xs, &[i95, i99], None)?;
             (v, Vec::new(), nan)
         };
         let khat = if n > t { khat_from_top(u, &top) } else { nan };
@@ -436,9 +486,10 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
     let finite = || rho.iter().copied().filter(|x| x.is_finite());
     let p95 = stable_rank_value(finite, i95, p95);
     let p99 = stable_rank_value(finite, i99, p99);
+    interrupt::check()?;
     let nf = n as f64;
     let (sum, sq) = (bs.sum, bs.sq);
-    RhoStatsOut {
+    Ok(RhoStatsOut {
         n: n as u64,
         nonfinite: nonfinite as u64,
         mean: sum / nf,
@@ -452,7 +503,7 @@ pub fn rho_stats(rho: &[f64], clip: f64, clip_enabled: bool) -> RhoStatsOut {
         clip_frac: bs.above as f64 / nf,
         ess_frac: (sum * sum) / (nf * sq),
         khat,
-    }
+    })
 }
 
 /// The value a stable sort of `xs()` (the reference's `sorted`) puts at 0-based rank `idx`, given
@@ -896,6 +947,50 @@ mod tests {
         assert_eq!(s.max.to_bits(), 0.0f64.to_bits());
         // stable order [0.0, -0.0, -0.0]: rank ceil(0.95 * 3) = 3 -> the last -0.0
         assert_eq!(s.p95.to_bits(), (-0.0f64).to_bits());
+    }
+
+    /// Each block's min and max start from the block's own first value (Python's `lo = x[0]`, then
+    /// `x < lo`): a zero of the other sign at the start of a later block must not leak into an
+    /// earlier block's extremes, in the four-block groups (LANES) and in single blocks.
+    #[test]
+    fn block_extremes_start_at_their_own_block() {
+        for n in [LANES * BLOCK, LANES * BLOCK + 5, 3 * BLOCK] {
+            for (fill, first, later) in [
+                (1.0, 0.0, -0.0),
+                (-1.0, 0.0, -0.0),
+                (1.0, -0.0, 0.0),
+                (-1.0, -0.0, 0.0),
+            ] {
+                let mut v = vec![fill; n];
+                v[5] = first;
+                for b in 1..n.div_ceil(BLOCK) {
+                    for k in 0..LANES {
+                        if b * BLOCK + k < n {
+                            v[b * BLOCK + k] = later;
+                        }
+                    }
+                }
+                let s = rho_stats(&v, 0.5, true);
+                let o = stats_oracle(&v, 0.5, true);
+                assert_stats_eq(&s, &o, &format!("n {n} fill {fill} first {first}"));
+                assert_eq!(
+                    s.min.to_bits(),
+                    if fill > 0.0 {
+                        first.to_bits()
+                    } else {
+                        (-1.0f64).to_bits()
+                    }
+                );
+                assert_eq!(
+                    s.max.to_bits(),
+                    if fill < 0.0 {
+                        first.to_bits()
+                    } else {
+                        1.0f64.to_bits()
+                    }
+                );
+            }
+        }
     }
 
     #[test]

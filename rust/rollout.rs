@@ -5,14 +5,22 @@
 //! produces its own partial sums (left to right over its steps, from 0.0), and the partials are then
 //! added sequentially in trajectory order from 0.0. The result is therefore bit-identical for any
 //! number of threads.
+//!
+//! Memory: besides the outputs (states, rewards, ratios), every trajectory produces partial sums
+//! (`2 + d + m n + d(d+1)/2` values, 97 KB at n = m = 16) that are added in trajectory order. The
+//! trajectories run in windows holding at most [`WINDOW_BYTES`] of partial sums, each window's sums
+//! added to the running total in order before the next window starts (the same additions in the
+//! same order, so the same bits), so the scratch stays bounded whatever `batch`. The whole is planned
+//! against the available memory ([`rollout_bytes`]) and allocated fallibly. Trajectories tick the
+//! interruption every chunk of steps ([`crate::interrupt`]).
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
     check_finite, check_gain, clip_rho, dot, dot_fixed, feature_dim, features, features_fixed,
     step, FixedModel, Problem, RatioConsts, StepScratch,
 };
-use crate::par;
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
+use crate::{interrupt, mem, par};
 
 /// Purposes of section 1.
 pub const PURPOSE_START: u64 = 1;
@@ -163,7 +171,11 @@ fn trajectory(
     let mut v = dot(w, &sc.phi);
     let (gw, gk, gg) = (lay.grad_w(), lay.grad_k(), lay.gram());
     let horizon = rewards.len();
+    let work = (d * d + 8 * (n + m) * (n + m) + 64) as u64;
     for h in 0..horizon {
+        if interrupt::tick(work) {
+            return; // the kernel is being stopped: its result is discarded
+        }
         let hu = h as u64;
         let u = mix.get(hu);
         for k in 0..m {
@@ -213,6 +225,30 @@ const CHUNK: usize = 256;
 const ITEM_STEPS: usize = 64;
 /// Transitions from which a rollout is shared among threads.
 const PAR_MIN_STEPS: usize = 512;
+/// Most bytes of per-trajectory partial sums held at once (one window of trajectories).
+pub const WINDOW_BYTES: usize = 32 << 20;
+
+/// `(trajectories per work item, trajectories per window)` for partial sums of `part_len` values:
+/// items of at least `ITEM_STEPS` steps (fewer trajectories when their partial sums are large, so
+/// a window holds at least 32 items), windows of whole items within [`WINDOW_BYTES`].
+fn windows(part_len: usize, horizon: usize, batch: usize) -> (usize, usize) {
+    windows_of(WINDOW_BYTES, part_len, horizon, batch)
+}
+
+/// [`windows`] for windows of `window_bytes`.
+fn windows_of(
+    window_bytes: usize,
+    part_len: usize,
+    horizon: usize,
+    batch: usize,
+) -> (usize, usize) {
+    let fit = (window_bytes / (8 * part_len.max(1))).max(1);
+    let per_item = ITEM_STEPS
+        .div_ceil(horizon.max(1))
+        .clamp(1, (fit / 32).max(1));
+    let window = (fit / per_item).max(1) * per_item;
+    (per_item, window.min(batch.max(1)))
+}
 
 /// Per-thread scratch of [`trajectory_fixed`]: one chunk's draws and per-step values.
 struct ChunkBuf<const N: usize, const M: usize> {
@@ -291,6 +327,9 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     let mut h0 = 0;
     while h0 < horizon {
         let len = CHUNK.min(horizon - h0);
+        if interrupt::tick((len * (D * D + 8 * (N + M) * (N + M) + 64)) as u64) {
+            return; // the kernel is being stopped: its result is discarded
+        }
         // (1) draws
         fill_uniforms(&st_mix, h0 as u64, &mut mix_u[..len]);
         fill_normals(&st_act, (h0 * M) as u64, za_all[..len].as_flattened_mut());
@@ -358,6 +397,31 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     }
 }
 
+/// The bytes [`rollout`] holds at once for `batch` trajectories of `horizon` steps (n states, m
+/// actions): its outputs, the per-trajectory partial sums, the work items and the per-thread
+/// scratch. `None` when the count overflows.
+pub fn rollout_bytes(n: usize, m: usize, batch: usize, horizon: usize) -> Option<u128> {
+    let lay = Layout::new(n, m);
+    let (b, h) = (batch as u128, horizon as u128);
+    let (per_item, window) = windows(lay.len, horizon, batch);
+    let items = window.div_ceil(per_item) as u128;
+    let threads = par::threads_for(window.div_ceil(per_item), true) as u128;
+    let item_bytes = 8 * std::mem::size_of::<&mut [f64]>() as u128;
+    let scratch = std::mem::size_of::<ChunkBuf<4, 4>>().max(std::mem::size_of::<TrajScratch>())
+        as u128
+        + 8 * (4 * (n + m) + 2 * lay.d) as u128;
+    let total = mem::total(&[
+        (b.checked_mul(h + 1)?.checked_mul(n as u128)?, 8), // states
+        (b.checked_mul(h)?, 16),                            // rewards, ratios
+        (window as u128 * lay.len as u128, 8),              // one window's partial sums
+        (items, item_bytes),
+        (1, par::overhead_bytes::<[&mut [f64]; 4]>(items as usize)),
+        (threads, scratch),
+        ((lay.len + 2 * lay.d * lay.d + lay.d + m * n) as u128, 8), // total, gram, outputs
+    ]);
+    Some(total)
+}
+
 /// The rollout (section 3, steps 1-3). Inputs are validated first; no panic is reachable.
 #[allow(clippy::too_many_arguments)]
 pub fn rollout(
@@ -384,93 +448,138 @@ fn rollout_impl(
     horizon: usize,
     allow_fixed: bool,
 ) -> CoreResult<RolloutOut> {
+    rollout_windowed(
+        p,
+        w,
+        k_pi,
+        k_mu,
+        iteration,
+        batch,
+        horizon,
+        allow_fixed,
+        WINDOW_BYTES,
+    )
+}
+
+/// `rollout_impl` with windows of `window_bytes` of partial sums (tests vary it: the result does
+/// not depend on it).
+#[allow(clippy::too_many_arguments)]
+fn rollout_windowed(
+    p: &Problem,
+    w: &[f64],
+    k_pi: &[f64],
+    k_mu: &[f64],
+    iteration: u64,
+    batch: usize,
+    horizon: usize,
+    allow_fixed: bool,
+    window_bytes: usize,
+) -> CoreResult<RolloutOut> {
     validate(p, w, k_pi, k_mu, batch, horizon)?;
     let n = p.n;
     let m = p.m;
     let lay = Layout::new(n, m);
     let d = lay.d;
     let rc = p.consts();
-    let mut states = vec![0.0; batch * (horizon + 1) * n];
-    let mut rewards = vec![0.0; batch * horizon];
-    let mut rho = vec![0.0; batch * horizon];
-    let mut partials = vec![0.0; batch * lay.len];
-
-    // items of whole trajectories (at least ITEM_STEPS steps each unless the batch is smaller)
-    let per_item = ITEM_STEPS.div_ceil(horizon).max(1);
-    let items: Vec<_> = states
-        .chunks_mut(per_item * (horizon + 1) * n)
-        .zip(rewards.chunks_mut(per_item * horizon))
-        .zip(rho.chunks_mut(per_item * horizon))
-        .zip(partials.chunks_mut(per_item * lay.len))
-        .collect();
+    // the argument that makes the arrays large
+    let arg = if horizon > batch { "horizon" } else { "batch" };
+    let planned = rollout_bytes(n, m, batch, horizon).unwrap_or(u128::MAX);
+    mem::plan(arg, planned)?;
+    let oom = |e: CoreError| match e {
+        CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
+            arg,
+            bytes: planned,
+            available,
+        },
+        e => e,
+    };
+    let mut states = mem::zeroed(arg, batch * (horizon + 1) * n).map_err(oom)?;
+    let mut rewards = mem::zeroed(arg, batch * horizon).map_err(oom)?;
+    let mut rho = mem::zeroed(arg, batch * horizon).map_err(oom)?;
+    // items of whole trajectories, windows of whole items
+    let (per_item, window) = windows_of(window_bytes, lay.len, horizon, batch);
+    let mut partials: Vec<f64> = mem::zeroed(arg, window * lay.len).map_err(oom)?;
     let parallel = batch * horizon >= PAR_MIN_STEPS;
-    crate::dispatch_dims!(
-        if allow_fixed { n } else { 0 },
-        m,
-        |NN, MM, DD| {
-            let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
-            let mut wf = [0.0; DD];
-            wf.copy_from_slice(w);
-            let (seed, sigma_0) = (p.seed, p.sigma_0);
+    let mut total = vec![0.0; lay.len];
+    for w0 in (0..batch).step_by(window) {
+        let w1 = (w0 + window).min(batch);
+        let items: Vec<_> = mem::collect(
+            arg,
+            states[w0 * (horizon + 1) * n..w1 * (horizon + 1) * n]
+                .chunks_mut(per_item * (horizon + 1) * n)
+                .zip(rewards[w0 * horizon..w1 * horizon].chunks_mut(per_item * horizon))
+                .zip(rho[w0 * horizon..w1 * horizon].chunks_mut(per_item * horizon))
+                .zip(partials[..(w1 - w0) * lay.len].chunks_mut(per_item * lay.len)),
+        )
+        .map_err(oom)?;
+        crate::dispatch_dims!(
+            if allow_fixed { n } else { 0 },
+            m,
+            |NN, MM, DD| {
+                let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
+                let mut wf = [0.0; DD];
+                wf.copy_from_slice(w);
+                let (seed, sigma_0) = (p.seed, p.sigma_0);
+                par::for_each_item(
+                    items,
+                    parallel,
+                    ChunkBuf::<NN, MM>::new,
+                    |buf, it, (((st, rw), rh), part)| {
+                        let trajs = rw.len() / horizon;
+                        for t in 0..trajs {
+                            let j = (w0 + it * per_item + t) as u64;
+                            trajectory_fixed::<NN, MM, DD>(
+                                &fm,
+                                seed,
+                                sigma_0,
+                                &lay,
+                                &wf,
+                                iteration,
+                                j,
+                                &mut st[t * (horizon + 1) * n..(t + 1) * (horizon + 1) * n],
+                                &mut rw[t * horizon..(t + 1) * horizon],
+                                &mut rh[t * horizon..(t + 1) * horizon],
+                                &mut part[t * lay.len..(t + 1) * lay.len],
+                                buf,
+                            );
+                        }
+                    },
+                )
+            },
             par::for_each_item(
                 items,
                 parallel,
-                ChunkBuf::<NN, MM>::new,
-                |buf, it, (((st, rw), rh), part)| {
+                || TrajScratch::new(n, m),
+                |sc, it, (((st, rw), rh), part)| {
                     let trajs = rw.len() / horizon;
                     for t in 0..trajs {
-                        let j = (it * per_item + t) as u64;
-                        trajectory_fixed::<NN, MM, DD>(
-                            &fm,
-                            seed,
-                            sigma_0,
+                        let j = (w0 + it * per_item + t) as u64;
+                        trajectory(
+                            p,
+                            &rc,
                             &lay,
-                            &wf,
+                            w,
+                            k_pi,
+                            k_mu,
                             iteration,
                             j,
                             &mut st[t * (horizon + 1) * n..(t + 1) * (horizon + 1) * n],
                             &mut rw[t * horizon..(t + 1) * horizon],
                             &mut rh[t * horizon..(t + 1) * horizon],
                             &mut part[t * lay.len..(t + 1) * lay.len],
-                            buf,
+                            sc,
                         );
                     }
                 },
             )
-        },
-        par::for_each_item(
-            items,
-            parallel,
-            || TrajScratch::new(n, m),
-            |sc, it, (((st, rw), rh), part)| {
-                let trajs = rw.len() / horizon;
-                for t in 0..trajs {
-                    let j = (it * per_item + t) as u64;
-                    trajectory(
-                        p,
-                        &rc,
-                        &lay,
-                        w,
-                        k_pi,
-                        k_mu,
-                        iteration,
-                        j,
-                        &mut st[t * (horizon + 1) * n..(t + 1) * (horizon + 1) * n],
-                        &mut rw[t * horizon..(t + 1) * horizon],
-                        &mut rh[t * horizon..(t + 1) * horizon],
-                        &mut part[t * lay.len..(t + 1) * lay.len],
-                        sc,
-                    );
-                }
-            },
         )
-    );
+        .map_err(oom)?;
 
-    // sequential reduction in trajectory order, from 0.0
-    let mut total = vec![0.0; lay.len];
-    for part in partials.chunks_exact(lay.len) {
-        for (t, x) in total.iter_mut().zip(part) {
-            *t += *x;
+        // sequential reduction in trajectory order, from 0.0 (carried over the windows)
+        for part in partials[..(w1 - w0) * lay.len].chunks_exact(lay.len) {
+            for (t, x) in total.iter_mut().zip(part) {
+                *t += *x;
+            }
         }
     }
     let grad_w = total[lay.grad_w()..lay.grad_w() + d].to_vec();
@@ -880,5 +989,52 @@ mod tests {
             );
             assert_eq!(all.count, (batch * horizon) as u64);
         }
+    }
+    /// Windows of partial sums change no bit: one window per trajectory, a few, or all at once;
+    /// fixed-size and dynamic kernels; windows of single items and of many.
+    #[test]
+    fn windows_of_partial_sums_keep_the_bits() {
+        let a = [0.9, 0.1, 0.0, 0.8];
+        let b = [0.0, 1.0];
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let r = [0.1];
+        let p = Problem {
+            n: 2,
+            m: 1,
+            a: &a,
+            b: &b,
+            q: &q,
+            r: &r,
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 0.5,
+            sigma_pi: 0.3,
+            sigma_mu: 0.5,
+            p_mix: 0.2,
+            gamma: 0.9,
+            rho_clip: 2.0,
+            seed: 99,
+        };
+        let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
+        let (kp, km) = ([-0.1, -0.2], [0.05, -0.3]);
+        let part = Layout::new(2, 1).len * 8;
+        for (batch, horizon) in [(700, 1), (97, 9), (5, 300), (1, 3)] {
+            for fixed in [true, false] {
+                let one =
+                    rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, fixed, usize::MAX / 2)
+                        .unwrap();
+                for bytes in [1, part, 3 * part, 40 * part, 1000 * part] {
+                    let got = rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, fixed, bytes)
+                        .unwrap();
+                    assert_eq!(got, one, "batch {batch} horizon {horizon} window {bytes}");
+                }
+            }
+        }
+        // the default windows: a trajectory's partial sums of 97 KB (n = m = 16) give items of 10
+        // trajectories and windows of 340
+        let len16 = Layout::new(16, 16).len;
+        assert_eq!(windows(len16, 1, 100_000), (10, 340));
+        assert_eq!(windows(Layout::new(2, 2).len, 100, 8), (1, 8));
+        assert_eq!(windows(Layout::new(2, 2).len, 1, 1_000_000).0, ITEM_STEPS);
     }
 }

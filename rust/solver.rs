@@ -13,6 +13,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{check_finite, dot, matvec_rows};
+use crate::{interrupt, mem};
 
 /// What GMRES returns (backend.SolveResult).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +54,16 @@ fn check_system(a: &[f64], b: &[f64]) -> CoreResult<usize> {
     Ok(d)
 }
 
+/// The bytes [`gmres`] allocates for a system of dimension `d`: the Krylov basis and the Hessenberg
+/// matrix (`(d + 1) d` values each) and a few vectors.
+pub fn gmres_bytes(d: usize) -> u128 {
+    let d = d as u128;
+    8 * (2 * (d + 1) * d + 8 * d + 8)
+}
+
 /// Restarted GMRES(d) on `A x = b` (row-major (d, d) `a`), at most `max_iters` inner iterations in
-/// all, stopping when the updated relative residual is `<= tol`.
+/// all, stopping when the updated relative residual is `<= tol`. Every inner iteration ticks the
+/// interruption ([`crate::interrupt`]), so any `max_iters` can be stopped.
 pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<SolveOut> {
     let d = check_system(a, b)?;
     if tol.is_nan() || tol < 0.0 {
@@ -63,8 +72,9 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
             format!("must be >= 0, got {tol}"),
         ));
     }
+    mem::plan("a", gmres_bytes(d))?;
     let bnorm = norm(b);
-    let mut x = vec![0.0; d];
+    let mut x: Vec<f64> = mem::zeroed("a", d)?;
     if bnorm == 0.0 {
         return Ok(SolveOut {
             x,
@@ -75,18 +85,30 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
     }
     let restart = d;
     let mut iterations = 0u64;
-    let mut r = vec![0.0; d];
-    // Krylov basis (restart + 1 vectors), Hessenberg (restart + 1, restart), rotations, rhs
-    let mut v = vec![0.0; (restart + 1) * d];
-    let mut h = vec![0.0; (restart + 1) * restart];
-    let mut cs = vec![0.0; restart];
-    let mut sn = vec![0.0; restart];
-    let mut g = vec![0.0; restart + 1];
-    let mut w = vec![0.0; d];
-    let mut y = vec![0.0; restart];
+    let mut pending = 0u64;
+    // one allocation for the scratch: residual, Krylov basis (restart + 1 vectors), Hessenberg
+    // (restart + 1, restart), rotations, rhs, w, y
+    let lens = [
+        d,
+        (restart + 1) * d,
+        (restart + 1) * restart,
+        restart,
+        restart,
+        restart + 1,
+        d,
+        restart,
+    ];
+    let mut scratch: Vec<f64> = mem::zeroed("a", lens.iter().sum())?;
+    let (r, rest) = scratch.split_at_mut(lens[0]);
+    let (v, rest) = rest.split_at_mut(lens[1]);
+    let (h, rest) = rest.split_at_mut(lens[2]);
+    let (cs, rest) = rest.split_at_mut(lens[3]);
+    let (sn, rest) = rest.split_at_mut(lens[4]);
+    let (g, rest) = rest.split_at_mut(lens[5]);
+    let (w, y) = rest.split_at_mut(lens[6]);
 
     'outer: while iterations < max_iters {
-        residual_vec(a, b, &x, &mut r);
+        residual_vec(a, b, &x, r);
         let beta = norm(&r);
         #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(beta / bnorm > tol) {
@@ -105,8 +127,14 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
             if iterations >= max_iters {
                 break;
             }
+            // work since the last tick, kept here so a small system's iteration does not pay one
+            pending += (2 * d * d + 4 * (k + 1) * d + 4 * k) as u64;
+            if pending >= interrupt::TICK_UNITS {
+                interrupt::tick_check(pending)?;
+                pending = 0;
+            }
             // w = A v_k, then modified Gram-Schmidt against v_0..v_k
-            matvec_rows(a, &v[k * d..(k + 1) * d], &mut w);
+            matvec_rows(a, &v[k * d..(k + 1) * d], w);
             for i in 0..=k {
                 let vi = &v[i * d..(i + 1) * d];
                 let hik = dot(&w, vi);
@@ -183,7 +211,7 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
             break 'outer;
         }
     }
-    residual_vec(a, b, &x, &mut r);
+    residual_vec(a, b, &x, r);
     let residual = norm(&r) / bnorm;
     Ok(SolveOut {
         x,
@@ -193,9 +221,12 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
     })
 }
 
-/// Direct solve with LU and partial pivoting (nalgebra); for checking GMRES.
+/// Direct solve with LU and partial pivoting (nalgebra); for checking GMRES. Its matrix copy is
+/// planned against the available memory (nalgebra's own allocations are not fallible), and the
+/// factorisation, a single nalgebra call, is not interruptible.
 pub fn lu_solve(a: &[f64], b: &[f64]) -> CoreResult<Vec<f64>> {
     let d = check_system(a, b)?;
+    mem::plan("a", 8 * (d as u128 * d as u128 + 4 * d as u128))?;
     let m = DMatrix::from_row_slice(d, d, a);
     let rhs = DVector::from_column_slice(b);
     match m.lu().solve(&rhs) {

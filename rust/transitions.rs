@@ -4,14 +4,22 @@
 //! Samples are processed in blocks of [`BLOCK`] consecutive samples in parallel; each block's sums
 //! run left to right from 0.0 and the block sums are then added in block order from 0.0, so results
 //! are bit-identical for any number of threads.
+//!
+//! Memory: besides the ratios (one per sample), every block has partial sums for the ordered
+//! reduction: `d^2 + d` values per block of [`BLOCK`] samples for the probe transitions (188 KB at
+//! n = 16), `1 + n(n+1)/2` for the policy samples. The probe transitions run in windows of blocks
+//! holding at most [`WINDOW_BYTES`] of partial sums, each window reduced in block order before the
+//! next (the same additions in the same order, so the same bits). Both kernels are planned
+//! ([`transitions_bytes`], [`policy_samples_bytes`]) and allocate fallibly; blocks tick the
+//! interruption ([`crate::interrupt`]).
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{
     check_gain, clip_rho, feature_dim, features, features_fixed, matvec, matvec_fixed, pick, step,
     to_rows, FixedModel, Problem, RatioConsts, StepScratch, BLOCK,
 };
-use crate::par;
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
+use crate::{interrupt, mem, par};
 
 /// Distribution-probe purposes (section 1).
 pub const PURPOSE_DIST_STATE: u64 = 10;
@@ -78,9 +86,26 @@ struct Task {
     end: usize,
 }
 
-/// Splits `[0, count)` into per-sub-batch blocks, in order.
+/// The number of [`tasks`] of `repeats` sub-batches over `count` samples (at most
+/// `count / BLOCK + repeats`).
+fn task_count(repeats: usize, count: usize) -> usize {
+    (0..repeats)
+        .map(|r| {
+            let (lo, hi) = sub_batch(r, repeats, count);
+            (hi - lo).div_ceil(BLOCK)
+        })
+        .sum()
+}
+
+/// Splits `[0, count)` into per-sub-batch blocks, in order (the tests' form of [`try_tasks`]).
+#[cfg(test)]
 fn tasks(repeats: usize, count: usize) -> Vec<Task> {
-    let mut out = Vec::new();
+    try_tasks(repeats, count).unwrap()
+}
+
+/// Splits `[0, count)` into per-sub-batch blocks, in order, in one fallible allocation.
+fn try_tasks(repeats: usize, count: usize) -> CoreResult<Vec<Task>> {
+    let mut out = mem::with_capacity("count", task_count(repeats, count))?;
     for r in 0..repeats {
         let (lo, hi) = sub_batch(r, repeats, count);
         let mut start = lo;
@@ -90,18 +115,21 @@ fn tasks(repeats: usize, count: usize) -> Vec<Task> {
             start = end;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Splits `v` into consecutive mutable pieces of the given lengths.
-fn split_lengths<T>(mut v: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
-    let mut out = Vec::new();
+fn split_lengths<T>(
+    mut v: &mut [T],
+    lens: impl ExactSizeIterator<Item = usize>,
+) -> CoreResult<Vec<&mut [T]>> {
+    let mut out = mem::with_capacity("count", lens.len())?;
     for len in lens {
         let (head, tail) = v.split_at_mut(len);
         out.push(head);
         v = tail;
     }
-    out
+    Ok(out)
 }
 
 struct TransScratch {
@@ -116,6 +144,8 @@ struct TransScratch {
 const SUB: usize = 256;
 /// Samples from which the probe kernels share their blocks among threads.
 const PAR_MIN_SAMPLES: usize = 2048;
+/// Most bytes of the probe transitions' per-block partial sums held at once (one window of blocks).
+pub const WINDOW_BYTES: usize = 32 << 20;
 
 /// Per-thread scratch of [`block_fixed`]: one sub-chunk's draws and per-sample values.
 struct SubBuf<const N: usize, const M: usize> {
@@ -174,6 +204,9 @@ fn block_fixed<const N: usize, const M: usize, const D: usize>(
     let mut k0 = task.start;
     while k0 < task.end {
         let len = SUB.min(task.end - k0);
+        if interrupt::tick((len * (2 * D * D + 8 * (N + M) * (N + M) + 64)) as u64) {
+            return; // the kernel is being stopped: its result is discarded
+        }
         let slot0 = k0 - task.start;
         // (1) draws
         fill_uniforms(&st_pick, k0 as u64, &mut buf.pick_u[..len]);
@@ -245,6 +278,25 @@ pub fn transitions(
     transitions_impl(p, k_pi, k_mu, pool, count, repeats, base, iteration, true)
 }
 
+/// The bytes [`transitions`] holds at once for `count` samples in `repeats` sub-batches (n states, m
+/// actions): the ratios, every block's partial sums, the sub-batch sums, the work items and the
+/// per-thread scratch.
+pub fn transitions_bytes(n: usize, m: usize, count: usize, repeats: usize) -> u128 {
+    let d = feature_dim(n) as u128;
+    let blocks = (count / BLOCK) as u128 + repeats as u128;
+    let window = blocks.min((WINDOW_BYTES as u128 / (8 * (d * d + d))).max(1));
+    let threads = par::threads_for(count.div_ceil(BLOCK).max(1), true) as u128;
+    let scratch = std::mem::size_of::<SubBuf<4, 4>>() as u128 + 8 * (4 * (n + m) as u128 + 2 * d);
+    mem::total(&[
+        (count as u128, 8),             // ratios
+        (blocks, 24 + 16),              // tasks, ratio pieces
+        (window, 8 * (d * d + d) + 64), // a window's partial sums, items
+        (1, par::overhead_bytes::<[usize; 6]>(window as usize)),
+        (repeats as u128, 8 * (d * d + d) + 8 + 8 + 16), // sub-batch sums, counts
+        (threads, scratch),
+    ])
+}
+
 /// `transitions`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
 #[allow(clippy::too_many_arguments)]
 fn transitions_impl(
@@ -257,6 +309,35 @@ fn transitions_impl(
     base: u64,
     iteration: u64,
     allow_fixed: bool,
+) -> CoreResult<TransitionsOut> {
+    transitions_windowed(
+        p,
+        k_pi,
+        k_mu,
+        pool,
+        count,
+        repeats,
+        base,
+        iteration,
+        allow_fixed,
+        WINDOW_BYTES,
+    )
+}
+
+/// `transitions_impl` with windows of `window_bytes` of partial sums (tests vary it: the result does
+/// not depend on it).
+#[allow(clippy::too_many_arguments)]
+fn transitions_windowed(
+    p: &Problem,
+    k_pi: &[f64],
+    k_mu: &[f64],
+    pool: &[f64],
+    count: usize,
+    repeats: usize,
+    base: u64,
+    iteration: u64,
+    allow_fixed: bool,
+    window_bytes: usize,
 ) -> CoreResult<TransitionsOut> {
     p.validate()?;
     check_gain("k_pi", k_pi, p.m, p.n)?;
@@ -272,100 +353,133 @@ fn transitions_impl(
     let m = p.m;
     let d = feature_dim(n);
     let rc = p.consts();
-    let tasks = tasks(repeats, count);
+    // the argument that makes the arrays large
+    let arg = if repeats > count / BLOCK {
+        "repeats"
+    } else {
+        "count"
+    };
+    let planned = transitions_bytes(n, m, count, repeats);
+    mem::plan(arg, planned)?;
+    let oom = |e: CoreError| match e {
+        CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
+            arg,
+            bytes: planned,
+            available,
+        },
+        e => e,
+    };
+    let tasks = try_tasks(repeats, count).map_err(oom)?;
     let part_len = d * d + d;
-    let mut partials = vec![0.0; tasks.len() * part_len];
-    let mut rho = vec![0.0; count];
-    let rho_pieces = split_lengths(&mut rho, tasks.iter().map(|t| t.end - t.start));
+    let window = (window_bytes / (8 * part_len)).clamp(1, tasks.len().max(1));
+    let mut partials: Vec<f64> = mem::zeroed(arg, window * part_len).map_err(oom)?;
+    let mut rho = mem::zeroed(arg, count).map_err(oom)?;
+    let mut rho_pieces =
+        split_lengths(&mut rho, tasks.iter().map(|t| t.end - t.start)).map_err(oom)?;
     let seed = p.seed;
+    let mut a_sums: Vec<f64> = mem::zeroed(arg, repeats * d * d).map_err(oom)?;
+    let mut b_sums: Vec<f64> = mem::zeroed(arg, repeats * d).map_err(oom)?;
+    let mut counts: Vec<u64> = mem::zeroed(arg, repeats).map_err(oom)?;
 
-    let items: Vec<_> = tasks
-        .iter()
-        .zip(rho_pieces)
-        .zip(partials.chunks_mut(part_len))
-        .collect();
     let parallel = count >= PAR_MIN_SAMPLES;
-    crate::dispatch_dims!(
-        if allow_fixed { n } else { 0 },
-        m,
-        |NN, MM, DD| {
-            let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
+    // windows of blocks, each reduced in block order before the next
+    let mut t0 = 0;
+    while t0 < tasks.len() {
+        let t1 = (t0 + window).min(tasks.len());
+        let items: Vec<_> = mem::collect(
+            arg,
+            tasks[t0..t1]
+                .iter()
+                .zip(rho_pieces.drain(..t1 - t0))
+                .zip(partials.chunks_mut(part_len)),
+        )
+        .map_err(oom)?;
+        crate::dispatch_dims!(
+            if allow_fixed { n } else { 0 },
+            m,
+            |NN, MM, DD| {
+                let fm = FixedModel::<NN, MM>::new(p, k_pi, k_mu);
+                par::for_each_item(
+                    items,
+                    parallel,
+                    SubBuf::<NN, MM>::new,
+                    |buf, _, ((task, rho_out), part)| {
+                        block_fixed::<NN, MM, DD>(
+                            &fm, seed, base, iteration, pool, pool_len, task, rho_out, part, buf,
+                        );
+                    },
+                )
+            },
             par::for_each_item(
                 items,
                 parallel,
-                SubBuf::<NN, MM>::new,
-                |buf, _, ((task, rho_out), part)| {
-                    block_fixed::<NN, MM, DD>(
-                        &fm, seed, base, iteration, pool, pool_len, task, rho_out, part, buf,
-                    );
+                || TransScratch {
+                    step: StepScratch::new(n, m),
+                    za: vec![0.0; m],
+                    ze: vec![0.0; n],
+                    phi: vec![0.0; d],
+                    phi_next: vec![0.0; d],
+                },
+                |sc, _, ((task, rho_out), part)| {
+                    let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
+                    let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
+                    let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
+                    let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
+                    part.fill(0.0); // the window's buffer holds an earlier block's sums
+                    let (a_part, b_part) = part.split_at_mut(d * d);
+                    let work = (2 * d * d + 8 * (n + m) * (n + m) + 64) as u64;
+                    for (slot, k) in (task.start..task.end).enumerate() {
+                        if interrupt::tick(work) {
+                            return; // the kernel is being stopped: its result is discarded
+                        }
+                        let ku = k as u64;
+                        let idx = pick(pick_u.get(ku), pool_len);
+                        let s = &pool[idx * n..(idx + 1) * n];
+                        let u = mix.get(ku);
+                        for j in 0..m {
+                            sc.za[j] = act.get(ku * m as u64 + j as u64);
+                        }
+                        for i in 0..n {
+                            sc.ze[i] = env.get(ku * n as u64 + i as u64);
+                        }
+                        let st = step(p, &rc, k_pi, k_mu, s, u, &sc.za, &sc.ze, &mut sc.step);
+                        features(s, &mut sc.phi);
+                        features(&sc.step.s_next, &mut sc.phi_next);
+                        // e_j = phi_j(s) - gamma * phi_j(s'), kept in phi_next
+                        for j in 0..d {
+                            sc.phi_next[j] = sc.phi[j] - p.gamma * sc.phi_next[j];
+                        }
+                        for i in 0..d {
+                            let c = st.rho_bar * sc.phi[i];
+                            let row = &mut a_part[i * d..(i + 1) * d];
+                            for j in 0..d {
+                                row[j] += c * sc.phi_next[j];
+                            }
+                        }
+                        let rb = st.rho_bar * st.reward;
+                        for i in 0..d {
+                            b_part[i] += rb * sc.phi[i];
+                        }
+                        rho_out[slot] = st.rho;
+                    }
                 },
             )
-        },
-        par::for_each_item(
-            items,
-            parallel,
-            || TransScratch {
-                step: StepScratch::new(n, m),
-                za: vec![0.0; m],
-                ze: vec![0.0; n],
-                phi: vec![0.0; d],
-                phi_next: vec![0.0; d],
-            },
-            |sc, _, ((task, rho_out), part)| {
-                let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
-                let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
-                let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
-                let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
-                let (a_part, b_part) = part.split_at_mut(d * d);
-                for (slot, k) in (task.start..task.end).enumerate() {
-                    let ku = k as u64;
-                    let idx = pick(pick_u.get(ku), pool_len);
-                    let s = &pool[idx * n..(idx + 1) * n];
-                    let u = mix.get(ku);
-                    for j in 0..m {
-                        sc.za[j] = act.get(ku * m as u64 + j as u64);
-                    }
-                    for i in 0..n {
-                        sc.ze[i] = env.get(ku * n as u64 + i as u64);
-                    }
-                    let st = step(p, &rc, k_pi, k_mu, s, u, &sc.za, &sc.ze, &mut sc.step);
-                    features(s, &mut sc.phi);
-                    features(&sc.step.s_next, &mut sc.phi_next);
-                    // e_j = phi_j(s) - gamma * phi_j(s'), kept in phi_next
-                    for j in 0..d {
-                        sc.phi_next[j] = sc.phi[j] - p.gamma * sc.phi_next[j];
-                    }
-                    for i in 0..d {
-                        let c = st.rho_bar * sc.phi[i];
-                        let row = &mut a_part[i * d..(i + 1) * d];
-                        for j in 0..d {
-                            row[j] += c * sc.phi_next[j];
-                        }
-                    }
-                    let rb = st.rho_bar * st.reward;
-                    for i in 0..d {
-                        b_part[i] += rb * sc.phi[i];
-                    }
-                    rho_out[slot] = st.rho;
-                }
-            },
         )
-    );
+        .map_err(oom)?;
 
-    let mut a_sums = vec![0.0; repeats * d * d];
-    let mut b_sums = vec![0.0; repeats * d];
-    let mut counts = vec![0u64; repeats];
-    for (task, part) in tasks.iter().zip(partials.chunks_exact(part_len)) {
-        let r = task.r;
-        for (t, x) in a_sums[r * d * d..(r + 1) * d * d]
-            .iter_mut()
-            .zip(&part[..d * d])
-        {
-            *t += *x;
+        for (task, part) in tasks[t0..t1].iter().zip(partials.chunks_exact(part_len)) {
+            let r = task.r;
+            for (t, x) in a_sums[r * d * d..(r + 1) * d * d]
+                .iter_mut()
+                .zip(&part[..d * d])
+            {
+                *t += *x;
+            }
+            for (t, x) in b_sums[r * d..(r + 1) * d].iter_mut().zip(&part[d * d..]) {
+                *t += *x;
+            }
         }
-        for (t, x) in b_sums[r * d..(r + 1) * d].iter_mut().zip(&part[d * d..]) {
-            *t += *x;
-        }
+        t0 = t1;
     }
     for (r, c) in counts.iter_mut().enumerate() {
         let (lo, hi) = sub_batch(r, repeats, count);
@@ -399,6 +513,23 @@ pub fn policy_samples(
     policy_samples_impl(
         n, m, sigma_pi, sigma_mu, seed, k_pi, k_mu, pool, count, mmd_count, iteration, true,
     )
+}
+
+/// The bytes [`policy_samples`] holds at once for `count` samples, `mmd_count` of them in the MMD
+/// set (n states, m actions): the ratios, the MMD rows, every block's partial sums, the work items
+/// and the per-thread scratch.
+pub fn policy_samples_bytes(n: usize, m: usize, count: usize, mmd_count: usize) -> u128 {
+    let blocks = count.div_ceil(BLOCK) as u128;
+    let threads = par::threads_for(count.div_ceil(BLOCK).max(1), true) as u128;
+    let scratch = std::mem::size_of::<PolicyBuf<4, 4>>() as u128 + 8 * 3 * m as u128;
+    mem::total(&[
+        (count as u128, 8),                                        // ratios
+        (mmd_count as u128, 8 * (n + 2 * m) as u128),              // MMD rows
+        (blocks, 8 * (1 + n * (n + 1) / 2) as u128 + 4 * 16 + 96), // partials, pieces, items
+        (1, par::overhead_bytes::<[usize; 10]>(blocks as usize)),
+        (threads, scratch),
+        ((1 + n * (n + 1) / 2 + n * n) as u128, 8),
+    ])
 }
 
 /// `policy_samples`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
@@ -441,34 +572,54 @@ fn policy_samples_impl(
         ));
     }
     let rc = RatioConsts::new(m, sigma_pi, sigma_mu, 0.0);
+    // the argument that makes the arrays large
+    let arg = if mmd_count * (n + 2 * m) > count {
+        "mmd_count"
+    } else {
+        "count"
+    };
+    let planned = policy_samples_bytes(n, m, count, mmd_count);
+    mem::plan(arg, planned)?;
+    let oom = |e: CoreError| match e {
+        CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
+            arg,
+            bytes: planned,
+            available,
+        },
+        e => e,
+    };
     let nblocks = count.div_ceil(BLOCK);
     let part_len = 1 + n * (n + 1) / 2;
-    let mut partials = vec![0.0; nblocks * part_len];
-    let mut rho = vec![0.0; count];
-    let mut mmd_s = vec![0.0; mmd_count * n];
-    let mut mmd_a_pi = vec![0.0; mmd_count * m];
-    let mut mmd_a_mu = vec![0.0; mmd_count * m];
+    let mut partials = mem::zeroed(arg, nblocks * part_len).map_err(oom)?;
+    let mut rho = mem::zeroed(arg, count).map_err(oom)?;
+    let mut mmd_s = mem::zeroed(arg, mmd_count * n).map_err(oom)?;
+    let mut mmd_a_pi = mem::zeroed(arg, mmd_count * m).map_err(oom)?;
+    let mut mmd_a_mu = mem::zeroed(arg, mmd_count * m).map_err(oom)?;
     // MMD rows belong to the block holding their sample
     let mmd_blocks = mmd_count.div_ceil(BLOCK);
     let mut mmd_s_pieces =
-        split_lengths(&mut mmd_s, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * n));
+        split_lengths(&mut mmd_s, (0..nblocks).map(|b| mmd_rows(b, mmd_count) * n)).map_err(oom)?;
     let mut mmd_pi_pieces = split_lengths(
         &mut mmd_a_pi,
         (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m),
-    );
+    )
+    .map_err(oom)?;
     let mut mmd_mu_pieces = split_lengths(
         &mut mmd_a_mu,
         (0..nblocks).map(|b| mmd_rows(b, mmd_count) * m),
-    );
+    )
+    .map_err(oom)?;
     debug_assert!(mmd_blocks <= nblocks);
-    let pieces: Vec<_> = rho
-        .chunks_mut(BLOCK)
-        .zip(partials.chunks_mut(part_len))
-        .zip(mmd_s_pieces.drain(..))
-        .zip(mmd_pi_pieces.drain(..))
-        .zip(mmd_mu_pieces.drain(..))
-        .enumerate()
-        .collect();
+    let pieces: Vec<_> = mem::collect(
+        arg,
+        rho.chunks_mut(BLOCK)
+            .zip(partials.chunks_mut(part_len))
+            .zip(mmd_s_pieces.drain(..))
+            .zip(mmd_pi_pieces.drain(..))
+            .zip(mmd_mu_pieces.drain(..))
+            .enumerate(),
+    )
+    .map_err(oom)?;
 
     let parallel = count >= PAR_MIN_SAMPLES;
     crate::dispatch_dims!(
@@ -514,7 +665,11 @@ fn policy_samples_impl(
                 let mut kmu_s = vec![0.0; m];
                 let mut a = vec![0.0; m];
                 let (tv, moment) = part.split_at_mut(1);
+                let work = (4 * m * n + n * n + 32 * m + 64) as u64;
                 for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
+                    if interrupt::tick(work) {
+                        return; // the kernel is being stopped: its result is discarded
+                    }
                     let ku = k as u64;
                     let idx = pick(pick_u.get(ku), pool_len);
                     let s = &pool[idx * n..(idx + 1) * n];
@@ -554,7 +709,8 @@ fn policy_samples_impl(
                 }
             },
         )
-    );
+    )
+    .map_err(oom)?;
 
     let mut total = vec![0.0; part_len];
     for part in partials.chunks_exact(part_len) {
@@ -635,6 +791,9 @@ fn policy_block_fixed<const N: usize, const M: usize>(
     let mut k0 = first;
     while k0 < end {
         let len = SUB.min(end - k0);
+        if interrupt::tick((len * (4 * M * N + N * N + 32 * M + 64)) as u64) {
+            return; // the kernel is being stopped: its result is discarded
+        }
         let slot0 = k0 - first;
         fill_uniforms(&st_pick, k0 as u64, &mut buf.pick_u[..len]);
         fill_normals(&st_mu, (k0 * M) as u64, buf.z[..len].as_flattened_mut());
@@ -1175,6 +1334,59 @@ mod tests {
             let fixed = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, true).unwrap();
             let dynamic = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, false).unwrap();
             assert_eq!(fixed, dynamic);
+        }
+    }
+    /// Windows of blocks change no bit: one block per window, a few, all; fixed-size and dynamic
+    /// kernels; sub-batches that split blocks.
+    #[test]
+    fn windows_of_block_sums_keep_the_bits() {
+        let a = [0.9, 0.1, 0.0, 0.8];
+        let b = [0.0, 1.0];
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let r = [0.1];
+        let p = Problem {
+            n: 2,
+            m: 1,
+            a: &a,
+            b: &b,
+            q: &q,
+            r: &r,
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 0.5,
+            sigma_pi: 0.3,
+            sigma_mu: 0.5,
+            p_mix: 0.2,
+            gamma: 0.9,
+            rho_clip: 2.0,
+            seed: 5,
+        };
+        let pool: Vec<f64> = (0..40).map(|i| ((i * 7 % 13) as f64 - 6.0) * 0.3).collect();
+        let (kp, km) = ([-0.1, -0.2], [0.05, -0.3]);
+        let part = (6 * 6 + 6) * 8;
+        for (count, repeats) in [(5 * BLOCK + 17, 3), (2 * BLOCK, 16), (100, 1), (0, 2)] {
+            for fixed in [true, false] {
+                let one = transitions_windowed(
+                    &p,
+                    &kp,
+                    &km,
+                    &pool,
+                    count,
+                    repeats,
+                    30,
+                    2,
+                    fixed,
+                    usize::MAX / 2,
+                )
+                .unwrap();
+                for bytes in [1, part, 2 * part, 5 * part] {
+                    let got = transitions_windowed(
+                        &p, &kp, &km, &pool, count, repeats, 30, 2, fixed, bytes,
+                    )
+                    .unwrap();
+                    assert_eq!(got, one, "count {count} repeats {repeats} window {bytes}");
+                }
+            }
         }
     }
 }

@@ -4,9 +4,24 @@ Array arguments must be C-contiguous numpy float64 arrays of the stated shape: a
 of dimensions or a non-array raises ``TypeError``; a wrong shape, a non-contiguous array, a non-finite
 value where one is not allowed, or an out-of-domain scalar raises ``ValueError``; messages start with
 the argument's name (``"k_pi: expected shape (2, 2), got (3, 2)"``). Integer arguments (seeds,
-purposes, iterations, sizes) must lie in ``[0, 2**64)``. The kernels release the interpreter lock.
-Non-finite values are allowed only in ``pool``, ``rho`` (rho_stats), ``x``/``y`` (mmd2) and ``states``
-(features): they are a diverged run's data and propagate as IEEE inf/NaN.
+purposes, iterations) must lie in ``[0, 2**64)``, sizes (counts of samples, trajectories, steps) in
+``[0, 2**48)``. Non-finite values are allowed only in ``pool``, ``rho`` (rho_stats), ``x``/``y`` (mmd2)
+and ``states`` (features): they are a diverged run's data and propagate as IEEE inf/NaN.
+
+Memory: each call first adds up what it will hold at once (outputs, scratch, per-thread buffers) and
+compares it with the memory available now (the least of MemAvailable, the RLIMIT_AS headroom and the
+memory cgroup's headroom), and allocates fallibly; a call that would not fit raises ``CoreMemoryError``
+(a ``MemoryError`` that is also a ``ValueError``) naming the argument that sets the size and the bytes,
+e.g. ``"count: this call needs 8589934592 bytes (8.000 GiB) of memory, more than the 2.855 GiB
+available"``. It never aborts the process. Output arrays take over the kernel's buffers (no copy).
+
+Interruption: the kernels release the interpreter lock; while one runs, the calling thread re-attaches
+about every 10 ms of work and runs Python's signal handlers (``PyErr_CheckSignals``). When a handler
+raises (``KeyboardInterrupt`` for SIGINT by default, ``offtd.loop.Interrupted`` from the CLI's), the
+kernel stops within ~10 ms more and that exception is raised from the call; its partial results are
+discarded. Only the main thread runs signal handlers, so a kernel called from another thread runs to the
+end. Exceptions: ``lu_solve``'s factorisation (one nalgebra call) and ``rho_stats``'s selections (std's
+``select_nth_unstable``, ~10 ns a ratio) are not interrupted midway.
 """
 
 from typing import TypedDict

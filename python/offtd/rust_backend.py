@@ -4,6 +4,11 @@ compiled module :mod:`offtd._core`.
 Arrays are passed to the core as C-contiguous float64 (converted here if needed); the core checks
 shapes, releases the interpreter lock while it computes, and returns numpy arrays that are wrapped in
 backend.py's dataclasses unchanged.
+
+Two things cross this adapter untouched: a call whose arrays would not fit in the memory available
+raises ``MemoryError`` (``CoreMemoryError``, naming the argument and the bytes) instead of aborting, and
+a signal handler's exception (``offtd.loop.Interrupted`` from the CLI, ``KeyboardInterrupt``) comes out
+of a running kernel within about 10 ms, the kernel's partial work discarded (see ``_core.pyi``).
 """
 
 from __future__ import annotations
