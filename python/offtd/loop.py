@@ -4,9 +4,10 @@ probe schedule. Knows nothing about which backend runs the kernels."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,6 +56,69 @@ class LoopResult:
     last_eigenvalues: dict[str, np.ndarray] = field(default_factory=dict)  # "estimate" / "exact" -> eig(A)
 
 
+class Interrupted(BaseException):
+    """Raised by a signal handler (the CLI's) while the loop computes an iteration (:func:`computing`):
+    `run_loop` discards that iteration's partial work and ends the run as interrupted, at once, even
+    inside a long kernel (the Rust core runs the handlers about every 10 ms). A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+
+_COMPUTING: set[int] = set()  # threads whose run_loop is inside an iteration's computation
+
+
+def computing() -> bool:
+    """True while `run_loop` computes an iteration on this thread (not while it records the iteration
+    or after the loop): a signal handler may then raise :class:`Interrupted`."""
+    return threading.get_ident() in _COMPUTING
+
+
+class _Iterations:
+    """The loop's guard: marks each iteration's computation (:func:`computing`) and turns an
+    :class:`Interrupted` raised inside the loop into an interrupted run, discarding the partial
+    iteration (its exact and probe rows, and what the probes carry over)."""
+
+    def __init__(self, probe_series: dict[str, list], exact_series: list, state: ProbeState):
+        self.probe_series, self.exact_series, self.state = probe_series, exact_series, state
+        self.interrupted = False
+        self._saved: tuple[dict[str, int], int, dict[str, Any]] | None = None
+
+    def begin(self, probes: bool) -> None:
+        """An iteration's computation starts; `probes`: it runs the probes (only those add rows and
+        change the probe state, so only they need a snapshot to roll back)."""
+        if probes:
+            self._saved = (
+                {k: len(v) for k, v in self.probe_series.items()},
+                len(self.exact_series),
+                {k: _shallow_copy(v) for k, v in vars(self.state).items()},
+            )
+        _COMPUTING.add(threading.get_ident())
+
+    def end(self) -> None:
+        _COMPUTING.discard(threading.get_ident())
+        self._saved = None
+
+    def __enter__(self) -> "_Iterations":
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        _COMPUTING.discard(threading.get_ident())
+        if exc_type is None or not issubclass(exc_type, Interrupted):
+            return False
+        if self._saved is not None:
+            rows, exact, state = self._saved
+            for name, n in rows.items():
+                del self.probe_series[name][n:]
+            del self.exact_series[exact:]
+            for name, value in state.items():
+                setattr(self.state, name, value)
+        self.interrupted = True
+        return True
+
+
+def _shallow_copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
+
+
 def initial_weights(spec: Spec, problem: Problem, k_pi: np.ndarray, backend: Backend) -> np.ndarray:
     """MODEL.md 3, critic initialisation."""
     d = problem.d
@@ -98,12 +162,14 @@ def run_loop(
     completed = 0
     undefined: list[int] = []
     sp2 = problem.sigma_pi * problem.sigma_pi
+    guard = _Iterations(probe_series, exact_series, state)
 
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), guard:
         for t in range(T):
             if should_stop is not None and should_stop():
                 interrupted = True
                 break
+            guard.begin(is_probe_iteration(t, spec))  # until guard.end(), a handler may raise Interrupted
             roll = backend.rollout(problem, w, k_pi, k_mu, t, spec.run.batch, spec.run.horizon)
             n_tr = roll.count
             td_loss = roll.td_sq / n_tr
@@ -155,6 +221,7 @@ def run_loop(
                 "teacher_value_scale": value_scale(tch, gram_mean),
                 "teacher_w_norm": float(np.linalg.norm(tch.w)) if tch.defined else math.nan,
             }
+            guard.end()
             for name, value in row.items():
                 series[name][t] = value
             completed = t + 1
@@ -166,6 +233,7 @@ def run_loop(
             if broken is not None:
                 diverged_at, diverged_what = t, broken
                 break
+    interrupted = interrupted or guard.interrupted  # an Interrupted raised inside an iteration
 
     return LoopResult(
         iters=np.arange(T, dtype=float),

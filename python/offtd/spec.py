@@ -80,6 +80,9 @@ class RunCfg:
     probe_every: int = _f(5, "probe period (iterations); probes also run at the last iteration", lo=1)
     last_k: int = _f(5, "entries in mean_last_k / slope_last_k", lo=1)
     max_memory_gb: float = _f(8.0, "refuse specs whose arrays would exceed this", lo=0.0, lo_open=True)
+    max_work_seconds: float = _f(
+        14400.0, "refuse specs whose estimated work exceeds this many CPU-seconds (offtd.budget)", lo=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -417,12 +420,6 @@ def _resolve(spec: Spec) -> Spec:
     return out
 
 
-# Bytes per outer iteration held by the core series and their report forms (numpy, Python lists, JSON and
-# CSV text), and per probe iteration by the probe rows (dicts of ~25 metrics for each of four probes).
-SERIES_BYTES_PER_ITER = 1024
-PROBE_ROW_BYTES = 16 * 1024
-
-
 # The matrices the teacher is computed from (MODEL.md 3.7), in the order a refusal names them on a tie.
 _TEACHER_INPUTS = ("env.a", "env.b", "policy.k_init", "env.q", "env.r")
 # Largest |z| of the backend's Box-Muller normals: sqrt(-2 log 2^-53) = 8.57 (MODEL.md 1).
@@ -484,59 +481,41 @@ def sub_batches(cfg: FixedPointProbeCfg | StabilityProbeCfg) -> int:
 
 
 def memory_terms(spec: Spec) -> dict[str, int]:
-    """Peak bytes a run holds, by the key that sets each part: the stored batch, the series of every
-    iteration, and each enabled probe's samples."""
-    n, m = spec.env.state_dim, spec.env.action_dim
-    d = n * (n + 1) // 2 + n + 1
-    b, h, t = spec.run.batch, spec.run.horizon, spec.run.outer_iters
-    p = spec.probes
-    probe_iters = t // spec.run.probe_every + 1
-    terms = {
-        "run.horizon" if h > b else "run.batch": 8 * b * ((h + 1) * n + 2 * h),
-        "run.outer_iters": SERIES_BYTES_PER_ITER * t + PROBE_ROW_BYTES * probe_iters,
-    }
-    if p.distribution.enabled:
-        terms["probes.distribution.num_samples"] = 8 * (
-            p.distribution.num_samples + p.distribution.action_samples * (n + 2 * m)
-        )
-    if p.fixed_point.enabled:
-        terms["probes.fixed_point.batch_size"] = 8 * (p.fixed_point.batch_size + sub_batches(p.fixed_point) * (d * d + d))
-    if p.stability.enabled:
-        terms["probes.stability.batch_size"] = 8 * (p.stability.batch_size + sub_batches(p.stability) * (d * d + d))
-    return terms
+    """Peak bytes a run holds, by the key that sets each part (offtd.budget, next to the kernels)."""
+    from .budget import memory_terms as terms
+
+    return terms(spec)
 
 
 def memory_estimate_bytes(spec: Spec) -> int:
-    """Peak bytes of the arrays a run holds at once: the stored batch, the series, and the largest probe."""
-    terms = memory_terms(spec)
-    probe = max((v for k, v in terms.items() if k.startswith("probes.")), default=0)
-    return sum(v for k, v in terms.items() if not k.startswith("probes.")) + probe
+    """Peak bytes of the arrays a run holds at once (offtd.budget)."""
+    from .budget import memory_estimate_bytes as estimate
+
+    return estimate(spec)
 
 
 def _check_memory(spec: Spec) -> None:
-    need = memory_estimate_bytes(spec)
-    limit = spec.run.max_memory_gb * 2**30
-    try:
-        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        limit = min(limit, 0.8 * phys)
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        pass
-    if need > limit:
-        terms = memory_terms(spec)
-        key = max(terms, key=terms.__getitem__)
-        raise SpecError(
-            key,
-            f"this spec needs about {need / 2**30:.3g} GiB for its arrays ({terms[key] / 2**30:.3g} GiB from {key}), "
-            f"more than the {limit / 2**30:.3g} GiB allowed (run.max_memory_gb or 80% of RAM)",
-        )
+    """The memory and work budgets (offtd.budget): a SpecError naming the dominant key and the estimate."""
+    from .budget import check_memory, check_work
+
+    check_memory(spec)
+    check_work(spec)
 
 
 def _format_toml_error(path: str, err: Exception) -> SpecError:
     return SpecError(path, f"malformed TOML: {err}")
 
 
+# The `[sweep]` table of a spec file (grid, seeds, keep: offtd.sweep reads it) is not part of the experiment:
+# `offtd run` ignores it.
+SWEEP_TABLE = "sweep"
+
+
 def spec_from_dict(data: Mapping[str, Any]) -> Spec:
-    """Validate a nested dict (as read from TOML) into a resolved :class:`Spec`."""
+    """Validate a nested dict (as read from TOML) into a resolved :class:`Spec` (a `[sweep]` table is
+    skipped: offtd.sweep reads it)."""
+    if isinstance(data, Mapping) and SWEEP_TABLE in data:
+        data = {k: v for k, v in data.items() if k != SWEEP_TABLE}
     return _resolve(_build(Spec, data, ""))
 
 
