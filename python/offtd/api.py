@@ -197,6 +197,7 @@ def run(
     run_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    plots: bool = False,
     **overrides: Any,
 ) -> RunResult:
     """Run an experiment and return its report.
@@ -204,7 +205,8 @@ def run(
     `spec` is a TOML path, a dict, a Spec, or None for the embedded default experiment. Overrides are
     dotted keys (`**{"policy.p_mix": 0.1}`) or keyword arguments with `__` for the dot
     (`policy__p_mix=0.1`). Files are written only when `out` (a root for `<name>/<timestamp>`) or
-    `run_dir` is given.
+    `run_dir` is given; `plots=True` then also draws the run's pictures into it after the run
+    (offtd.plots, needs matplotlib: `offtd[plot]`).
     """
     resolved = load_spec(spec, _normalise_overrides(overrides))
     warning = cap_threads()
@@ -227,14 +229,14 @@ def run(
         report = build_report(resolved, loop, verdict, th, info)
         if directory is not None:
             try:
-                write_run(directory, resolved, report, loop.elapsed_s)
+                write_run(directory, resolved, report, loop.elapsed_s, loop.last_ratios, loop.last_eigenvalues)
             except OSError as exc:  # disk full, file too large, ...: write_run removed what it wrote
                 raise OutputError(str(directory), f"could not write the run: {exc.strerror or exc}; nothing was kept") from None
     except Exception:  # no empty or half-written run directory is left (an interruption keeps it: 130)
         _remove_dirs(created)
         raise
     rep = plain(report)
-    return RunResult(
+    result = RunResult(
         report=rep,
         spec=resolved,
         run_dir=directory,
@@ -242,6 +244,11 @@ def run(
         probe_series=_probe_arrays(rep),
         elapsed_s=loop.elapsed_s,
     )
+    if plots and directory is not None:
+        from .plots import plot_run
+
+        plot_run(result)
+    return result
 
 
 def cap_threads() -> str | None:

@@ -80,14 +80,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument("--progress", action="store_true",
                    help="show progress even when stderr is not a terminal (one line per iteration)")
-    w = sub.add_parser("sweep", help="run a grid of overrides of one spec; one run directory per cell and a summary table")
-    w.add_argument("spec", nargs="?", help="base spec (TOML); omitted: the embedded default experiment")
-    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+    r.add_argument("--no-plots", action="store_true", help="do not draw the run's pictures (offtd plot RUN_DIR draws them later)")
+    w = sub.add_parser("sweep", help="run a grid of overrides of one spec over seeds, in parallel, resumable; a summary table")
+    w.add_argument("spec", nargs="?", help="base spec (TOML, may hold a [sweep] table); omitted: the embedded default experiment")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values of one key (repeatable; the sweep is the Cartesian product)")
     w.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override the base spec")
+    w.add_argument("--seeds", help="seeds of every cell: FIRST..LAST (inclusive) or S1,S2,... (default: run.seed)")
+    w.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; 1 runs in this process)")
+    w.add_argument("--dask", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS (pip install 'offtd[dask]')")
+    w.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR: skip finished runs, rerun interrupted or failed ones")
+    w.add_argument("--keep", choices=("full", "summary"),
+                   help="full: a run directory per (cell, seed) (default); summary: only the rows of sweep.csv")
+    w.add_argument("--yes", action="store_true", help="run a sweep above the size or time limit without asking")
     w.add_argument("--out", default="outputs", help="root of the sweep directory (default: outputs)")
-    w.add_argument("--backend", choices=("rust", "python"), default="rust")
-    w.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when any cell's status is at least this bad")
+    w.add_argument("--backend", choices=("rust", "python"))
+    w.add_argument("--fail-on", choices=("fail", "warn"), help="exit 1 when any run's status is at least this bad")
+    w.add_argument("--no-plots", action="store_true", help="do not draw the sweep's heatmaps at the end")
+    w.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    pl = sub.add_parser("plot", help="draw the pictures of a run directory or a sweep directory (pip install 'offtd[plot]')")
+    pl.add_argument("dir", help="a run directory (report.json) or a sweep directory (sweep.toml)")
+    pl.add_argument("--x", help="sweep: the key on the horizontal axis of the heatmaps (default: the first swept key)")
+    pl.add_argument("--y", help="sweep: the key on the vertical axis (default: the second swept key)")
     t = sub.add_parser("theory", help="the exact expected TD update, fixed point and ratio moments of a spec or a grid (no sampling)")
     t.add_argument("spec", nargs="?", help="base spec (TOML); omitted: the embedded default experiment")
     t.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -102,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop stops between iterations. A second signal aborts at once."""
+    """Set by SIGINT/SIGTERM. While the loop computes an iteration (`offtd.loop.computing()`), the
+    handler also raises `offtd.loop.Interrupted`, which stops the iteration at once (inside a Rust
+    kernel too: the core runs the handlers about every 10 ms) and discards it; otherwise (between
+    iterations, while the report is written) the loop stops at its next check. A second signal aborts
+    at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -114,6 +132,9 @@ class _StopFlag:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        loop = sys.modules.get("offtd.loop")  # not imported yet: no loop is computing
+        if loop is not None and loop.computing():
+            raise loop.Interrupted(signum)
 
 
 def _progress(enabled: bool, tty: bool):
@@ -170,6 +191,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             sys.stderr.write(f"offtd: error: backend {args.backend!r} is not available: {exc}\n")
             return EXIT_BAD_INPUT
+        if not args.no_plots and result.status != "INTERRUPTED":
+            _draw_run_plots(result)
         _emit(result.run_dir, result.status_line)
         if result.status == "INTERRUPTED":
             return EXIT_INTERRUPTED
@@ -183,43 +206,168 @@ def _cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .api import OutputError
-    from .spec import SpecError, load_spec, parse_override
-    from .sweep import STATUSES, cells, parse_grid, sweep
+def _draw_run_plots(result) -> None:
+    """The run's pictures, after the run (its report is complete either way): a missing matplotlib or a
+    picture that cannot be written is a warning, not a failed run."""
+    from .plots import PlotsUnavailable, plot_run
 
     try:
-        base = load_spec(args.spec, dict(parse_override(item) for item in args.sets))
-        grid = parse_grid(args.grid)
-        total = len(cells(base, grid))  # every cell validated before anything is created
-    except SpecError as exc:
-        sys.stderr.write(f"offtd: error: {exc}\n")
+        plot_run(result)
+    except PlotsUnavailable as exc:
+        _err(f"offtd: warning: no plots: {exc} (or --no-plots)")
+    except OSError as exc:
+        _err(f"offtd: warning: could not write the plots: {exc.strerror or exc}")
+
+
+def _sweep_progress(enabled: bool, tty: bool):
+    """Runs done, failed, elapsed and ETA: one line rewritten in place on a terminal, a line every ten
+    seconds elsewhere (--progress), nothing otherwise."""
+    if not enabled:
+        return None
+    from .sweep import duration
+
+    last = [0.0]
+
+    def show(p) -> None:
+        failed = ", ".join(f"{p.counts[s]} {s}" for s in ("FAIL", "ERROR") if p.counts.get(s))
+        eta = "" if p.eta_s is None or p.done == p.todo else f", ETA {duration(p.eta_s)}"
+        line = f"runs {p.done}/{p.todo}" + (f" ({failed})" if failed else "") + f", {duration(p.elapsed_s)} elapsed{eta}"
+        try:
+            if tty:
+                sys.stderr.write("\r\x1b[K  " + line + ("\n" if p.done == p.todo else ""))
+            elif p.elapsed_s - last[0] >= 10 or p.done == p.todo:
+                last[0] = p.elapsed_s
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    return show
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import importlib
+
+    from .api import OutputError
+    from .spec import SpecError, parse_override
+
+    if args.workers is not None and args.workers < 1:
+        _err("offtd: error: --workers: must be >= 1")
         return EXIT_BAD_INPUT
+    if args.workers is not None and args.dask:
+        _err("offtd: error: --workers and --dask: give one")
+        return EXIT_BAD_INPUT
+    if args.workers == 1:  # one worker is one core: this process, one Rayon thread (read at the first kernel)
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    sw = importlib.import_module("offtd.sweep")  # the module (offtd.sweep is also the function)
+    try:
+        overrides = dict(parse_override(item) for item in args.sets)
+        grid = sw.parse_grid(args.grid)
+        plan = sw.plan(args.spec, grid, args.seeds, keep=args.keep, backend=args.backend, resume=args.resume,
+                       workers=args.workers, overrides=overrides or None)  # fmt: skip
+    except SpecError as exc:
+        _err(f"offtd: error: {exc}")
+        return EXIT_BAD_INPUT
+    client = executor = None
+    if args.dask:
+        from .executors import DaskUnavailable, dask_executor
+
+        try:
+            client, executor, plan.workers = dask_executor(args.dask)
+        except DaskUnavailable as exc:
+            _err(f"offtd: error: {exc}")
+            return EXIT_BAD_INPUT
+        except (OSError, TimeoutError) as exc:
+            _err(f"offtd: error: --dask {args.dask}: cannot connect: {exc}")
+            return EXIT_BAD_INPUT
+    tty = sys.stderr.isatty()
+    why = plan.needs_confirmation()
+    if why is not None and not args.yes:
+        _err(f"offtd: error: {plan.describe()}: {why}; add --yes to run it")
+        if client is not None:
+            client.close()
+        return EXIT_BAD_INPUT
+    pool = sw.start_pool(plan) if executor is None else None  # its workers start while the grid is validated
+    if plan.root is None:
+        try:
+            sw.validate(plan.defn)
+        except SpecError as exc:
+            _err(f"offtd: error: {exc}")
+            if pool is not None:
+                pool.kill()
+            if client is not None:
+                client.close()
+            return EXIT_BAD_INPUT
+    _err(f"offtd: {plan.describe()}")
     stop = _StopFlag()
     old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_cell(i: int, n: int, result) -> None:
-        _err(f"cell {i + 1}/{n}: {result.status_line}")
-
     try:
         try:
-            root, rows = sweep(base, grid, backend=args.backend, out=args.out, on_cell=on_cell, should_stop=stop)
+            result = sw.execute(plan, executor=executor, pool=pool, out=args.out, should_stop=stop,
+                                progress=_sweep_progress(tty or args.progress, tty))  # fmt: skip
         except OutputError as exc:
             _err(f"offtd: error: {exc}")
             return EXIT_WRITE
         except SpecError as exc:
-            sys.stderr.write(f"offtd: error: {exc}\n")
+            _err(f"offtd: error: {exc}")
             return EXIT_BAD_INPUT
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        _emit(root, f"{len(rows)}/{total} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-        if stop() or len(rows) < total:
+        finally:
+            if client is not None:
+                client.close()
+        if not args.no_plots and not result.interrupted:
+            from .plots import PlotsUnavailable
+            from .sweep_plots import write_sweep_plots
+
+            try:
+                write_sweep_plots(result.root)
+            except PlotsUnavailable as exc:
+                _err(f"offtd: warning: no plots: {exc} (or --no-plots)")
+            except OSError as exc:
+                _err(f"offtd: warning: could not write the plots: {exc.strerror or exc}")
+        defn, counts = result.defn, result.counts
+        what = f"{defn.n_cells} cells" if defn.n_seeds == 1 else f"{defn.n_runs} runs ({defn.n_cells} cells x {defn.n_seeds} seeds)"
+        _emit(result.root, f"{result.done}/{what}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        if stop() or result.interrupted or not result.complete:
             return EXIT_INTERRUPTED
-        # An ERROR cell (no report) counts as failing for --fail-on.
+        # An ERROR run (no report) counts as failing for --fail-on.
         bad = {"fail": ("FAIL", "ERROR"), "warn": ("FAIL", "WARN", "ERROR")}.get(args.fail_on or "", ())
-        return EXIT_FAIL_ON if any(r["status"] in bad for r in rows) else EXIT_OK
+        return EXIT_FAIL_ON if any(counts[s] for s in bad) else EXIT_OK
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import PlotsUnavailable
+    from .spec import SpecError
+
+    target = Path(args.dir)
+    try:
+        if (target / "report.json").is_file():
+            from .api import load_run
+            from .plots import plot_run
+
+            written = plot_run(load_run(target))
+        elif (target / "sweep.toml").is_file():
+            from .sweep_plots import write_sweep_plots
+
+            written = write_sweep_plots(target, x=args.x, y=args.y)
+        else:
+            _err(f"offtd: error: {args.dir}: neither a run directory (report.json) nor a sweep directory (sweep.toml)")
+            return EXIT_BAD_INPUT
+    except PlotsUnavailable as exc:
+        _err(f"offtd: error: {exc}")
+        return EXIT_BAD_INPUT
+    except SpecError as exc:
+        _err(f"offtd: error: {exc}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        _err(f"offtd: error: {args.dir}: could not write the plots: {exc.strerror or exc}")
+        return EXIT_WRITE if _is_full(exc) else EXIT_BAD_INPUT
+    _emit(*written)
+    return EXIT_OK
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:
@@ -331,6 +479,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _cmd_sweep(args)
         if args.command == "theory":
             return _cmd_theory(args)
+        if args.command == "plot":
+            return _cmd_plot(args)
         return _cmd_bench(args)
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM, or one before the run started
         _err("offtd: error: interrupted before a report was written")

@@ -281,10 +281,15 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file, even
     if the process is killed mid-write (at worst a hidden `.<name>.*.tmp` file is left behind). The file
     gets the mode `open()` would give (0o666 less the umask)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """:func:`write_atomic` for bytes (the PNG pictures)."""
     fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -296,10 +301,42 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_run(run_dir: Path, spec: Spec, report: dict, elapsed_s: float | None = None) -> None:
+def ratios_csv(ratios: dict[str, np.ndarray]) -> str:
+    """ratios_last.csv: the last probe iteration's pi/b ratios, one column per probe (a shorter column
+    ends in empty cells)."""
+    names = sorted(ratios)
+    cols = [np.asarray(ratios[n], dtype=float).reshape(-1).tolist() for n in names]
+    rows = max((len(c) for c in cols), default=0)
+    buf = io.StringIO()
+    buf.write(",".join(names) + "\n")
+    for i in range(rows):
+        buf.write(",".join(repr(c[i]) if i < len(c) else "" for c in cols) + "\n")
+    return buf.getvalue()
+
+
+def eigenvalues_csv(eigenvalues: dict[str, np.ndarray]) -> str:
+    """eigenvalues.csv: the eigenvalues of A_hat at the last stability probe (source 0) and of the exact
+    expected A (source 1), as columns source, re, im."""
+    lines = ["source,re,im"]
+    for code, name in ((0, "estimate"), (1, "exact")):
+        for lam in np.asarray(eigenvalues.get(name, []), dtype=complex).reshape(-1).tolist():
+            lines.append(f"{code},{lam.real!r},{lam.imag!r}")
+    return "\n".join(lines) + "\n"
+
+
+def write_run(
+    run_dir: Path,
+    spec: Spec,
+    report: dict,
+    elapsed_s: float | None = None,
+    ratios: dict[str, np.ndarray] | None = None,
+    eigenvalues: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write every file of a run. report.json goes last: its presence marks a complete run directory.
     When a write fails (disk full, file too large, interrupted) the files already written are removed
-    before the error propagates: no half-written run is left (the caller removes the directory)."""
+    before the error propagates: no half-written run is left (the caller removes the directory).
+    `ratios` and `eigenvalues` (LoopResult.last_ratios, .last_eigenvalues) become ratios_last.csv and
+    eigenvalues.csv, which the pictures read (offtd.plots)."""
     written: list[Path] = []
 
     def put(name: str, text: str) -> None:
@@ -313,6 +350,10 @@ def write_run(run_dir: Path, spec: Spec, report: dict, elapsed_s: float | None =
             put(f"{name}.csv", series_csv(cols))
         if report.get("exact_series"):
             put("exact_td.csv", series_csv(report["exact_series"]))
+        if ratios:
+            put("ratios_last.csv", ratios_csv(ratios))
+        if eigenvalues:
+            put("eigenvalues.csv", eigenvalues_csv(eigenvalues))
         put("report.md", render_markdown(report, elapsed_s))
         put("report.json", to_json(report))
     except BaseException:

@@ -1,0 +1,359 @@
+"""Pictures of a run (and, in sweep_plots.py, of a sweep): PNG files drawn with matplotlib's Agg backend.
+
+Each picture has a data function that reads what it plots from the run's files (report.json through
+`load_run`, plus `ratios_last.csv` and `eigenvalues.csv`), and a drawing function. Tests call the data
+functions and compare them with the files, so what is drawn is what was measured. matplotlib is the
+optional extra `offtd[plot]`; without it `offtd plot` says how to install it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .summary import fmt
+
+CORE_UNITS = {
+    "td_loss": "(mean TD error^2, reward^2)",
+    "w_norm": "(||w||, dimensionless)",
+    "mean_rho2": "(mean rho^2, dimensionless)",
+    "tracking_gap": "(||K_pi - K_mu||, action/state)",
+    "critic_teacher_error": "(relative RMS, dimensionless)",
+}
+PLOT_FILES = ("core_metrics.png", "stability.png", "khat.png", "ratio_tail.png", "eigenvalues.png")
+STATUS_COLOUR = {"PASS": "#2a9d8f", "WARN": "#e9c46a", "FAIL": "#e63946"}
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def _pyplot():
+    """matplotlib's Figure class (Agg, no pyplot: no global state, and a second faster to import)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotsUnavailable("plots need matplotlib: pip install 'offtd[plot]'") from None
+    return Figure
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 5), **kw: Any):
+    fig = _pyplot()(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=True, **kw)
+
+
+def _title(run: Any, what: str) -> str:
+    info = run.report["run_info"]
+    return f"{info['name']} (seed {info['seed']}): {what}"
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else math.nan for r in rows]) for k in rows[0]}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def probe_iteration_status(exact: dict[str, float], stab: dict[str, float] | None, khat: float) -> str:
+    """A per-probe-iteration verdict for colouring (the run's checks judge the last probe iteration):
+    FAIL when the exact update expands (or, without exact values, a whole interval is past the
+    boundary), WARN when an interval straddles it or k_hat > 0.5, PASS otherwise."""
+    if exact.get("exact_available") == 1.0:
+        if exact["exact_min_re_eig"] < 0 or exact["exact_radius"] > 1:
+            return "FAIL"
+    elif stab is not None:
+        if stab["a_min_real_eig_hi"] < 0 or stab["stability_radius_lo"] > 1:
+            return "FAIL"
+        if stab["a_min_real_eig_lo"] < 0 or stab["stability_radius_hi"] > 1:
+            return "WARN"
+    return "WARN" if math.isfinite(khat) and khat > 0.5 else "PASS"
+
+
+def core_metrics_data(run: Any) -> dict[str, Any]:
+    """The core metrics per iteration, and the probe iterations with their statuses."""
+    series = run.series
+    exact = run.probe_series.get("exact_td", {})
+    stab = run.probe_series.get("stability_probe", {})
+    fp = run.probe_series.get("fixed_point_probe", {})
+    iters = list(exact.get("iter", []))
+    statuses = []
+    for i, t in enumerate(iters):
+        ex_row = {k: float(v[i]) for k, v in exact.items()}
+        st_row = None
+        if stab and t in list(stab["iter"]):
+            j = list(stab["iter"]).index(t)
+            st_row = {k: float(v[j]) for k, v in stab.items()}
+        kh = math.nan
+        if fp and t in list(fp["iter"]):
+            kh = float(fp["rho_khat"][list(fp["iter"]).index(t)])
+        statuses.append(probe_iteration_status(ex_row, st_row, kh))
+    metrics = ("td_loss", "w_norm", "mean_rho2", "tracking_gap", "critic_teacher_error")
+    return {
+        "iter": np.asarray(series["iter"], dtype=float),
+        "metrics": {m: np.asarray(series[m], dtype=float) for m in metrics},
+        "probe_iters": np.asarray(iters, dtype=float),
+        "probe_status": statuses,
+    }
+
+
+def stability_data(run: Any) -> dict[str, Any]:
+    """Radius of I - alpha_w A and min Re eig(A) per probe iteration: the probe's estimate with its 95%
+    interval, the exact population value and the exact value given the iteration's states."""
+    stab = run.probe_series.get("stability_probe", {})
+    exact = run.probe_series.get("exact_td", {})
+    out: dict[str, Any] = {"stab_iter": np.asarray(stab.get("iter", []), dtype=float), "exact_iter": np.asarray(exact.get("iter", []), dtype=float)}
+    for q, ex in (("stability_radius", "exact_radius"), ("a_min_real_eig", "exact_min_re_eig")):
+        for suffix in ("", "_lo", "_hi"):
+            out[q + suffix] = np.asarray(stab.get(q + suffix, []), dtype=float)
+        out[ex] = np.asarray(exact.get(ex, []), dtype=float)
+        out[ex + "_pool"] = np.asarray(exact.get(ex + "_pool", []), dtype=float)
+    return out
+
+
+def khat_data(run: Any) -> dict[str, Any]:
+    """PSIS k_hat per probe iteration for each probe (pi/mu for the distribution probe, pi/b for the
+    others) and its standard error (1 + k)/sqrt(T) (MODEL.md 7)."""
+    from .health import khat_se
+
+    out = {}
+    for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
+        rows = run.probe_series.get(probe)
+        if not rows:
+            continue
+        n = rows.get("num_samples", rows.get("batch_size"))
+        k = np.asarray(rows["rho_khat"], dtype=float)
+        se = np.array([khat_se(float(kk), float(nn)) for kk, nn in zip(k, n)])
+        out[probe] = {"iter": np.asarray(rows["iter"], dtype=float), "khat": k, "se": se}
+    return out
+
+
+def ratio_tail_data(run: Any) -> dict[str, Any] | None:
+    """The empirical survival function of the last probe iteration's pi/b ratios (fixed-point probe),
+    the generalized Pareto tail with shape k_hat fitted to the largest T ratios (scale by the mean
+    excess, sigma = (1 - k) mean(x - u)), and the asymptotic slope -1/k of pi/mu's tail."""
+    if run.run_dir is None:
+        return None
+    cols = _read_csv(Path(run.run_dir) / "ratios_last.csv")
+    if not cols or "fixed_point_probe" not in cols:
+        return None
+    rho = np.sort(cols["fixed_point_probe"][np.isfinite(cols["fixed_point_probe"])])
+    n = rho.size
+    if n < 10:
+        return None
+    surv = 1.0 - np.arange(n) / n
+    fp = run.probe_series["fixed_point_probe"]
+    k = float(fp["rho_khat"][-1])
+    t = math.ceil(min(0.2 * n, 3 * math.sqrt(n)))
+    u = rho[n - t - 1]
+    excess = rho[n - t :] - u
+    fit = None
+    if math.isfinite(k) and k < 1 and excess.size:
+        sigma = (1 - k) * float(excess.mean())
+        x = np.linspace(u, rho[-1], 200)
+        z = (x - u) / sigma
+        tail = (t / n) * ((1 + k * z) ** (-1 / k) if k != 0 else np.exp(-z))
+        fit = {"x": x, "survival": tail, "k": k, "sigma": sigma, "threshold": u}
+    p = run.spec.policy
+    k_theory = 1 - p.sigma_mu**2 / p.sigma_pi**2 if p.sigma_mu < p.sigma_pi else math.nan
+    return {"rho": rho, "survival": surv, "fit": fit, "k_theory": k_theory, "bound": 1 / p.p_mix if p.p_mix > 0 else math.inf}
+
+
+def eigenvalues_data(run: Any) -> dict[str, Any] | None:
+    """Eigenvalues of I - alpha_w A_hat (the last stability probe) and of the exact I - alpha_w A."""
+    if run.run_dir is None:
+        return None
+    cols = _read_csv(Path(run.run_dir) / "eigenvalues.csv")
+    if not cols:
+        return None
+    alpha = run.spec.critic.alpha_w
+    out = {}
+    for source in ("estimate", "exact"):
+        sel = cols["source"] == (0.0 if source == "estimate" else 1.0)
+        lam = cols["re"][sel] + 1j * cols["im"][sel]
+        out[source] = 1.0 - alpha * lam
+    return out
+
+
+# -------------------------------------------------------------------------------------------- drawing
+
+
+def _save(fig, path: Path) -> None:
+    from .report import write_bytes_atomic
+
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def draw_core_metrics(run: Any, data: dict[str, Any]):
+    fig, axes = _subplots(len(data["metrics"]), 1, figsize=(8, 10), sharex=True)
+    for ax, (name, values) in zip(axes, data["metrics"].items()):
+        ok = np.isfinite(values) & (values > 0)
+        ax.plot(data["iter"][ok], values[ok], color="#264653", lw=1.2)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{name}\n{CORE_UNITS.get(name, '')}", fontsize=8)
+        for t, status in zip(data["probe_iters"], data["probe_status"]):
+            if t < values.size and ok[int(t)]:
+                ax.scatter([t], [values[int(t)]], color=STATUS_COLOUR[status], zorder=3, s=22)
+    axes[-1].set_xlabel("outer iteration")
+    axes[0].set_title(_title(run, "core metrics (probe iterations coloured PASS / WARN / FAIL)"))
+    return fig
+
+
+def draw_stability(run: Any, data: dict[str, Any]):
+    fig, axes = _subplots(2, 1, figsize=(8, 7), sharex=True)
+    for ax, q, ex, label, bound in (
+        (axes[0], "stability_radius", "exact_radius", "spectral radius of I - alpha_w A\n(dimensionless; > 1 expands)", 1.0),
+        (axes[1], "a_min_real_eig", "exact_min_re_eig", "min Re eig(A)\n(per transition; < 0 diverges)", 0.0),
+    ):
+        if data[q].size:
+            ax.fill_between(data["stab_iter"], data[q + "_lo"], data[q + "_hi"], color="#a8dadc", label="probe 95% interval")
+            ax.plot(data["stab_iter"], data[q], "o-", color="#457b9d", ms=3, label="probe estimate")
+        if data[ex].size:
+            ax.plot(data["exact_iter"], data[ex], "-", color="#e63946", lw=2, label="exact (population)")
+            ax.plot(data["exact_iter"], data[ex + "_pool"], "--", color="#f4a261", lw=1, label="exact given the states")
+        ax.axhline(bound, color="black", lw=0.8, ls=":")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("outer iteration")
+    axes[0].set_title(_title(run, "stability of the expected TD update"))
+    return fig
+
+
+def draw_khat(run: Any, data: dict[str, Any]):
+    fig, ax = _subplots(figsize=(8, 4))
+    labels = {"distribution_probe": "pi/mu (distribution probe)", "fixed_point_probe": "pi/b (fixed-point probe)",
+              "stability_probe": "pi/b (stability probe)"}  # fmt: skip
+    for probe, d in data.items():
+        ax.errorbar(d["iter"], d["khat"], yerr=d["se"], fmt="o-", ms=3, capsize=2, label=labels[probe])
+    ax.axhline(0.5, color="#e9c46a", ls="--", lw=1, label="0.5: slow")
+    ax.axhline(0.7, color="#e63946", ls="--", lw=1, label="0.7: untrustworthy")
+    ax.set_xlabel("outer iteration")
+    ax.set_ylabel("PSIS k_hat (dimensionless)")
+    ax.set_title(_title(run, "tail index of the importance ratios"))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def draw_ratio_tail(run: Any, data: dict[str, Any]):
+    fig, ax = _subplots(figsize=(7, 5))
+    ax.loglog(data["rho"], data["survival"], ".", ms=2, color="#264653", label="empirical P(rho > t)")
+    if data["fit"] is not None:
+        f = data["fit"]
+        ax.loglog(f["x"], f["survival"], "-", color="#e63946", label=f"generalized Pareto tail, k_hat = {fmt(f['k'])}")
+    if math.isfinite(data["k_theory"]) and data["k_theory"] > 0:
+        t0, s0 = data["rho"][-1] / 10, None
+        idx = np.searchsorted(data["rho"], t0)
+        s0 = data["survival"][min(idx, data["rho"].size - 1)]
+        xs = np.array([t0, data["rho"][-1]])
+        ax.loglog(xs, s0 * (xs / t0) ** (-1 / data["k_theory"]), ":", color="#2a9d8f",
+                  label=f"pi/mu asymptotic slope -1/k, k = {fmt(data['k_theory'])}")  # fmt: skip
+    if math.isfinite(data["bound"]):
+        ax.axvline(data["bound"], color="black", lw=0.8, ls="--", label=f"1/p_mix = {fmt(data['bound'])}")
+    ax.set_xlabel("importance ratio t = pi/b (dimensionless)")
+    ax.set_ylabel("survival P(rho > t) (probability)")
+    ax.set_title(_title(run, "ratio tail at the last probe iteration"))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def draw_eigenvalues(run: Any, data: dict[str, Any]):
+    fig, axes = _subplots(1, 2, figsize=(11, 5))
+    theta = np.linspace(0, 2 * np.pi, 721)
+    for ax, zoom in ((axes[0], False), (axes[1], True)):
+        ax.plot(np.cos(theta), np.sin(theta), color="black", lw=0.8)
+        est, ex = data["estimate"], data["exact"]
+        ax.plot(est.real, est.imag, "o", mfc="none", color="#457b9d", label="I - alpha_w A_hat (probe)")
+        ax.plot(ex.real, ex.imag, "x", color="#e63946", label="I - alpha_w A (exact)")
+        ax.set_xlabel("Re (dimensionless)")
+        ax.set_ylabel("Im (dimensionless)")
+        ax.set_aspect("equal")
+        if zoom:
+            pts = np.concatenate([est, ex])
+            near = pts[np.abs(pts - 1) < 0.5] if np.any(np.abs(pts - 1) < 0.5) else pts
+            span = max(float(np.max(np.abs(near - 1))) * 1.3, 1e-3)
+            ax.set_xlim(1 - span, 1 + span)
+            ax.set_ylim(-span, span)
+            ax.set_title("zoomed to the arc near 1")
+        else:
+            ax.legend(fontsize=7)
+            ax.set_title(_title(run, "eigenvalues against the unit circle"))
+    return fig
+
+
+def write_plots(run: Any, out_dir: Path | None = None) -> list[Path]:
+    """Draw every picture the run's files allow into `out_dir` (default: the run directory)."""
+    _pyplot()
+    target = Path(out_dir if out_dir is not None else run.run_dir)
+    written = []
+    jobs = [
+        ("core_metrics.png", core_metrics_data(run), draw_core_metrics),
+        ("stability.png", stability_data(run), draw_stability),
+        ("khat.png", khat_data(run), draw_khat),
+        ("ratio_tail.png", ratio_tail_data(run), draw_ratio_tail),
+        ("eigenvalues.png", eigenvalues_data(run), draw_eigenvalues),
+    ]
+    for name, data, draw in jobs:
+        if not data:
+            continue
+        _save(draw(run, data), target / name)
+        written.append(target / name)
+    return written
+
+
+# ------------------------------------------------------------------------------- report.md and the CLI
+
+PLOTS_HEADING = "## Plots"
+PLOT_TITLES = {
+    "core_metrics.png": "Core metrics per iteration (probe iterations coloured by health)",
+    "stability.png": "Spectral radius and min Re eig, with the probe's intervals and the exact values",
+    "khat.png": "PSIS k_hat per probe iteration",
+    "ratio_tail.png": "Survival of the last probe's pi/b ratios, with the fitted tail",
+    "eigenvalues.png": "Eigenvalues of I - alpha_w A_hat against the unit circle",
+}
+
+
+def link_in_report(run_dir: Path, written: list[Path]) -> None:
+    """Add (or replace) report.md's last section, `## Plots`, linking the pictures drawn."""
+    from .report import write_atomic
+
+    path = Path(run_dir) / "report.md"
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    cut = text.find("\n" + PLOTS_HEADING + "\n")
+    if cut >= 0:
+        text = text[: cut + 1]
+    if not text.endswith("\n"):
+        text += "\n"
+    lines = ["", PLOTS_HEADING, ""]
+    for p in written:
+        lines += [f"![{PLOT_TITLES.get(p.name, p.stem)}]({p.name})", ""]
+    write_atomic(path, text + "\n".join(lines))
+
+
+def plot_run(run: Any) -> list[Path]:
+    """Draw a run's pictures into its directory and link them from its report.md. `run` is a RunResult
+    with a run directory, or the directory (read with offtd.load_run). Returns the files written."""
+    from .api import load_run
+
+    if not hasattr(run, "report"):
+        run = load_run(run)
+    if run.run_dir is None:
+        raise ValueError("plot_run needs a run written to a directory (offtd.run(..., out=...))")
+    _pyplot()  # PlotsUnavailable before anything is touched
+    written = write_plots(run)
+    link_in_report(Path(run.run_dir), written)
+    return written
