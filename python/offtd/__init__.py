@@ -19,4 +19,17 @@ __all__ = [
     "Backend", "RunResult", "Spec", "SpecError", "get_backend", "load_run", "load_spec", "load_sweep", "run", "sweep",
     "theory",
 ]  # fmt: skip
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (written once, in Cargo.toml; maturin copies it into the
+    package metadata). A source tree that was never installed has no metadata: "0+unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("offtd")
+    except PackageNotFoundError:  # pragma: no cover - imported from a tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

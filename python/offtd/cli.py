@@ -65,8 +65,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+class _Version(argparse.Action):
+    """`offtd --version`: printed through _emit, so that a closed or full stdout gives 141 / 3 as elsewhere."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        from . import __version__
+
+        _emit(f"offtd {__version__}")
+        raise SystemExit(EXIT_OK)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="offtd", description="Off-policy TD learning lab: run an experiment spec and read its report.")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run an experiment spec (default: the embedded default experiment)")
     r.add_argument("spec", nargs="?", help="experiment spec (TOML); omitted: the embedded default experiment")
@@ -109,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override the base spec")
     t.add_argument("--csv", dest="csv_out", help="also write the table as CSV to this file")
     t.add_argument("--backend", choices=("rust", "python"), default="rust")
+    sub.add_parser("schema", help="print the JSON Schema of a spec, for TOML editors (Taplo, Even Better TOML)")
     b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
     b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
@@ -481,6 +497,11 @@ def _main(argv: Sequence[str] | None) -> int:
             return _cmd_theory(args)
         if args.command == "plot":
             return _cmd_plot(args)
+        if args.command == "schema":
+            from .json_schema import schema_text
+
+            _emit(*schema_text().splitlines())
+            return EXIT_OK
         return _cmd_bench(args)
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM, or one before the run started
         _err("offtd: error: interrupted before a report was written")

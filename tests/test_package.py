@@ -1,0 +1,84 @@
+"""The package as a packager and a new user see it (issue 12): one version, written in Cargo.toml only,
+reaching `offtd.__version__`, `offtd --version`, the wheel's metadata and the schema's $id."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import _subprocess_env
+
+import offtd
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cargo_version() -> str:
+    return tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+
+
+def _pep440(cargo: str) -> str:
+    """Cargo's semver as maturin writes it into the wheel (1.2.3-alpha.1 -> 1.2.3a1, -dev.0 -> .dev0)."""
+    m = re.fullmatch(r"(\d+\.\d+\.\d+)(?:-(alpha|beta|rc|dev)\.?(\d+))?", cargo)
+    assert m, f"Cargo.toml version {cargo!r} is not one this test knows how to map"
+    base, pre, n = m.groups()
+    if pre is None:
+        return base
+    return base + {"alpha": "a", "beta": "b", "rc": "rc", "dev": ".dev"}[pre] + n
+
+
+def test_version_is_written_only_in_cargo_toml():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project
+    assert "version" in project["dynamic"]
+    assert offtd.__version__ == importlib.metadata.version("offtd") == _pep440(_cargo_version())
+
+
+def test_no_other_copy_of_the_version_in_the_sources():
+    version = _cargo_version()
+    pattern = re.compile(r"""["']""" + re.escape(version) + r"""["']""")
+    hits = [p for p in (ROOT / "python" / "offtd").rglob("*.py") if pattern.search(p.read_text())]
+    assert hits == []
+
+
+def test_changelog_has_an_entry_for_the_version():
+    base = re.match(r"\d+\.\d+\.\d+", _cargo_version()).group()
+    headings = [line for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")]
+    assert any(re.search(r"\b" + re.escape(base) + r"\b", h) for h in headings), headings
+
+
+@pytest.mark.parametrize("how", ["python -m offtd", "offtd script"])
+def test_version_command(offtd_cmd, how):
+    if how == "python -m offtd":
+        proc = offtd_cmd("--version")
+    else:  # the console script pip installed next to this interpreter
+        script = Path(sysconfig.get_path("scripts")) / "offtd"
+        assert script.is_file(), f"no offtd console script at {script}: is offtd installed (pip install -e .)?"
+        proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"offtd {offtd.__version__}\n"
+    assert proc.stderr == ""
+
+
+def test_version_to_a_full_stdout_is_exit_3():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "offtd", "--version"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=_subprocess_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 3
+    assert proc.stderr == "offtd: error: cannot write to standard output: No space left on device\n"
+
+
+def test_schema_id_names_the_version():
+    from offtd.json_schema import spec_json_schema
+
+    assert spec_json_schema()["$id"].endswith(f"/{offtd.__version__}.json")
