@@ -62,9 +62,10 @@ sys.stderr.write(p.stderr)
 """
 
 
-def _measure(tmp_path, sets) -> tuple[int, float]:
-    """(peak RSS bytes, CPU seconds) of one `offtd run` in a fresh process."""
-    args = [a for s in sets for a in ("--set", s)]
+def _measure(tmp_path, sets, plots: bool = False) -> tuple[int, float]:
+    """(peak RSS bytes, CPU seconds) of one `offtd run` in a fresh process; without its pictures unless
+    `plots` (the estimate is of the run's arrays; drawing is a bounded step after the run)."""
+    args = [a for s in sets for a in ("--set", s)] + ([] if plots else ["--no-plots"])
     proc = subprocess.run(
         [sys.executable, "-c", PEAK, str(tmp_path / "out"), *args], capture_output=True, text=True,
         env=_subprocess_env(), timeout=1200,
@@ -90,6 +91,18 @@ def test_memory_estimate_covers_the_peak(tmp_path, baseline, shape):
     terms = {k: round(v / MiB, 1) for k, v in memory_terms(_spec(sets)).items()}
     assert est >= used, f"{shape}: peak {used / MiB:.1f} MiB above the interpreter, estimate {est / MiB:.1f} MiB {terms}"
     assert est < 4 * used + 100 * MiB, f"{shape}: estimate {est / MiB:.1f} MiB for a peak of {used / MiB:.1f} MiB {terms}"
+
+
+@requires_rust
+def test_the_pictures_add_a_bounded_amount(tmp_path, baseline):
+    """Drawing after the run (matplotlib, five figures) adds a bounded amount whatever the probe sizes:
+    the survival curve of a 10^6-ratio probe is thinned to offtd.plots.SURVIVAL_POINTS points. Bound:
+    matplotlib's import and the figures measured ~45 MiB here; 100 MiB leaves room for other versions."""
+    sets = ["run.outer_iters=2", *SHAPES["n4_fixed_point_probe"]]
+    without, _ = _measure(tmp_path / "a", sets)
+    with_plots, _ = _measure(tmp_path / "b", sets, plots=True)
+    assert with_plots - without < 100 * MiB, f"the pictures added {(with_plots - without) / MiB:.1f} MiB"
+    assert list((tmp_path / "b" / "out").rglob("*.png")), "no picture was drawn"
 
 
 @requires_rust

@@ -1,7 +1,7 @@
 """Pictures of a run (and, in sweep_plots.py, of a sweep): PNG files drawn with matplotlib's Agg backend.
 
 Each picture has a data function that reads what it plots from the run's files (report.json through
-`load_run`, plus `ratios_last.csv` and `eigenvalues.csv`), and a drawing function. Tests call the data
+`load_run`, plus `ratios_last.npz` and `eigenvalues.csv`), and a drawing function. Tests call the data
 functions and compare them with the files, so what is drawn is what was measured. matplotlib is the
 optional extra `offtd[plot]`; without it `offtd plot` says how to install it.
 """
@@ -137,20 +137,42 @@ def khat_data(run: Any) -> dict[str, Any]:
     return out
 
 
+SURVIVAL_POINTS = 2000
+
+
+def _survival_points(n: int) -> np.ndarray:
+    """Indices into the n sorted ratios for the survival curve: all of them up to SURVIVAL_POINTS,
+    otherwise the first, the last SURVIVAL_POINTS // 4 and a log-spaced set of ranks from the top."""
+    if n <= SURVIVAL_POINTS:
+        return np.arange(n)
+    top = SURVIVAL_POINTS // 4
+    ranks = np.unique(np.geomspace(1, n, SURVIVAL_POINTS - top).astype(np.int64))  # rank from the top, 1..n
+    idx = np.concatenate([[0], n - ranks, np.arange(n - top, n)])
+    return np.unique(np.clip(idx, 0, n - 1))
+
+
 def ratio_tail_data(run: Any) -> dict[str, Any] | None:
     """The empirical survival function of the last probe iteration's pi/b ratios (fixed-point probe),
     the generalized Pareto tail with shape k_hat fitted to the largest T ratios (scale by the mean
     excess, sigma = (1 - k) mean(x - u)), and the asymptotic slope -1/k of pi/mu's tail."""
     if run.run_dir is None:
         return None
-    cols = _read_csv(Path(run.run_dir) / "ratios_last.csv")
-    if not cols or "fixed_point_probe" not in cols:
+    path = Path(run.run_dir) / "ratios_last.npz"
+    if not path.exists():
         return None
-    rho = np.sort(cols["fixed_point_probe"][np.isfinite(cols["fixed_point_probe"])])
+    with np.load(path) as saved:
+        if "fixed_point_probe" not in saved.files:
+            return None
+        rho = saved["fixed_point_probe"]
+    rho = np.sort(rho[np.isfinite(rho)])
     n = rho.size
     if n < 10:
         return None
     surv = 1.0 - np.arange(n) / n
+    # The curve keeps at most SURVIVAL_POINTS of the n steps, log-spaced in the survival (so the tail,
+    # where the picture matters, keeps every point of its last few hundred): a 10^6-ratio probe would
+    # otherwise cost seconds and ~100 MiB to draw. The fit below uses every ratio.
+    keep = _survival_points(n)
     fp = run.probe_series["fixed_point_probe"]
     k = float(fp["rho_khat"][-1])
     t = math.ceil(min(0.2 * n, 3 * math.sqrt(n)))
@@ -165,7 +187,7 @@ def ratio_tail_data(run: Any) -> dict[str, Any] | None:
         fit = {"x": x, "survival": tail, "k": k, "sigma": sigma, "threshold": u}
     p = run.spec.policy
     k_theory = 1 - p.sigma_mu**2 / p.sigma_pi**2 if p.sigma_mu < p.sigma_pi else math.nan
-    return {"rho": rho, "survival": surv, "fit": fit, "k_theory": k_theory, "bound": 1 / p.p_mix if p.p_mix > 0 else math.inf}
+    return {"rho": rho[keep], "survival": surv[keep], "n": n, "fit": fit, "k_theory": k_theory, "bound": 1 / p.p_mix if p.p_mix > 0 else math.inf}
 
 
 def eigenvalues_data(run: Any) -> dict[str, Any] | None:
