@@ -23,10 +23,12 @@ from .spec import Spec, SpecError, load_spec, memory_terms
 from .exact.section import theory as theory_section
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
     """One run: its report (the dict behind report.json; non-finite numbers are floats here, strings in the
-    file), health verdict and series as numpy arrays (`probe_series["exact_td"]` holds the exact metrics)."""
+    file), health verdict and series as numpy arrays (`probe_series["exact_td"]` holds the exact metrics).
+    `repr()` is one line (name, status, flagged checks, iterations, run directory); notebooks show the
+    health table (`_repr_markdown_`); `summary()` gives the headline numbers as one flat row."""
 
     report: dict
     spec: Spec
@@ -50,6 +52,72 @@ class RunResult:
 
     def markdown(self) -> str:
         return render_markdown(self.report, self.elapsed_s)
+
+    def _flagged(self) -> list[str]:
+        return [f"{c['name']}:{c['status']}" for c in self.checks if c["status"] != "PASS"]
+
+    def __repr__(self) -> str:
+        info = self.report["run_info"]
+        flagged = self._flagged()
+        status = self.status + (f" ({', '.join(flagged)})" if flagged else "")
+        diverged = info.get("diverged_at")
+        iters = f"{info['completed_iters']} of {info['outer_iters']} iterations" + (
+            f", diverged at iteration {diverged}" if diverged is not None else ""
+        )
+        where = f"run_dir {str(self.run_dir)!r}" if self.run_dir is not None else "not written (out= or run_dir= writes it)"
+        return f"<RunResult {str(info['name'])!r}, seed {info['seed']}, {info.get('backend') or '?'} backend: {status}; {iters}; {where}>"
+
+    def _repr_markdown_(self) -> str:
+        """Jupyter's rendering: the status line and the health table, every string escaped (report.md's rules)."""
+        from .report import _table, md
+
+        info = self.report["run_info"]
+        where = f" · `{md(self.run_dir)}`" if self.run_dir is not None else ""
+        head = (
+            f"**offtd run {md(info['name'])}** · seed {md(info['seed'])} · {md(info.get('backend') or '?')} backend · "
+            f"{md(info['completed_iters'])} of {md(info['outer_iters'])} iterations{where}"
+        )
+        return "\n".join([head, "", f"**{md(self.status_line)}**", "", *_table(["check", "status", "reason"], [[c["name"], c["status"], c["reason"]] for c in self.checks])]) + "\n"
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as one flat row of plain values (None: not measured), the columns of a
+        sweep's sweep.csv: name, seed, backend, status, flagged checks, iterations, then mean_rho2 and td_loss
+        (mean over the last run.last_k iterations), critic_teacher_error and w_norm (last), the last probe's
+        dist_action_kl, rho_khat_pi_b (fixed-point probe), w_gap, stability_radius, a_min_real_eig, and the
+        exact expected TD at the last probe iteration (exact_radius, exact_min_re_eig, exact_alpha_w_crit,
+        exact_e_rho2; a sweep's exact columns are at the initial gains instead). Tabulate runs with
+        `pandas.DataFrame([offtd.load_run(d).summary() for d in dirs])`."""
+        from .sweep import HEADLINE
+
+        info = self.report["run_info"]
+        row: dict[str, Any] = {
+            "name": info["name"],
+            "seed": info["seed"],
+            "backend": info.get("backend"),
+            "status": self.status,
+            "flagged": " ".join(self._flagged()),
+            "completed_iters": info["completed_iters"],
+            "outer_iters": info["outer_iters"],
+            "diverged_at": info.get("diverged_at"),
+        }
+        for name, path in HEADLINE:
+            row[name] = _dig_number(self.report, path)
+        for name in ("exact_radius", "exact_min_re_eig", "exact_alpha_w_crit", "exact_e_rho2"):
+            row[name] = _dig_number(self.report, ("exact", name, "last"))
+        row["run_dir"] = None if self.run_dir is None else str(self.run_dir)
+        return row
+
+
+def _dig_number(report: dict, path: tuple[str, ...]) -> float | None:
+    """The number at `path` in a report as a float (inf / nan kept), None where it is missing."""
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    if node is None or isinstance(node, bool) or not isinstance(node, (int, float)):
+        return None
+    return float(node)
 
 
 def _arrays(cols: Mapping[str, list]) -> dict[str, np.ndarray]:
