@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import Backend, Problem
 from .health import Verdict, last_exact, last_row, z_level
+from .health import _nonfinite_ratios as nonfinite_ratios
 from .loop import LoopResult
 from .model import e_mu_rho2, problem_from_spec
 from .spec import Spec
@@ -148,7 +149,9 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
         )
     elif rho.kind == "clip_bias":
         steps.append("the clipped TD fixed point is biased away from the teacher (exact gap in Exact Expected TD) -> raise rho.clip or p_mix.")
-    if rho.kind == "rho_nonfinite" or "non-finite importance ratio" in rho.reason:
+    # Non-finite ratios are counted from the probes, not read from the reason: rho_sane shows one finding,
+    # and a FAIL of the second moment hides the WARN that counts them.
+    if rho.kind == "rho_nonfinite" or nonfinite_ratios(result) is not None:
         steps.append(
             "some importance ratios were not finite (states or gains overflowed) -> they are counted in rho_nonfinite and "
             "left out of the rho statistics; lower actor.alpha_pi or critic.alpha_w."
