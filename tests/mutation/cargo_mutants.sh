@@ -14,10 +14,11 @@
 # dev profile at opt-level 0 without debug info (CARGO_PROFILE_DEV_*, set for this script only): the
 # same float semantics (Rust never reassociates or fuses), overflow checks on. At opt-level 1 every
 # rebuild of the crate re-optimizes its monomorphized fixed-size kernels (~100 s a mutant on a busy
-# 2-core machine), at opt-level 0 it takes ~15 s; the tests then take ~3 s, except
+# 2-core machine), at opt-level 0 it takes ~5 s; the tests then take ~1 s, except
 # mmd::tests::histogram_path_equals_direct_selection (35 s: 4.5M pairs, the only test that reaches
-# the histogram selection). That test can only kill mutants of rust/mmd.rs, so the run is split in
-# two: rust/mmd.rs with every test, the other modules with that one test skipped.
+# the histogram selection). That test only matters for mutants of mmd.rs's select_sq_distance, so a
+# full run has three parts: `rest` (the other modules) and `mmd-other` (the rest of mmd.rs) skip it,
+# `mmd-select` (select_sq_distance) runs every test.
 #
 # Modules: rollout, transitions, ratios, solver, power, mmd, moments, model, philox (the mathematics).
 # Not bindings.rs / error.rs (Python glue and messages) nor par.rs (a thread driver whose mutants
@@ -25,7 +26,8 @@
 # with the reason in tests/mutation/rust_equivalent_mutants.md.
 #
 # Environment: OUT (output directory, default target/mutants-full or target/mutants-quick; a full run
-# writes OUT/mmd and OUT/rest), JOBS (default 2), TIMEOUT (seconds per test run, default 120),
+# writes OUT/rest, OUT/mmd-select, OUT/mmd-other), PARTS (which of those to run, default all), JOBS
+# (default 2), TIMEOUT (seconds per test run, default 30; TIMEOUT_SLOW for mmd-select, default 240),
 # QUICK_FILE (default rust/power.rs), CRATE_DIR (the crate to mutate, default this checkout: e.g. a
 # `git archive` of an older commit, to measure the score before a change).
 # Requires: cargo install cargo-mutants --locked
@@ -46,13 +48,13 @@ while [ $# -gt 0 ]; do
             if [ $# -gt 1 ] && [ "${2#-}" = "$2" ]; then summary_dir="$2"; shift; fi
             ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-# Score of an output directory (its mutants.out, or those of its mmd/ and rest/ parts): counts, the
+# Score of an output directory (its mutants.out, or those of its rest/, mmd-select/, mmd-other/ parts): counts, the
 # score over viable mutants, per file.
 summarize() {
     python3 - "$1" <<'PY'
@@ -60,7 +62,8 @@ import collections, json, sys
 from pathlib import Path
 
 root = Path(sys.argv[1])
-dirs = [p for p in (root / "mutants.out", root / "mmd" / "mutants.out", root / "rest" / "mutants.out") if p.is_dir()]
+parts = ("", "rest", "mmd-select", "mmd-other")
+dirs = [root / p / "mutants.out" for p in parts if (root / p / "mutants.out").is_dir()]
 if not dirs:
     sys.exit(f"no mutants.out under {root}")
 outcomes = [o for d in dirs for o in json.loads((d / "outcomes.json").read_text())["outcomes"]]
@@ -107,6 +110,8 @@ SLOW_TEST=mmd::tests::histogram_path_equals_direct_selection
 # run_mutants OUTDIR FILE-ARGS... [-- TEST-BINARY-ARGS...]
 run_mutants() {
     local dir="$1"; shift
+    local timeout="${TIMEOUT:-30}"
+    case "$dir" in */mmd-select) timeout="${TIMEOUT_SLOW:-240}" ;; esac
     local files=() test_args=()
     while [ $# -gt 0 ] && [ "$1" != -- ]; do files+=("$1"); shift; done
     [ $# -gt 0 ] && { shift; test_args=("$@"); }
@@ -114,7 +119,7 @@ run_mutants() {
         -d "$crate_dir"
         "${files[@]}"
         --jobs "${JOBS:-2}"
-        --timeout "${TIMEOUT:-120}"
+        --timeout "$timeout"
         --build-timeout 900
         --cargo-arg=--lib
         --output "$dir"
@@ -146,8 +151,14 @@ case "$mode" in
         out="${OUT:-target/mutants-full}"
         rest=()
         for m in "${MODULES[@]}"; do [ "$m" = mmd ] || rest+=(-f "rust/$m.rs"); done
-        run_mutants "$out/rest" "${rest[@]}" -- --skip "$SLOW_TEST"
-        run_mutants "$out/mmd" -f rust/mmd.rs
+        for part in ${PARTS:-rest mmd-select mmd-other}; do
+            case $part in
+                rest) run_mutants "$out/rest" "${rest[@]}" -- --skip "$SLOW_TEST" ;;
+                mmd-select) run_mutants "$out/mmd-select" -f rust/mmd.rs -F ' in select_sq_distance$' ;;
+                mmd-other) run_mutants "$out/mmd-other" -f rust/mmd.rs -E ' in select_sq_distance$' -- --skip "$SLOW_TEST" ;;
+                *) echo "unknown part $part" >&2; exit 2 ;;
+            esac
+        done
         ;;
 esac
 end=$(date +%s)
