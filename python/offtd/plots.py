@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +332,18 @@ def write_plots(run: Any, out_dir: Path | None = None) -> list[Path]:
     for name, data, draw in jobs:
         if not data:
             continue
-        _save(draw(run, data), target / name)
+        # A diverging run's numbers (1e300, inf) can defeat matplotlib's transforms (singular matrix,
+        # overflow): that picture is skipped with a warning, the others are drawn; a failed write
+        # (OSError) still propagates.
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                _save(draw(run, data), target / name)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a picture must never fail a finished run
+            sys.stderr.write(f"offtd: warning: could not draw {name}: {type(exc).__name__}: {exc}\n")
+            continue
         written.append(target / name)
     return written
 
