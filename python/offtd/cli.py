@@ -261,6 +261,18 @@ def _sweep_progress(enabled: bool, tty: bool):
     return show
 
 
+def _confirm(question: str) -> bool:
+    """Ask on the terminal (stdin and stderr both one); anywhere else the answer is no."""
+    try:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            return False
+        sys.stderr.write(_printable(question))
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+    except (OSError, ValueError):
+        return False
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import importlib
 
@@ -298,7 +310,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     tty = sys.stderr.isatty()
     why = plan.needs_confirmation()
-    if why is not None and not args.yes:
+    if why is not None and not args.yes and not _confirm(f"offtd: {plan.describe()}: {why}. Run it? [y/N] "):
         _err(f"offtd: error: {plan.describe()}: {why}; add --yes to run it")
         if client is not None:
             client.close()

@@ -142,11 +142,33 @@ def _init_worker(stop_event: Any, sweep_pid: int, env: dict[str, str]) -> None:
         pass
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the pool's stop event is a semaphore it tracks) with its
+    "leaked semaphore objects" warning off: a sweep killed with SIGKILL leaks the semaphore by
+    definition, and the tracker, which outlives it, would print a UserWarning on the user's terminal
+    after the shell's "Killed". It still unlinks the semaphore."""
+    from multiprocessing import resource_tracker
+
+    rule = "ignore::UserWarning:multiprocessing.resource_tracker"
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = rule if not saved else f"{saved},{rule}"
+    try:
+        resource_tracker.ensure_running()
+    except Exception:  # pragma: no cover - the pool starts it anyway, warnings and all
+        pass
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
 class LocalPool(cf.ProcessPoolExecutor):
     """A process pool whose workers can be asked to stop their running task (:meth:`request_stop`) and
     killed (:meth:`kill`); see the module docstring."""
 
     def __init__(self, workers: int | None = None, rayon_threads: int = 1):
+        _quiet_resource_tracker()
         ctx = _context()
         self.workers = max(1, workers or usable_cores())
         self.stop_event = ctx.Event()

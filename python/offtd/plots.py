@@ -49,8 +49,18 @@ def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8,
 
 
 def _title(run: Any, what: str) -> str:
+    """What the picture shows, naming the run: its spec name, seed and directory."""
     info = run.report["run_info"]
-    return f"{info['name']} (seed {info['seed']}): {what}"
+    where = f", {Path(run.run_dir).name}" if run.run_dir is not None else ""
+    return f"{info['name']} (seed {info['seed']}{where}): {what}"
+
+
+def _suptitle(fig: Any, text: str, fontsize: float = 11) -> None:
+    """The figure's title, wrapped to its width (about 12 characters an inch at 11 pt)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 12 * 11 / fontsize))
+    fig.suptitle(textwrap.fill(text, width=width), fontsize=fontsize)
 
 
 def _read_csv(path: Path) -> dict[str, np.ndarray] | None:
@@ -66,39 +76,84 @@ def _read_csv(path: Path) -> dict[str, np.ndarray] | None:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def probe_iteration_status(exact: dict[str, float], stab: dict[str, float] | None, khat: float) -> str:
-    """A per-probe-iteration verdict for colouring (the run's checks judge the last probe iteration):
-    FAIL when the exact update expands (or, without exact values, a whole interval is past the
-    boundary), WARN when an interval straddles it or k_hat > 0.5, PASS otherwise."""
+def probe_iteration_status(
+    spec: Any,
+    exact: dict[str, float],
+    stab: dict[str, float] | None,
+    khats: list[tuple[float, float]],
+    rho2: tuple[float, float],
+) -> str:
+    """A verdict of one probe iteration, for colouring. The run's checks `stable` and `rho_sane` judge the
+    last probe iteration (and rho^2 over the last k iterations); this applies their rules (MODEL.md 7)
+    to each probe iteration alone, with z at health.level:
+
+    - stable: the exact update, where there is one (FAIL: min Re eig(A) < 0 or radius > 1, beyond the
+      rounding tolerance exact_tol), else the probe's intervals (FAIL: wholly past the boundary, WARN:
+      straddling it);
+    - second moment: the exact E_b[rho_bar^2] where there is one (FAIL above health.rho2_max), else this
+      iteration's mean of rho_bar^2 and its standard error (FAIL beyond z SE above, WARN within z SE);
+    - tail: the larger PSIS k_hat of pi/b of the fixed-point and stability probes, with its standard error
+      (FAIL: k - z SE > khat_fail, WARN: k > khat_warn; not judged with clipping, as in the run).
+
+    `khats` holds (k_hat, standard error) per pi/b probe, `rho2` (mean rho_bar^2, its SE)."""
+    from statistics import NormalDist
+
+    h = spec.health
+    z = NormalDist().inv_cdf(0.5 * (1.0 + h.level))
+    found = {"PASS"}
     if exact.get("exact_available") == 1.0:
-        if exact["exact_min_re_eig"] < 0 or exact["exact_radius"] > 1:
-            return "FAIL"
+        tol = exact.get("exact_tol", 0.0)
+        if spec.critic.alpha_w > 0 and (exact["exact_min_re_eig"] < -tol or exact["exact_radius"] > 1.0 + tol):
+            found.add("FAIL")
     elif stab is not None:
         if stab["a_min_real_eig_hi"] < 0 or stab["stability_radius_lo"] > 1:
-            return "FAIL"
-        if stab["a_min_real_eig_lo"] < 0 or stab["stability_radius_hi"] > 1:
-            return "WARN"
-    return "WARN" if math.isfinite(khat) and khat > 0.5 else "PASS"
+            found.add("FAIL")
+        elif stab["a_min_real_eig_lo"] < 0 or stab["stability_radius_hi"] > 1:
+            found.add("WARN")
+    if exact.get("exact_ratio_available") == 1.0:
+        if exact["exact_e_rho_bar2"] > h.rho2_max:
+            found.add("FAIL")
+    else:
+        est, se = rho2
+        if not math.isfinite(est) or est + z * se > h.rho2_max:
+            found.add("FAIL" if math.isfinite(est) and est - z * se > h.rho2_max else "WARN")
+    if not spec.rho.clip_enabled:
+        judged = [(k, se) for k, se in khats if math.isfinite(k)]
+        if judged:
+            k, se = max(judged)
+            if k - z * se > h.khat_fail:
+                found.add("FAIL")
+            elif k > h.khat_warn:
+                found.add("WARN")
+    return max(found, key=("PASS", "WARN", "FAIL").index)
 
 
 def core_metrics_data(run: Any) -> dict[str, Any]:
-    """The core metrics per iteration, and the probe iterations with their statuses."""
+    """The core metrics per iteration, and the probe iterations with their statuses
+    (:func:`probe_iteration_status`)."""
+    from .health import khat_se
+
     series = run.series
     exact = run.probe_series.get("exact_td", {})
     stab = run.probe_series.get("stability_probe", {})
-    fp = run.probe_series.get("fixed_point_probe", {})
+
+    def row(cols: dict[str, Any], t: float) -> dict[str, float] | None:
+        if not cols:
+            return None
+        where = np.flatnonzero(np.asarray(cols["iter"], dtype=float) == t)
+        return {k: float(v[where[0]]) for k, v in cols.items()} if where.size else None
+
     iters = list(exact.get("iter", []))
     statuses = []
-    for i, t in enumerate(iters):
-        ex_row = {k: float(v[i]) for k, v in exact.items()}
-        st_row = None
-        if stab and t in list(stab["iter"]):
-            j = list(stab["iter"]).index(t)
-            st_row = {k: float(v[j]) for k, v in stab.items()}
-        kh = math.nan
-        if fp and t in list(fp["iter"]):
-            kh = float(fp["rho_khat"][list(fp["iter"]).index(t)])
-        statuses.append(probe_iteration_status(ex_row, st_row, kh))
+    for t in iters:
+        khats = []
+        for probe in ("fixed_point_probe", "stability_probe"):
+            r = row(run.probe_series.get(probe, {}), t)
+            if r is not None:
+                khats.append((r["rho_khat"], khat_se(r["rho_khat"], r["batch_size"] - r.get("rho_nonfinite", 0.0))))
+        i = int(t)
+        rho2 = (float(series["mean_rho_bar2"][i]), float(series["mean_rho_bar2_se"][i])) if "mean_rho_bar2" in series else (math.nan, 0.0)
+        statuses.append(probe_iteration_status(run.spec, row(exact, t) or {}, row(stab, t), khats, rho2))
     metrics = ("td_loss", "w_norm", "mean_rho2", "tracking_gap", "critic_teacher_error")
     return {
         "iter": np.asarray(series["iter"], dtype=float),
@@ -155,8 +210,8 @@ def _survival_points(n: int) -> np.ndarray:
 
 def ratio_tail_data(run: Any) -> dict[str, Any] | None:
     """The empirical survival function of the last probe iteration's pi/b ratios (fixed-point probe),
-    the generalized Pareto tail with shape k_hat fitted to the largest T ratios (scale by the mean
-    excess, sigma = (1 - k) mean(x - u)), and the asymptotic slope -1/k of pi/mu's tail."""
+    the generalized Pareto tail with shape k_hat fitted to the largest T ratios (scale from the median
+    excess over the threshold u), and the asymptotic slope -1/k of pi/mu's tail."""
     if run.run_dir is None:
         return None
     path = Path(run.run_dir) / "ratios_last.npz"
@@ -181,11 +236,15 @@ def ratio_tail_data(run: Any) -> dict[str, Any] | None:
     u = rho[n - t - 1]
     excess = rho[n - t :] - u
     fit = None
-    if math.isfinite(k) and k < 1 and excess.size:
-        sigma = (1 - k) * float(excess.mean())
+    med = float(np.median(excess)) if excess.size else math.nan
+    if math.isfinite(k) and med > 0:
+        # The scale from the median excess, which a generalized Pareto tail has for every shape k
+        # (the mean excess is infinite from k = 1 on): median = sigma (2^k - 1) / k, sigma ln 2 at k = 0.
+        sigma = med * k / (2.0**k - 1.0) if k != 0 else med / math.log(2.0)
         x = np.linspace(u, rho[-1], 200)
         z = (x - u) / sigma
-        tail = (t / n) * ((1 + k * z) ** (-1 / k) if k != 0 else np.exp(-z))
+        with np.errstate(all="ignore"):  # k < 0: the tail ends at u - sigma / k (survival 0 beyond)
+            tail = (t / n) * (np.maximum(1 + k * z, 0.0) ** (-1 / k) if k != 0 else np.exp(-z))
         fit = {"x": x, "survival": tail, "k": k, "sigma": sigma, "threshold": u}
     p = run.spec.policy
     k_theory = 1 - p.sigma_mu**2 / p.sigma_pi**2 if p.sigma_mu < p.sigma_pi else math.nan
@@ -228,11 +287,19 @@ def draw_core_metrics(run: Any, data: dict[str, Any]):
         ax.plot(data["iter"][ok], values[ok], color="#264653", lw=1.2)
         ax.set_yscale("log")
         ax.set_ylabel(f"{name}\n{CORE_UNITS.get(name, '')}", fontsize=8)
-        for t, status in zip(data["probe_iters"], data["probe_status"]):
-            if t < values.size and ok[int(t)]:
-                ax.scatter([t], [values[int(t)]], color=STATUS_COLOUR[status], zorder=3, s=22)
+        for status, colour in STATUS_COLOUR.items():
+            ts = [int(t) for t, s in zip(data["probe_iters"], data["probe_status"]) if s == status and t < values.size and ok[int(t)]]
+            if ts:
+                ax.scatter(ts, values[ts], color=colour, zorder=3, s=22, label=f"probe iteration: {status}")
     axes[-1].set_xlabel("outer iteration")
-    axes[0].set_title(_title(run, "core metrics (probe iterations coloured PASS / WARN / FAIL)"))
+    shown = [s for s in STATUS_COLOUR if s in data["probe_status"]]
+    if shown:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], ls="", marker="o", color=STATUS_COLOUR[s]) for s in shown]
+        fig.legend(handles, [f"probe iteration {s} (stable and rho_sane at that iteration)" for s in shown],
+                   loc="outside lower center", ncol=len(shown), fontsize=7, frameon=False)  # fmt: skip
+    _suptitle(fig, _title(run, "core metrics per iteration, log scale"))
     return fig
 
 
@@ -252,7 +319,7 @@ def draw_stability(run: Any, data: dict[str, Any]):
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     axes[-1].set_xlabel("outer iteration")
-    axes[0].set_title(_title(run, "stability of the expected TD update"))
+    _suptitle(fig, _title(run, "stability of the expected TD update"))
     return fig
 
 
@@ -266,14 +333,14 @@ def draw_khat(run: Any, data: dict[str, Any]):
     ax.axhline(0.7, color="#e63946", ls="--", lw=1, label="0.7: untrustworthy")
     ax.set_xlabel("outer iteration")
     ax.set_ylabel("PSIS k_hat (dimensionless)")
-    ax.set_title(_title(run, "tail index of the importance ratios"))
+    _suptitle(fig, _title(run, "tail index of the importance ratios"))
     ax.legend(fontsize=7)
     return fig
 
 
 def draw_ratio_tail(run: Any, data: dict[str, Any]):
     fig, ax = _subplots(figsize=(7, 5))
-    ax.loglog(data["rho"], data["survival"], ".", ms=2, color="#264653", label="empirical P(rho > t)")
+    ax.loglog(data["rho"], data["survival"], ".", ms=2, color="#264653", label="empirical P(rho >= t)")
     if data["fit"] is not None:
         f = data["fit"]
         ax.loglog(f["x"], f["survival"], "-", color="#e63946", label=f"generalized Pareto tail, k_hat = {fmt(f['k'])}")
@@ -287,8 +354,8 @@ def draw_ratio_tail(run: Any, data: dict[str, Any]):
     if math.isfinite(data["bound"]):
         ax.axvline(data["bound"], color="black", lw=0.8, ls="--", label=f"1/p_mix = {fmt(data['bound'])}")
     ax.set_xlabel("importance ratio t = pi/b (dimensionless)")
-    ax.set_ylabel("survival P(rho > t) (probability)")
-    ax.set_title(_title(run, "ratio tail at the last probe iteration"))
+    ax.set_ylabel("survival P(rho >= t) (probability)")
+    _suptitle(fig, _title(run, "ratio tail at the last probe iteration"))
     ax.legend(fontsize=7)
     return fig
 
@@ -313,7 +380,8 @@ def draw_eigenvalues(run: Any, data: dict[str, Any]):
             ax.set_title("zoomed to the arc near 1")
         else:
             ax.legend(fontsize=7)
-            ax.set_title(_title(run, "eigenvalues against the unit circle"))
+            ax.set_title("the unit circle")
+    _suptitle(fig, _title(run, "eigenvalues of the critic's expected map against the unit circle"))
     return fig
 
 

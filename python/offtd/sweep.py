@@ -1086,7 +1086,7 @@ def _resume(
         spec if spec is not None else stored.base,
         grid if grid else (None if "grid" in table else stored.grid),
         seeds if seeds is not None else (None if "seeds" in table else list(stored.seeds)),
-        keep or (None if "keep" in table else stored.keep),
+        keep or stored.keep,  # what a run keeps does not change its results: only --keep is compared
         backend or (None if "backend" in table else stored.backend),
         overrides,
     )
@@ -1533,7 +1533,23 @@ def load_sweep(directory: str | os.PathLike[str], per: str = "run"):
         return pd.DataFrame.from_records(records)
     if per != "run":
         raise ValueError(f"per must be 'run' or 'cell', got {per!r}")
-    frame = pd.read_csv(root / "sweep.csv", keep_default_na=False, na_values=[""], on_bad_lines="skip")
+    # Metrics are floats ("" is a metric the run did not measure, "nan" / "inf" are what it measured);
+    # status, flagged and run_dir are text ("" stays ""); a grid value is read as pandas infers it.
+    numeric = [*METRICS, "elapsed_s"]
+    text = ["status", "flagged", "run_dir"]
+    try:
+        frame = pd.read_csv(
+            root / "sweep.csv",
+            keep_default_na=False,
+            na_values={c: ["", "nan", "NaN"] for c in numeric},
+            dtype={**{c: "float64" for c in numeric}, **{c: str for c in text}},
+            on_bad_lines="skip",
+        )
+    except FileNotFoundError:
+        raise SpecError(str(root / "sweep.csv"), "missing: the sweep never started") from None
+    except ValueError as exc:  # a value that is not a number where a metric belongs: a damaged file
+        raise SpecError(str(root / "sweep.csv"), f"cannot be read: {exc}") from None
+    frame = frame[frame["status"].isin(STATUSES)]
     frame = frame.drop_duplicates(subset=["cell", "seed"], keep="last")
     return frame.sort_values(["cell", "seed"], kind="stable").reset_index(drop=True)
 

@@ -26,12 +26,13 @@ from .summary import fmt
 from .sweep import STATUSES, load_store
 
 STATUS_COLOURS = {"PASS": "#2a9d8f", "WARN": "#e9c46a", "FAIL": "#e63946", "INTERRUPTED": "#adb5bd", "ERROR": "#6d597a"}
-# (metric, colour bar label, scale): "log" (viridis on a log scale), or a number: a diverging scale
-# centred there (blue below, red above), clipped at twice the distance of the lowest value.
+# (metric, colour bar label, scale): "log" (viridis on a log scale), or (low, centre, high): a diverging
+# scale centred at the boundary (blue below, red above), whose ends are the data's range clipped to
+# [low, high] (values beyond take the end colours; each cell's number is printed).
 METRIC_PLOTS = (
     ("mean_rho2", "mean rho^2, last k iterations\n(dimensionless)", "log"),
-    ("rho_khat_pi_b", "PSIS k_hat of pi/b, last probe\n(dimensionless; > 0.5 heavy tail)", 0.5),
-    ("stability_radius", "radius of I - alpha_w A_hat, last probe\n(dimensionless; > 1 expands)", 1.0),
+    ("rho_khat_pi_b", "PSIS k_hat of pi/b, last probe\n(dimensionless; > 0.5 heavy tail)", (-0.5, 0.5, 1.5)),
+    ("stability_radius", "radius of I - alpha_w A_hat, last probe\n(dimensionless; > 1 expands)", (0.5, 1.0, 1.5)),
 )
 MAX_PANELS = 16
 # Axis labels: what the key is and its unit.
@@ -244,6 +245,12 @@ def _legend(fig, handles: dict[str, Any], extra: list[tuple[Any, str]] | None = 
                    ncol=min(3, len(items)), frameon=False)  # fmt: skip
 
 
+def _suptitle(fig: Any, text: str) -> None:
+    from .plots import _suptitle as wrapped
+
+    wrapped(fig, text, fontsize=10)
+
+
 def _title(data: dict[str, Any], what: str) -> str:
     seeds = f", {data['seeds']} seeds a cell" if data["seeds"] > 1 else ""
     shown = "" if len(data["panels"]) == data["panels_total"] else f" ({len(data['panels'])} of {data['panels_total']} panels)"
@@ -276,7 +283,7 @@ def draw_status(data: dict[str, Any]):
     present = {s for p in data["panels"] for s in p["status"].ravel() if s}
     patches = [(Patch(color=STATUS_COLOURS[s]), f"{s[0]} = {s}") for s in STATUSES if s in present]
     _legend(fig, handles, patches)
-    fig.suptitle(_title(data, "status over seeds (paler: fewer seeds agree)"), fontsize=10)
+    _suptitle(fig, _title(data, "status over seeds (paler: fewer seeds agree)"))
     return fig
 
 
@@ -291,10 +298,12 @@ def _norm(finite: np.ndarray, scale: Any):
         if lo > 0 and hi > lo:
             return LogNorm(lo, hi), "viridis", "neither"
         return Normalize(lo, hi if hi > lo else lo + 1.0), "viridis", "neither"
-    c = float(scale)
-    span = max(c - lo, 0.05 * max(abs(c), 1.0))
-    top = c + 2.0 * span
-    return TwoSlopeNorm(vcenter=c, vmin=c - span, vmax=top), "RdBu_r", ("max" if hi > top else "neither")
+    low, c, high = (float(v) for v in scale)
+    eps = 0.02 * (high - low)  # the centre strictly inside the range, even when no value is below or above it
+    vmin = min(max(lo, low), c - eps)
+    vmax = max(min(hi, high), c + eps)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[(lo < vmin, hi > vmax)]
+    return TwoSlopeNorm(vcenter=c, vmin=vmin, vmax=vmax), "RdBu_r", extend
 
 
 def draw_metric(data: dict[str, Any], name: str, label: str, scale: Any = "log"):
@@ -327,7 +336,7 @@ def draw_metric(data: dict[str, Any], name: str, label: str, scale: Any = "log")
         bar = fig.colorbar(image, ax=list(axes), shrink=0.9, extend=extend)
         bar.set_label(label, fontsize=8)
     _legend(fig, handles)
-    fig.suptitle(_title(data, f"{name}, mean over seeds (grey: not measured or not finite)"), fontsize=10)
+    _suptitle(fig, _title(data, f"{name}, mean over seeds (grey: not measured or not finite)"))
     return fig
 
 
