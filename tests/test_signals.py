@@ -136,7 +136,9 @@ def _check_killed_run_dir(run_dir: Path, outer: int) -> str:
     names = {p.name for p in run_dir.iterdir()}
     visible = {n for n in names if not n.startswith(".")}
     probe_files = {f"{p}.csv" for p in ("distribution_probe", "fixed_point_probe", "stability_probe", "q_kernel_probe", "exact_td")}
-    assert visible <= REPORT_FILES | probe_files, visible
+    pictures_data = {"ratios_last.npz", "eigenvalues.csv"}  # written with the run, before report.json
+    pngs = {n for n in visible if n.endswith(".png")}  # drawn after report.json, each written atomically
+    assert visible - pngs <= REPORT_FILES | probe_files | pictures_data, visible
     assert all(n.endswith(".tmp") for n in names - visible), names  # only write_atomic's hidden temporaries
     if "series.csv" in visible:
         assert len((run_dir / "series.csv").read_text().splitlines()) == outer + 1
