@@ -334,6 +334,10 @@ def draw_metric(data: dict[str, Any], name: str, label: str, scale: Any = "log")
         _axes(ax, data, panel)
     if image is not None:
         bar = fig.colorbar(image, ax=list(axes), shrink=0.9, extend=extend)
+        if scale == "log":
+            from .plots import plain_log
+
+            plain_log(bar.ax.yaxis)
         bar.set_label(label, fontsize=8)
     _legend(fig, handles)
     _suptitle(fig, _title(data, f"{name}, mean over seeds (grey: not measured or not finite)"))
