@@ -251,11 +251,11 @@ def test_eigenvalues_are_one_minus_alpha_w_times_the_saved_eigenvalues_of_a(run)
 
 def test_plot_run_writes_pngs_and_links_them_once_from_report_md(runs):
     run = runs["heavy"]
-    written = plots.plot_run(run)
+    written = plots.plot_run(Path(run.run_dir))  # from the directory (offtd.load_run reads it)
     assert [p.name for p in written] == list(plots.PLOT_FILES)
     for p in written:
         assert p.read_bytes()[:8] == PNG
-    plots.plot_run(Path(run.run_dir))  # again, from the directory: the section is replaced, not repeated
+    plots.link_in_report(Path(run.run_dir), written)  # drawn again: the section is replaced, not repeated
     text = (Path(run.run_dir) / "report.md").read_text()
     assert text.count("\n## Plots\n") == 1
     for name in plots.PLOT_FILES:
