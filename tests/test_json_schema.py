@@ -43,7 +43,14 @@ def test_schema_lists_exactly_the_spec_keys():
     assert set(_keys(schema["properties"])) - sweep == set(_spec_keys(offtd.load_spec(None).to_dict()))
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.toml")), ids=lambda p: p.name)
+SHIPPED = sorted((ROOT / "specs").glob("*.toml")) + sorted((ROOT / "python" / "offtd" / "specs").glob("*.toml"))
+
+
+def test_every_shipped_spec_is_checked():
+    assert len(SHIPPED) >= 9 and any(p.name == "sweep_sigma.toml" for p in SHIPPED)  # the glob found them
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_specs_validate(path):
     jsonschema.validate(tomllib.loads(path.read_text()), spec_json_schema())
 
@@ -56,13 +63,24 @@ def test_shipped_specs_validate(path):
         ({"critic": {"init": "random"}}, "init"),  # not one of the choices
         ({"run": {"outer_iters": 0}}, "outer_iters"),  # below the minimum
         ({"env": {"a": [[1, "x"]]}}, "a"),  # a matrix entry that is not a number
+        ({"env": {"a": 1.0}}, "a"),  # a number where a matrix goes
+        ({"run": {"seed": "zero"}}, "seed"),  # wrong types
+        ({"run": {"outer_iters": 2.5}}, "outer_iters"),
+        ({"run": {"outer_iters": True}}, "outer_iters"),
+        ({"rho": {"clip_enabled": 1}}, "clip_enabled"),
+        ({"rho": 3}, "rho"),  # a value where a table goes
+        ({"name": 5}, "name"),
+        ({"probes": {"stability": {"repeat": 4}}}, "repeat"),  # unknown key in a nested table
     ],
 )
 def test_what_offtd_refuses_the_schema_refuses(data, key):
-    with pytest.raises(offtd.SpecError):
+    with pytest.raises(offtd.SpecError) as ours:
         offtd.load_spec(data)
-    with pytest.raises(jsonschema.ValidationError):
+    assert key in str(ours.value)
+    with pytest.raises(jsonschema.ValidationError) as theirs:
         jsonschema.validate(data, spec_json_schema())
+    err = theirs.value  # the editor points at the key: in the error's path, or named as unexpected
+    assert key in list(err.absolute_path) or f"'{key}' was unexpected" in err.message, (list(err.absolute_path), err.message)
 
 
 def test_schema_command(offtd_cmd):

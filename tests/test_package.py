@@ -82,3 +82,15 @@ def test_schema_id_names_the_version():
     from offtd.json_schema import spec_json_schema
 
     assert spec_json_schema()["$id"].endswith(f"/{offtd.__version__}.json")
+
+
+def test_one_compiled_core_beside_the_package():
+    """An editable install puts the core next to the sources. A core built before the abi3 switch
+    (`_core.cpython-311-*.so`) would shadow the new `_core.abi3.so` (Python tries the version-specific
+    name first), so a rebuilt core would silently not be the one imported: remove the stale file."""
+    import offtd._core
+
+    here = Path(offtd._core.__file__).parent
+    cores = sorted(p.name for p in here.glob("_core.*") if p.suffix in (".so", ".pyd"))
+    assert cores == [Path(offtd._core.__file__).name], f"stale compiled cores in {here}: {cores}; delete all but _core.abi3.so"
+    assert offtd._core.__file__.endswith(".abi3.so") or offtd._core.__file__.endswith(".pyd")
