@@ -1,8 +1,13 @@
-"""`offtd bench`: time every kernel and whole runs on both backends, on the same inputs, in one process.
+"""`offtd bench`: time every kernel and whole runs on both backends, on the same inputs, in one process;
+then sweeps (issue 10).
 
-Prints one row per case: reference time, Rust time (all cores), their ratio, the Rust time on one
-thread, and throughput per core and on all cores. Single-thread Rust figures come from a child process
-started with RAYON_NUM_THREADS=1 (rayon's pool size is fixed per process).
+The kernel table has one row per case: reference time, Rust time (all cores), their ratio, the Rust time
+on one thread, and throughput per core and on all cores. Single-thread Rust figures come from a child
+process started with RAYON_NUM_THREADS=1 (rayon's pool size is fixed per process).
+
+The sweep table times `offtd sweep` as a user runs it (a fresh process): the default executor against
+`--workers 1`, the per-cell overhead of `--keep summary` beyond the runs, and 10^4 default cells
+extrapolated from 10^3 (`--only sweeps` for this table alone).
 """
 
 from __future__ import annotations
@@ -200,9 +205,26 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.3g}/s"
 
 
-def main(quick: bool = False, json_path: str | None = None) -> int:
-    budget = 0.2 if quick else 1.0
+def main(quick: bool = False, json_path: str | None = None, only: str | None = None) -> int:
+    """Print the kernel table and the sweep table (`only`: "kernels" or "sweeps")."""
     cores = os.cpu_count() or 1
+    rows: list[dict[str, object]] = []
+    if only != "sweeps":
+        rows = _kernels(quick, cores)
+    sweeps: list[dict[str, object]] = []
+    if only != "kernels":
+        sweeps = sweep_rows(quick)
+        print(("\n" if rows else "") + sweep_table(sweeps))
+        print("\nwall times of `offtd sweep ... --keep summary --no-plots` in a fresh process (RAYON_NUM_THREADS=1); "
+              f"{cores} cores; quick={quick}")  # fmt: skip
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump({"cores": cores, "quick": quick, "rows": rows, "sweeps": sweeps}, fh, indent=1)
+    return 0
+
+
+def _kernels(quick: bool, cores: int) -> list[dict[str, object]]:
+    budget = 0.2 if quick else 1.0
     all_cases = cases(quick)
     ref = measure("python", quick, budget)
     rust = measure("rust", quick, budget)
@@ -246,7 +268,124 @@ def main(quick: bool = False, json_path: str | None = None) -> int:
         )
     print("\n".join(lines))
     print(f"\nmedians; ratio = reference / rust (all cores), measured in this run; {cores} cores; quick={quick}")
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump({"cores": cores, "quick": quick, "rows": rows}, fh, indent=1)
-    return 0
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- sweeps
+
+# Tiny runs (a few ms) for the per-cell overhead: the run's own cost is measured and subtracted, and a
+# small one keeps that subtraction's noise small next to the milliseconds being measured.
+TINY_RUN = {
+    "run.outer_iters": 2, "run.horizon": 20, "run.probe_every": 1, "probes.distribution.num_samples": 256,
+    "probes.fixed_point.batch_size": 256, "probes.stability.batch_size": 256,
+}  # fmt: skip
+
+
+def _grid_values(cells: int) -> str:
+    """`cells` values of policy.p_mix in [0, 0.2): runs of one spec that cost the same."""
+    return ",".join(repr(round(0.2 * i / cells, 12)) for i in range(cells))
+
+
+def sweep_wall(cells: int, sets: dict[str, object], workers: int | None) -> float:
+    """Wall seconds of `offtd sweep` over `cells` cells (policy.p_mix) of the default spec with `sets`,
+    --keep summary, no plots, as a user runs it: a fresh process (its start-up included), the default
+    executor (workers None) or --workers N. RAYON_NUM_THREADS=1: one core per worker, and --workers 1 is
+    one core."""
+    import tempfile
+
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="offtd-bench-") as out:
+        args = [sys.executable, "-m", "offtd", "sweep", "--grid", f"policy.p_mix={_grid_values(cells)}", "--keep", "summary",
+                "--no-plots", "--yes", "--out", out]  # fmt: skip
+        for k, v in sets.items():
+            args += ["--set", f"{k}={v}"]
+        if workers is not None:
+            args += ["--workers", str(workers)]
+        start = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True, env=env)
+        return time.perf_counter() - start
+
+
+def sweep_overhead(cells: int, repeats: int = 3) -> dict[str, float]:
+    """Per-cell cost of a --keep summary sweep beyond its runs, in this process on one core (the in-process
+    executor, `--workers 1`): (wall of offtd.sweep - the same runs timed alone) / cells, the median of
+    `repeats`. What it holds: validating the cell, its exact theory, appending its row, the bookkeeping."""
+    import importlib
+    import tempfile
+
+    from .spec import load_spec
+
+    sw = importlib.import_module("offtd.sweep")
+    values = [round(0.2 * i / cells, 12) for i in range(cells)]
+    specs = [load_spec(None, {**TINY_RUN, "policy.p_mix": v}) for v in values]
+    sw.summary_values(specs[0], "rust")  # warm-up: imports, caches
+    overheads, runs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for s in specs:
+            sw.summary_values(s, "rust")
+        alone = time.perf_counter() - start
+        with tempfile.TemporaryDirectory(prefix="offtd-bench-") as out:
+            start = time.perf_counter()
+            sw.sweep(None, {"policy.p_mix": values}, keep="summary", workers=1, out=out, **{k.replace(".", "__"): v for k, v in TINY_RUN.items()})
+            swept = time.perf_counter() - start
+        overheads.append((swept - alone) / cells)
+        runs.append(alone / cells)
+    return {"overhead_s": statistics.median(overheads), "run_s": statistics.median(runs)}
+
+
+def _sweep_overhead_child(cells: int) -> dict[str, float]:
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    code = f"import json, sys; from offtd.bench import sweep_overhead; json.dump(sweep_overhead({cells}), sys.stdout)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout)
+
+
+def sweep_rows(quick: bool) -> list[dict[str, object]]:
+    """The sweep figures of issue 10: the default executor against --workers 1 on a 200-cell sweep of
+    default runs (outer_iters 40) and of short ones (10), the per-cell overhead of --keep summary, and
+    10^4 cells of the default spec extrapolated from a measured 10^3 (quick: 50 cells, 200 extrapolated)."""
+    from .executors import usable_cores
+    from .spec import load_spec
+
+    cores = usable_cores()
+    n = 50 if quick else 200
+    rows: list[dict[str, object]] = []
+    variants = [("default spec (40 it)", {})] if quick else [("default spec (40 it)", {}), ("short runs (10 it)", {"run.outer_iters": 10})]
+    for label, sets in variants:
+        one = sweep_wall(n, sets, 1)
+        pool = sweep_wall(n, sets, None)
+        rows.append({"case": f"{n} cells, {label}: --workers 1", "wall_s": one, "per_cell_s": one / n})
+        rows.append({"case": f"{n} cells, {label}: default executor ({cores} workers)", "wall_s": pool, "per_cell_s": pool / n,
+                     "speedup": one / pool})  # fmt: skip
+    m = 50 if quick else 200
+    ov = _sweep_overhead_child(m)
+    rows.append({"case": f"--keep summary overhead per cell beyond the run ({m} tiny cells, 1 core)", "per_cell_s": ov["overhead_s"],
+                 "run_s": ov["run_s"]})  # fmt: skip
+    big = 200 if quick else 1000
+    wall = sweep_wall(big, {}, None)
+    default_iters = load_spec(None).run.outer_iters
+    rows.append({"case": f"{big} cells, default spec ({default_iters} it), default executor", "wall_s": wall, "per_cell_s": wall / big})
+    rows.append({"case": f"10^4 cells, default spec ({default_iters} it): extrapolated x{10_000 // big} from {big}",
+                 "wall_s": wall * 10_000 / big, "extrapolated": True})  # fmt: skip
+    return rows
+
+
+def _fmt_wall(s: float) -> str:
+    return f"{s / 60:.3g} min" if s >= 120 else f"{s:.3g} s"
+
+
+def sweep_table(rows: list[dict[str, object]]) -> str:
+    lines = ["| sweep case | wall | per cell | note |", "|---|---|---|---|"]
+    for r in rows:
+        note = ""
+        if "speedup" in r:
+            note = f"{r['speedup']:.2f}x faster than --workers 1"
+        elif "run_s" in r:
+            note = f"the run itself: {_fmt_time(float(r['run_s']))}"
+        elif r.get("extrapolated"):
+            note = "linear in cells (pool start-up amortised)"
+        wall = _fmt_wall(float(r["wall_s"])) if "wall_s" in r else "-"
+        per = _fmt_time(float(r["per_cell_s"])) if "per_cell_s" in r else "-"
+        lines.append(f"| {r['case']} | {wall} | {per} | {note} |")
+    return "\n".join(lines)

@@ -125,9 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--csv", dest="csv_out", help="also write the table as CSV to this file")
     t.add_argument("--backend", choices=("rust", "python"), default="rust")
     sub.add_parser("schema", help="print the JSON Schema of a spec, for TOML editors (Taplo, Even Better TOML)")
-    b = sub.add_parser("bench", help="time the kernels and whole runs on both backends")
+    b = sub.add_parser("bench", help="time the kernels and whole runs on both backends, and sweeps")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller cases")
     b.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
+    b.add_argument("--only", choices=("kernels", "sweeps"), help="only the kernel table, or only the sweep table")
     return p
 
 
@@ -453,7 +454,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             _err(f"offtd: error: --json {args.json_out}: {problem}")
             return EXIT_BAD_INPUT
     try:
-        return bench_main(quick=args.quick, json_path=args.json_out)
+        return bench_main(quick=args.quick, json_path=args.json_out, only=args.only)
     except OSError as exc:
         if exc.filename is None or str(exc.filename) != str(args.json_out):
             raise
