@@ -140,6 +140,10 @@ def _init_worker(stop_event: Any, sweep_pid: int, env: dict[str, str]) -> None:
         threadpool_limits(limits=1, user_api="blas")
     except ImportError:  # pragma: no cover - a dependency
         pass
+    else:  # held for the worker's life: run_batch need not set and restore it for every task
+        import importlib
+
+        importlib.import_module("offtd.sweep")._blas_held = True
 
 
 def _quiet_resource_tracker() -> None:

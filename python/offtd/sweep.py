@@ -21,6 +21,7 @@ from the stored rows, never in arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -472,6 +473,11 @@ class BatchResult:
 
 
 _backends: dict[str, Any] = {}
+# True while this process's BLAS pools are already held at one thread for the whole sweep (a local pool
+# worker, from its start; this process while the in-process executor runs): run_batch then skips its own
+# limit, which costs ~1 ms to set and restore (threadpoolctl scans the loaded libraries), per run when
+# the in-process executor hands it one run at a time.
+_blas_held = False
 
 
 def _backend(name: str) -> Any:
@@ -491,7 +497,7 @@ def run_batch(job: Job, pairs: Sequence[int]) -> BatchResult:
 
     defn = job.defn
     rows: list[dict[str, Any]] = []
-    with blas_single_thread():
+    with contextlib.nullcontext() if _blas_held else blas_single_thread():
         for pair in pairs:
             if executors.should_stop():
                 return BatchResult(rows, stopped=True)
@@ -1257,7 +1263,8 @@ def execute(
         workers = executor_workers(executor)
         runner = _Runner(Job(defn, str(root)), store, log, executor, own, workers, p.run_seconds, should_stop, progress)
         try:
-            runner.run()
+            with _hold_blas() if isinstance(executor, InProcessExecutor) else contextlib.nullcontext():
+                runner.run()
         finally:
             log.close()
         complete = runner.fatal is None and not runner.interrupted and _all_finished(store)
@@ -1278,6 +1285,23 @@ def execute(
     finally:
         if own is not None:
             own.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _hold_blas() -> Iterator[None]:
+    """One BLAS thread in this process for the whole block (the in-process executor's runs)."""
+    global _blas_held
+    from .threads import blas_single_thread
+
+    if _blas_held:
+        yield
+        return
+    with blas_single_thread():
+        _blas_held = True
+        try:
+            yield
+        finally:
+            _blas_held = False
 
 
 def _all_finished(store: Store) -> bool:
