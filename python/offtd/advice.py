@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class _Exact:
         self.k_pi = result.final_k_pi if ok else np.array(spec.policy.k_init, dtype=float)
         self.k_mu = result.final_k_mu if ok else np.array(spec.policy.k_mu_init, dtype=float)
 
-    def td(self, alpha_w: float | None = None, **changes: float):
+    def td(self, alpha_w: float | None = None, **changes: Any):
         if self.backend is None:
             return None
         problem: Problem = dataclasses.replace(self.problem, **changes) if changes else self.problem

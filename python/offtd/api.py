@@ -281,7 +281,8 @@ def run(
     if warning is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=2)
     impl = get_backend(backend)
-    directory, created = None, []
+    directory: Path | None = None
+    created: list[Path] = []
     if out is not None or run_dir is not None:  # before any work: an unusable location fails early
         directory, created = _make_run_dir(out, resolved.name, run_dir, output_estimate_bytes(resolved))
     try:

@@ -245,20 +245,20 @@ def work_terms(spec: Spec) -> dict[str, float]:
         base, per = MMD_PAIR_NS[0] if pairs <= MMD_MATERIALIZE_CAP else MMD_PAIR_NS[1]
         terms["probes.distribution.action_samples"] = piters * pairs * (base + per * (n + m)) * NS
     if p.fixed_point.enabled:
-        cfg = p.fixed_point
-        reps = sub_batches(cfg)
+        fp = p.fixed_point
+        reps = sub_batches(fp)
         terms["probes.fixed_point.batch_size"] = piters * (
-            cfg.batch_size * (transition + RHO_STATS_NS) + (reps + 1) * EIG_NS * d**3
+            fp.batch_size * (transition + RHO_STATS_NS) + (reps + 1) * EIG_NS * d**3
         ) * NS
-        terms["probes.fixed_point.num_iters"] = piters * cfg.num_iters * (GMRES_ITER_NS[0] + GMRES_ITER_NS[1] * d * d) * NS
+        terms["probes.fixed_point.num_iters"] = piters * fp.num_iters * (GMRES_ITER_NS[0] + GMRES_ITER_NS[1] * d * d) * NS
     if p.stability.enabled:
-        cfg = p.stability
-        reps = sub_batches(cfg)
+        st = p.stability
+        reps = sub_batches(st)
         terms["probes.stability.batch_size"] = piters * (
-            cfg.batch_size * (transition + RHO_STATS_NS) + (reps + 2) * EIG_NS * d**3
+            st.batch_size * (transition + RHO_STATS_NS) + (reps + 2) * EIG_NS * d**3
         ) * NS
         terms["probes.stability.power_iters"] = (
-            piters * (reps + 1) * cfg.power_iters * (POWER_STEP_NS[0] + POWER_STEP_NS[1] * d * d) * NS
+            piters * (reps + 1) * st.power_iters * (POWER_STEP_NS[0] + POWER_STEP_NS[1] * d * d) * NS
         )
     return terms
 

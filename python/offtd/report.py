@@ -306,7 +306,8 @@ def ratios_npz(ratios: dict[str, np.ndarray]) -> bytes:
     not CSV: a probe may hold 10^5-10^6 ratios, and their text form cost ~25x their bytes in memory and
     ~0.5 s a run."""
     buf = io.BytesIO()
-    np.savez(buf, **{name: np.asarray(ratios[name], dtype=np.float64).reshape(-1) for name in sorted(ratios)})
+    arrays: dict[str, Any] = {name: np.asarray(ratios[name], dtype=np.float64).reshape(-1) for name in sorted(ratios)}
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 

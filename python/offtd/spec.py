@@ -12,15 +12,16 @@ import math
 import numbers
 import os
 import reprlib
+import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -400,10 +401,10 @@ def _resolve(spec: Spec) -> Spec:
         lo = float(np.linalg.eigvalsh(mat).min())
         if lo < -1e-10 * max(1.0, float(np.abs(mat).max())):
             raise SpecError(key, f"must be positive semidefinite (smallest eigenvalue {lo:.4g})")
-    env = dataclasses.replace(env, **{k.split(".")[1]: v for k, v in resolved.items() if k.startswith("env.")})
-    policy = dataclasses.replace(
-        policy, **{k.split(".")[1]: v for k, v in resolved.items() if k.startswith("policy.")}
-    )
+    env_changes: dict[str, Any] = {k.split(".")[1]: v for k, v in resolved.items() if k.startswith("env.")}
+    policy_changes: dict[str, Any] = {k.split(".")[1]: v for k, v in resolved.items() if k.startswith("policy.")}
+    env = dataclasses.replace(env, **env_changes)
+    policy = dataclasses.replace(policy, **policy_changes)
     dist = spec.probes.distribution
     if dist.action_samples > dist.num_samples:
         raise SpecError(

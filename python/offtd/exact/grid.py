@@ -76,7 +76,7 @@ def theory_table(
 
     impl = get_backend(backend) if isinstance(backend, str) else backend
     rows = []
-    for cell in cells(base, dict(grid or {})):
+    for cell in cells(base, {key: list(values) for key, values in (grid or {}).items()}):
         rows.append({"cell": cell.index, **cell.overrides, **theory_row(cell.spec, impl)})
     return rows
 

@@ -64,8 +64,8 @@ def gmres(a, b, max_iters: int, tol: float) -> SolvePy:
         g = [0.0] * (d + 1)
         g[0] = beta
         h = [[0.0] * d for _ in range(d + 1)]  # h[i][k], (d+1) x d Hessenberg
-        cs = []
-        sn = []
+        cs: list[float] = []
+        sn: list[float] = []
         k_used = 0
         for k in range(d):
             if iters >= max_iters:
