@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from test_health_units import make_result, make_spec
-
 from offtd.advice import advise
 from offtd.health import evaluate
+from test_health_units import make_result, make_spec
 
 
 def _with_rho(verdict, **changes):

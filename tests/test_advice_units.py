@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from test_health_units import NO_EXACT, Z95, exact_row, fp_row, make_result, make_spec, stab_row
-
 from offtd import advice
 from offtd.health import Check, Verdict
+from test_health_units import NO_EXACT, Z95, exact_row, fp_row, make_result, make_spec, stab_row
 
 CHECK_NAMES = ("finite", "rho_sane", "stable", "fixed_point", "td_consistency", "teacher")
 
@@ -200,7 +199,7 @@ class FakeExact:
     def __init__(self, ok):
         self.ok, self.calls = ok, []
 
-    def install(self, monkeypatch) -> "FakeExact":
+    def install(self, monkeypatch) -> FakeExact:
         monkeypatch.setattr(advice._Exact, "td", lambda _ex, alpha_w=None, **changes: self(alpha_w, **changes))
         return self
 

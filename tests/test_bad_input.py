@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import offtd
-from offtd import cli
 from conftest import _subprocess_env
+from offtd import cli
 
 # (id, spec file contents (str, bytes) or a marker, extra CLI arguments, strings stderr must contain)
 # Markers: None = no spec argument (the embedded default); "MISSING" = a path that does not exist;

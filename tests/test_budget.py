@@ -20,10 +20,10 @@ import sys
 
 import pytest
 
+from conftest import _subprocess_env, requires_rust
 from offtd.budget import memory_estimate_bytes, memory_terms, probe_iterations, work_estimate_seconds, work_terms
 from offtd.loop import is_probe_iteration
 from offtd.spec import INT_MAX, SpecError, load_spec, parse_override
-from conftest import _subprocess_env, requires_rust
 
 MiB = 2**20
 TINY = [

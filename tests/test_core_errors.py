@@ -118,7 +118,8 @@ SHAPED = [
 FINITE = [
     (name, arg)
     for name, arg in ARRAY_ARGS
-    if (name, arg) not in {("transitions", "pool"), ("policy_samples", "pool"), ("rho_stats", "rho"), ("mmd2", "x"), ("mmd2", "y"), ("features", "states")}
+    if (name, arg)
+    not in {("transitions", "pool"), ("policy_samples", "pool"), ("rho_stats", "rho"), ("mmd2", "x"), ("mmd2", "y"), ("features", "states")}
 ]
 
 

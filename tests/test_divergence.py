@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import offtd
-from offtd.report import jsonable
 from conftest import ROOT, requires_rust
+from offtd.report import jsonable
 
 DIVERGING = str(ROOT / "specs" / "diverging_critic.toml")
 SMALL_PROBES = (

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import offtd
-from offtd.report import jsonable
 from conftest import ROOT
+from offtd.report import jsonable
 
 INSTAB = str(ROOT / "specs" / "instab_sigma_mismatch.toml")
 

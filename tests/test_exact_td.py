@@ -18,7 +18,6 @@ from offtd.exact.operator import reward_coeffs, transition_operator
 from offtd.model import features, problem_from_spec, teacher
 from offtd.spec import load_spec
 
-
 REF = get_backend("python")
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from offtd.spec import INT_MAX, Spec
 from conftest import _subprocess_env
+from offtd.spec import INT_MAX, Spec
 
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 MAX_EXAMPLES = 400 if THOROUGH else 40

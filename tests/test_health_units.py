@@ -351,7 +351,7 @@ def test_tail_thresholds():
     assert (c.status, c.kind) == ("FAIL", "rho_tail") and "in stability_probe" in c.reason and "beyond its noise" in c.reason
     c = _tail(spec, st_khat=k_star - 1e-9)
     assert (c.status, c.kind) == ("WARN", "rho_tail") and "undetermined" in c.reason
-    assert "+- %.4g" % se in _tail(spec, fp_khat=0.75).reason
+    assert f"+- {se:.4g}" in _tail(spec, fp_khat=0.75).reason
 
 
 def test_tail_judges_the_larger_k_hat_of_the_two_probes():

@@ -14,7 +14,6 @@ report)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -152,7 +152,7 @@ def test_paired_mmd2_is_unbiased_when_pairs_share_states():
         new.append(value)
         # For contrast, Gretton et al.'s eq. 3 (the old statistic) from the same kernel values: it keeps
         # the pairs k(x_i, y_i) in the cross sum and divides it by M^2.
-        k = lambda u, v: np.exp(-((u[:, None, :] - v[None, :, :]) ** 2).sum(axis=-1) / (2.0 * sigma**2))  # noqa: E731
+        k = lambda u, v, sigma=sigma: np.exp(-((u[:, None, :] - v[None, :, :]) ** 2).sum(axis=-1) / (2.0 * sigma**2))  # noqa: E731
         kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
         within = kxx[off].sum() / (m * (m - 1)) + kyy[off].sum() / (m * (m - 1))
         assert value == pytest.approx(within - 2.0 * kxy[off].sum() / (m * (m - 1)), abs=1e-12)

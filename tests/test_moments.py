@@ -326,7 +326,10 @@ def test_array_checks(arg):
 
 @pytest.mark.parametrize(
     "arg,value",
-    [("a", np.ones((2, 3))), ("a", np.zeros((0, 0))), ("b", np.ones((3, 1))), ("b", np.ones((2, 0))), ("k_pi", np.ones((1, 3))), ("k_mu", np.ones((2, 2)))],
+    [
+        ("a", np.ones((2, 3))), ("a", np.zeros((0, 0))), ("b", np.ones((3, 1))), ("b", np.ones((2, 0))),
+        ("k_pi", np.ones((1, 3))), ("k_mu", np.ones((2, 2))),
+    ],  # fmt: skip
 )
 def test_shape_checks(arg, value):
     assert _msg(ValueError, **{arg: value}).startswith(f"{arg}:")

@@ -11,9 +11,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import _subprocess_env
 
 import offtd
+from conftest import _subprocess_env
 
 try:
     import tomllib

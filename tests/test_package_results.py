@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT
 
 import offtd
+from conftest import ROOT
 
 SPECS = ROOT / "specs"
 SHORT = {"run.outer_iters": 4}  # deterministic (seed 0) and ~0.05 s on the Rust core

@@ -20,9 +20,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 import offtd
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 

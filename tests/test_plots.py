@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -162,7 +161,7 @@ def test_stability_draws_the_probe_intervals_and_the_exact_values(run):
 def test_khat_draws_every_probe_with_lines_at_half_and_seven_tenths(run):
     fig = plots.draw_khat(run, plots.khat_data(run))
     (ax,) = fig.axes
-    lines = {tuple(_xy(l)[1]) for l in ax.lines}
+    lines = {tuple(_xy(line)[1]) for line in ax.lines}
     for probe in ("distribution_probe", "fixed_point_probe", "stability_probe"):
         cols = _columns(Path(run.run_dir) / f"{probe}.csv")
         assert tuple(cols["rho_khat"]) in lines, probe
@@ -200,7 +199,7 @@ def test_ratio_tail_draws_the_survival_of_the_saved_ratios_and_a_pareto_tail(run
     fx, fy = _xy(fit)
     assert fx[0] == u and fx[-1] == rho[-1]
     np.testing.assert_allclose(fy, t / n * genpareto.sf(fx - u, k, scale=scale), rtol=1e-10)  # rounding only
-    bound = [l for l in ax.lines if l.get_linestyle() == "--"]
+    bound = [line for line in ax.lines if line.get_linestyle() == "--"]
     p_mix = run.spec.policy.p_mix
     if p_mix > 0:
         assert _xy(bound[0])[0][0] == 1 / p_mix

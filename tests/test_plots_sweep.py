@@ -131,7 +131,7 @@ def test_the_ratio_line_lies_on_sigma_pi_squared_equal_twice_sigma_mu_squared(sw
     data = sp.heatmap_data(swept.root)
     fig = sp.draw_status(data)
     ax = fig.axes[0]
-    dashed = [l for l in ax.lines if l.get_linestyle() == "--"]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
     assert len(dashed) == 1
     cx, cy = (np.asarray(v, dtype=float) for v in dashed[0].get_data())
     # Category coordinates back to values: the axes are the grid's values, equally spaced.

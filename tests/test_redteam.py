@@ -29,9 +29,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import offtd
+from conftest import _subprocess_env
 from offtd import cli
 from offtd.report import md
-from conftest import _subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"

@@ -11,6 +11,7 @@ import pytest
 from offtd.backend import Problem, get_backend
 from offtd.reference import ReferenceBackend
 
+
 def _problem(p_mix: float, rho_clip: float = math.inf, sigma_pi: float = 0.6, sigma_mu: float = 0.5) -> Problem:
     return Problem(
         a=np.array([[0.95, 0.1], [0.0, 0.9]]),

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import offtd
-from offtd.report import jsonable
 from conftest import _subprocess_env
+from offtd.report import jsonable
 
 OUTER = 50_000  # far more than a test waits for: the run is always interrupted
 FAST = (
@@ -57,7 +57,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while True:
             line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            assert line is not None, "run ended before iteration %d: %s" % (k, "".join(self.stderr))
+            assert line is not None, f"run ended before iteration {k}: {''.join(self.stderr)}"
             if line.startswith("iteration "):
                 done = int(line.split()[1].split("/")[0])
                 if done >= k:

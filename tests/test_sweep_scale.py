@@ -13,7 +13,6 @@ import json
 import math
 import os
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,9 +23,9 @@ import numpy as np
 import pytest
 
 import offtd
+from conftest import _subprocess_env
 from offtd.spec import load_spec
 from offtd.sweep import METRICS, SweepDef, load_sweep, seeded, summary_values
-from conftest import _subprocess_env
 
 sweep_module = importlib.import_module("offtd.sweep")  # the module (offtd.sweep is also the function)
 

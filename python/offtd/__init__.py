@@ -13,7 +13,7 @@ reference (`backend="python"`) compute the same report.
 from .api import RunResult, load_run, run, theory
 from .backend import Backend, get_backend
 from .spec import Spec, SpecError, load_spec
-from .sweep import load_sweep, sweep  # noqa: E402  (the function offtd.sweep; the module is offtd.sweep too)
+from .sweep import load_sweep, sweep  # the function offtd.sweep (the module is offtd.sweep too)
 
 __all__ = [
     "Backend", "RunResult", "Spec", "SpecError", "get_backend", "load_run", "load_spec", "load_sweep", "run", "sweep",

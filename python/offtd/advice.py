@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, Problem
+from .exact.expected_td import exact_td
+from .exact.ratios import ratio_moments
 from .health import Verdict, last_exact, last_row, z_level
 from .health import _nonfinite_ratios as nonfinite_ratios
 from .loop import LoopResult
 from .model import e_mu_rho2, problem_from_spec
 from .spec import Spec
-from .exact.expected_td import exact_td
-from .exact.ratios import ratio_moments
 
 
 def _fmt(x: float) -> str:
@@ -107,7 +107,8 @@ def _ratio_remedies(spec: Spec, result: LoopResult) -> list[str]:
 
     if e2(0.999, clip) <= cap and e2(p.p_mix, clip) > cap:
         need = _bisect(lambda x: e2(x, clip) <= cap, p.p_mix, 0.999)
-        steps.append(f"raise policy.p_mix to {_fmt(need)} or more: E_b[rho{'_bar' if math.isfinite(clip) else ''}^2] = {_fmt(cap)} there (exact, equal means).")
+        bar = "_bar" if math.isfinite(clip) else ""
+        steps.append(f"raise policy.p_mix to {_fmt(need)} or more: E_b[rho{bar}^2] = {_fmt(cap)} there (exact, equal means).")
     if not spec.rho.clip_enabled:
         c = _bisect(lambda x: e2(p.p_mix, x) > cap, 1e-6, 1e6)
         rm = ratio_moments(m, p.sigma_pi, p.sigma_mu, p.p_mix, c)
@@ -137,7 +138,9 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
             steps += _ratio_remedies(spec, result)
         else:
             more = "" if spec.rho.clip_enabled else ", or enable rho.clip"
-            steps.append(f"the importance weights' second moment is over health.rho2_max -> raise p_mix or beta, bring sigma_pi closer to sigma_mu{more}.")
+            steps.append(
+                f"the importance weights' second moment is over health.rho2_max -> raise p_mix or beta, bring sigma_pi closer to sigma_mu{more}."
+            )
         if rho.kind == "rho_second_moment_undetermined":
             steps.append("the estimate is within its noise of the threshold -> more iterations (run.last_k) or a larger run.batch narrows it.")
     elif rho.kind == "rho_tail":

@@ -8,19 +8,20 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from .backend import get_backend
-from .threads import single_thread_blas
+from .exact.section import theory as theory_section
 from .health import evaluate
 from .loop import run_loop
 from .report import NONFINITE, build_report, decode_nonfinite, plain, render_markdown, write_run
 from .spec import Spec, SpecError, load_spec, memory_terms
-from .exact.section import theory as theory_section
+from .threads import single_thread_blas
 
 
 @dataclass(repr=False)
@@ -77,7 +78,8 @@ class RunResult:
             f"**offtd run {md(info['name'])}** · seed {md(info['seed'])} · {md(info.get('backend') or '?')} backend · "
             f"{md(info['completed_iters'])} of {md(info['outer_iters'])} iterations{where}"
         )
-        return "\n".join([head, "", f"**{md(self.status_line)}**", "", *_table(["check", "status", "reason"], [[c["name"], c["status"], c["reason"]] for c in self.checks])]) + "\n"
+        table = _table(["check", "status", "reason"], [[c["name"], c["status"], c["reason"]] for c in self.checks])
+        return "\n".join([head, "", f"**{md(self.status_line)}**", "", *table]) + "\n"
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers as one flat row of plain values (None: not measured), the columns of a

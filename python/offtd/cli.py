@@ -13,7 +13,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE, EXIT_INTERNAL, EXIT_PIPE = 3, 4, 128 + signal.SIGPIPE

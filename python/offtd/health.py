@@ -18,7 +18,6 @@ import numpy as np
 from .backend import Backend
 from .loop import LoopResult
 from .spec import Spec
-from .summary import mean_last_k
 
 ORDER = {"PASS": 0, "WARN": 1, "FAIL": 2}
 
@@ -219,7 +218,8 @@ def _clip_mass(spec: Spec, result: LoopResult, ex: dict[str, float] | None, z: f
         f", SE {_fmt(se)})" if src == "estimate" else ")"
     )
     if removed - z * se > h.clip_mass_fail:
-        out.append(Check("rho_sane", "FAIL", f"{shown} > {_fmt(h.clip_mass_fail)}: the critic's effective step alpha_w * kappa0 is nearly 0", "clip_mass"))
+        why = f"{shown} > {_fmt(h.clip_mass_fail)}: the critic's effective step alpha_w * kappa0 is nearly 0"
+        out.append(Check("rho_sane", "FAIL", why, "clip_mass"))
     elif removed > h.clip_mass_warn:
         out.append(Check("rho_sane", "WARN", f"{shown} > {_fmt(h.clip_mass_warn)}: the clipped updates are strongly biased", "clip_mass"))
     gap = ex["exact_teacher_gap"] if ex is not None else math.nan
@@ -261,7 +261,8 @@ def _tail(spec: Spec, result: LoopResult, z: float) -> tuple[Check | None, str]:
     if k - z * se > h.khat_fail:
         return Check("rho_sane", "FAIL", f"{shown} > {_fmt(h.khat_fail)} beyond its noise: importance weights untrustworthy", "rho_tail"), shown
     if k > h.khat_fail:
-        return Check("rho_sane", "WARN", f"{shown} > {_fmt(h.khat_fail)} but within {_fmt(z)} SE: heavy tail, undetermined at this sample size", "rho_tail"), shown
+        why = f"{shown} > {_fmt(h.khat_fail)} but within {_fmt(z)} SE: heavy tail, undetermined at this sample size"
+        return Check("rho_sane", "WARN", why, "rho_tail"), shown
     if k > h.khat_warn:
         return Check("rho_sane", "WARN", f"{shown} > {_fmt(h.khat_warn)}: slow importance-sampling convergence", "rho_tail"), shown
     return None, shown
@@ -315,7 +316,8 @@ def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | No
     est = _estimate_text(probe)
     if alpha == 0.0:
         if a < -tol:
-            return Check("stable", "WARN", f"critic frozen (alpha_w = 0); exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: TD would diverge at any step size", "frozen_unstable")
+            why = f"critic frozen (alpha_w = 0); exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: TD would diverge at any step size"
+            return Check("stable", "WARN", why, "frozen_unstable")
         return Check("stable", "PASS", f"critic frozen (alpha_w = 0); exact alpha_w* = {_fmt(crit)} at iteration {t}")
     if a < -tol:
         return Check(
@@ -414,7 +416,8 @@ def check_td(spec: Spec, result: LoopResult) -> Check:
     worst = max(rows, key=lambda r: r["td_loss_from_Q_rel_diff"] if math.isfinite(r["td_loss_from_Q_rel_diff"]) else math.inf)
     rel = worst["td_loss_from_Q_rel_diff"]
     if not rel <= spec.health.td_rel_tol:
-        return Check("td_consistency", "FAIL", f"q-kernel TD loss differs by {_fmt(rel)} (relative) at iteration {int(worst['iter'])}", "kernel_mismatch")
+        why = f"q-kernel TD loss differs by {_fmt(rel)} (relative) at iteration {int(worst['iter'])}"
+        return Check("td_consistency", "FAIL", why, "kernel_mismatch")
     return Check("td_consistency", "PASS", f"q-kernel and feature TD losses agree (max rel diff {_fmt(rel)})")
 
 

@@ -71,7 +71,6 @@ def _object(cls: type, prefix: str) -> dict[str, Any]:
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema of an offtd experiment spec."""
     from . import __version__
-
     from .sweep import SWEEP_TABLE_SCHEMA
 
     schema = _object(_spec.Spec, "")

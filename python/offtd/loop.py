@@ -6,18 +6,19 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import rng
 from .backend import Backend, Problem
+from .exact.exact_metrics import exact_metrics, value_scale
+from .exact.expected_td import exact_td
 from .model import critic_teacher_error, problem_from_spec, teacher
 from .probes import PROBES, ProbeContext, ProbeState
 from .spec import Spec
-from .exact.exact_metrics import exact_metrics, value_scale
-from .exact.expected_td import exact_td
 
 CORE_METRICS = ("td_loss", "w_norm", "mean_rho2", "tracking_gap", "critic_teacher_error")
 EXTRA_CORE_METRICS = (
@@ -97,7 +98,7 @@ class _Iterations:
         _COMPUTING.discard(threading.get_ident())
         self._saved = None
 
-    def __enter__(self) -> "_Iterations":
+    def __enter__(self) -> _Iterations:
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:

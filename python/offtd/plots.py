@@ -280,9 +280,9 @@ def eigenvalues_data(run: Any) -> dict[str, Any] | None:
 
 
 def _save(fig, path: Path) -> None:
-    from .report import write_bytes_atomic
-
     import io
+
+    from .report import write_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -421,7 +421,7 @@ def write_plots(run: Any, out_dir: Path | None = None) -> list[Path]:
                 _save(draw(run, data), target / name)
         except OSError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a picture must never fail a finished run
+        except Exception as exc:
             sys.stderr.write(f"offtd: warning: could not draw {name}: {type(exc).__name__}: {exc}\n")
             continue
         written.append(target / name)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from . import rng
 from .backend import FIXED_POINT_BASE, STABILITY_BASE, Backend, Problem, RolloutBatch, TransitionSums
-from .model import Teacher, kl_gaussian, q_kernel_td_loss
-from .spec import Spec, sub_batches
 from .exact.exact_metrics import relative_gap, value_scale
 from .exact.expected_td import ExactTD, eig_summary, g_norm
 from .exact.uncertainty import subbatch_interval
+from .model import Teacher, kl_gaussian, q_kernel_td_loss
+from .spec import Spec, sub_batches
 
 
 @dataclass

@@ -13,10 +13,11 @@ import numbers
 import os
 import reprlib
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -205,7 +206,7 @@ class Spec:
         """The resolved spec as plain nested dicts and lists (TOML/JSON ready)."""
         return _to_plain(self)
 
-    def replace(self, **overrides: Any) -> "Spec":
+    def replace(self, **overrides: Any) -> Spec:
         """A new validated spec with dotted-key overrides, e.g. `replace(**{"policy.p_mix": 0.1})`."""
         return apply_overrides(self, overrides)
 

@@ -41,7 +41,11 @@ ROOT = SOURCE  # the worktree under test, set by main()
 BUGS: dict[str, object] = {
     # The probe transitions weight A_hat and b_hat by the unclipped rho, in both backends.
     "clip_ignored_in_probes": [
-        ("python/offtd/reference/transitions.py", "                rr = rho_bar * r\n", "                rho_bar = rho\n                rr = rho_bar * r\n"),
+        (
+            "python/offtd/reference/transitions.py",
+            "                rr = rho_bar * r\n",
+            "                rho_bar = rho\n                rr = rho_bar * r\n",
+        ),
         ("rust/transitions.rs", "            let rho_bar = clip_rho(buf.rho[c], fm.rho_clip);", "            let rho_bar = buf.rho[c];"),
         ("rust/transitions.rs", "                        let c = st.rho_bar * sc.phi[i];", "                        let c = st.rho * sc.phi[i];"),
         ("rust/transitions.rs", "                    let rb = st.rho_bar * st.reward;", "                    let rb = st.rho * st.reward;"),
