@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE, EXIT_INTERNAL, EXIT_PIPE = 3, 4, 128 + signal.SIGPIPE
@@ -60,7 +61,7 @@ def _detach_stdout() -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         sys.stderr.write(f"offtd: error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
