@@ -781,6 +781,8 @@ mod tests {
                     }
                     wts.push(1.0 / den);
                 }
+                // "drop wt_j < 10 eps": a NaN weight is not dropped (as in the kernel)
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 let kept: Vec<(f64, f64)> = bs
                     .iter()
                     .zip(&wts)

@@ -887,6 +887,8 @@ mod tests {
         let q5: Vec<f64> = (0..25)
             .map(|i| if i % 6 == 0 { 1.0 } else { 0.0 })
             .collect();
+        // (n, m, A, B, Q, R): a table of test cases
+        #[allow(clippy::type_complexity)]
         let cases: [(usize, usize, &[f64], &[f64], &[f64], &[f64]); 3] = [
             (2, 1, &A, &B, &Q, &R),
             (3, 2, &a3, &b3, &q3, &r3),

@@ -909,6 +909,8 @@ mod tests {
     /// MODEL.md 4.2 written out plainly: sub-batch r holds k in [floor(rK/R), floor((r+1)K/R)),
     /// each block of BLOCK consecutive samples inside it summed left to right from 0.0, the block
     /// sums added in order; one `model::step` per sample with draws read by index (uncached).
+    // the kernel's own argument list, mirrored
+    #[allow(clippy::too_many_arguments)]
     fn transitions_oracle(
         p: &Problem,
         k_pi: &[f64],
@@ -1077,6 +1079,8 @@ mod tests {
         let q5: Vec<f64> = (0..25)
             .map(|i| if i % 6 == 0 { 1.0 } else { 0.0 })
             .collect();
+        // (n, m, A, B, Q, R): a table of test cases
+        #[allow(clippy::type_complexity)]
         let cases: [(usize, usize, &[f64], &[f64], &[f64], &[f64]); 3] = [
             (2, 1, &A, &B, &Q, &R),
             (3, 2, &a3, &b3, &q3, &r3),
