@@ -194,3 +194,20 @@ def test_one_swept_key_is_one_row_and_none_draws_nothing(tmp_path, monkeypatch):
     assert len(sp.write_sweep_plots(one.root)) == 4
     none = offtd.sweep(None, {}, keep="summary", workers=1, out=tmp_path / "none")
     assert sp.write_sweep_plots(none.root) == []
+
+
+def test_a_large_panel_is_colour_only_with_thinned_ticks(tmp_path, monkeypatch):
+    """13 x 12 = 156 cells (over MAX_LABELLED = 144): no letters or numbers, at most MAX_TICKS labelled
+    values per axis, the first and the last among them, each at its value's cell."""
+    sweep_module = __import__("importlib").import_module("offtd.sweep")
+    monkeypatch.setattr(sweep_module, "summary_values", lambda spec, backend: ("PASS", "", [1.0] * 9))
+    mu = [round(0.2 + 0.05 * i, 4) for i in range(13)]
+    pi = [round(0.3 + 0.05 * i, 4) for i in range(12)]
+    res = offtd.sweep(None, {"policy.sigma_mu": mu, "policy.sigma_pi": pi}, keep="summary", workers=1, out=tmp_path)
+    data = sp.heatmap_data(res.root)
+    for fig in (sp.draw_status(data), sp.draw_metric(data, "mean_rho2", "mean rho^2 (dimensionless)", "log")):
+        ax = fig.axes[0]
+        assert len(ax.texts) == 0
+        for ticks, labels, values in ((ax.get_xticks(), ax.get_xticklabels(), mu), (ax.get_yticks(), ax.get_yticklabels(), pi)):
+            assert len(ticks) <= sp.MAX_TICKS and ticks[0] == 0 and ticks[-1] == len(values) - 1
+            assert [float(t.get_text()) for t in labels] == [values[int(i)] for i in ticks]

@@ -1,7 +1,8 @@
 """Pictures of a sweep: heatmaps over two swept keys, one panel per combination of the others.
 
 - status: each cell coloured by the status most of its seeds share, paler the fewer seeds share it, and
-  lettered with it (P, W, F, I, E) and, with several seeds, their count ("F 9/10");
+  lettered with it (P, W, F, I, E) and, with several seeds, their count ("F 9/10") in panels of up to
+  MAX_LABELLED cells (larger ones are colour only, as are the metric maps' numbers);
 - mean_rho2, k_hat of pi/b, the stability probe's spectral radius: the mean over seeds;
 - drawn over the status and radius maps, the exact stability boundary (the expected TD update at the
   initial gains, exact_radius = 1: `offtd theory`), and over (sigma_mu, sigma_pi) the line
@@ -203,10 +204,28 @@ def _figure(data: dict[str, Any]):
     return fig, axes[:n]
 
 
+MAX_TICKS = 10  # labelled values per axis (evenly spaced, the first and the last always)
+MAX_LABELLED = 144  # cells a panel prints its numbers or letters in; larger panels are colour only
+
+
+def _ticks(n: int) -> list[int]:
+    if n <= MAX_TICKS:
+        return list(range(n))
+    step = math.ceil((n - 1) / (MAX_TICKS - 1))
+    ticks = list(range(0, n, step))
+    if ticks[-1] != n - 1:  # the last value always; it replaces a tick too close to it
+        if n - 1 - ticks[-1] <= step / 2:
+            ticks[-1] = n - 1
+        else:
+            ticks.append(n - 1)
+    return ticks
+
+
 def _axes(ax, data: dict[str, Any], panel: dict[str, Any]) -> None:
     nx, ny = len(data["x_values"]), len(data["y_values"])
-    ax.set_xticks(range(nx), [_text(v) for v in data["x_values"]], rotation=45 if nx > 6 else 0, fontsize=7)
-    ax.set_yticks(range(ny), [_text(v) for v in data["y_values"]] if data["y"] else [""], fontsize=7)
+    xt, yt = _ticks(nx), _ticks(ny)
+    ax.set_xticks(xt, [_text(data["x_values"][i]) for i in xt], rotation=45 if len(xt) > 6 else 0, fontsize=7)
+    ax.set_yticks(yt, [_text(data["y_values"][i]) for i in yt] if data["y"] else [""], fontsize=7)
     ax.set_xlabel(_label(data["x"]), fontsize=8)
     if data["y"]:
         ax.set_ylabel(_label(data["y"]), fontsize=8)
@@ -275,8 +294,9 @@ def draw_status(data: dict[str, Any]):
                 share = panel["count"][iy, ix] / max(panel["seeds_run"][iy, ix], 1)
                 rgb = np.array(to_rgb(STATUS_COLOURS[s]))
                 img[iy, ix] = 1.0 - (0.3 + 0.7 * share) * (1.0 - rgb)  # paler when fewer seeds agree
-                text = s[0] if data["seeds"] == 1 else f"{s[0]}\n{panel['count'][iy, ix]}/{panel['seeds_run'][iy, ix]}"
-                ax.text(ix, iy, text, ha="center", va="center", fontsize=7 if nx <= 12 else 5)
+                if nx * ny <= MAX_LABELLED:
+                    text = s[0] if data["seeds"] == 1 else f"{s[0]}\n{panel['count'][iy, ix]}/{panel['seeds_run'][iy, ix]}"
+                    ax.text(ix, iy, text, ha="center", va="center", fontsize=7 if nx <= 12 else 5)
         ax.imshow(img, origin="lower", aspect="auto", interpolation="nearest")
         _overlays(ax, data, panel, handles)
         _axes(ax, data, panel)
@@ -319,7 +339,7 @@ def draw_metric(data: dict[str, Any], name: str, label: str, scale: Any = "log")
         masked = np.ma.masked_invalid(v)
         image = ax.imshow(masked, origin="lower", aspect="auto", interpolation="nearest", cmap=cmap_name, norm=norm)
         ax.set_facecolor("#dddddd")  # not measured, or not finite
-        if nx * ny <= 144:
+        if nx * ny <= MAX_LABELLED:
             cmap = image.get_cmap()
             for iy in range(ny):
                 for ix in range(nx):
