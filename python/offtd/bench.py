@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,8 @@ class Case:
     name: str
     unit: str  # what throughput counts ("transitions", "ratios", "solves", ...)
     items: int  # units per call
-    make: Callable[[Backend], Callable[[], object]]
-    numpy_baseline: Callable[[], object] | None = None
+    make: Callable[..., Callable[[], object]]  # make(backend): the call to time (extra defaults bind loop values)
+    numpy_baseline: Callable[..., object] | None = None
 
 
 def _problem(n: int = 2, m: int = 2) -> Problem:
@@ -208,10 +209,10 @@ def _fmt_rate(x: float) -> str:
 def main(quick: bool = False, json_path: str | None = None, only: str | None = None) -> int:
     """Print the kernel table and the sweep table (`only`: "kernels" or "sweeps")."""
     cores = os.cpu_count() or 1
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     if only != "sweeps":
         rows = _kernels(quick, cores)
-    sweeps: list[dict[str, object]] = []
+    sweeps: list[dict[str, Any]] = []
     if only != "kernels":
         sweeps = sweep_rows(quick)
         print(("\n" if rows else "") + sweep_table(sweeps))
@@ -223,13 +224,13 @@ def main(quick: bool = False, json_path: str | None = None, only: str | None = N
     return 0
 
 
-def _kernels(quick: bool, cores: int) -> list[dict[str, object]]:
+def _kernels(quick: bool, cores: int) -> list[dict[str, Any]]:
     budget = 0.2 if quick else 1.0
     all_cases = cases(quick)
     ref = measure("python", quick, budget)
     rust = measure("rust", quick, budget)
     rust1 = _single_thread_rust(quick, budget)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in all_cases:
         base = time_call(c.numpy_baseline, budget) if c.numpy_baseline is not None else None
         rows.append(
@@ -286,7 +287,7 @@ def _grid_values(cells: int) -> str:
     return ",".join(repr(round(0.2 * i / cells, 12)) for i in range(cells))
 
 
-def sweep_wall(cells: int, sets: dict[str, object], workers: int | None) -> float:
+def sweep_wall(cells: int, sets: Mapping[str, object], workers: int | None) -> float:
     """Wall seconds of `offtd sweep` over `cells` cells (policy.p_mix) of the default spec with `sets`,
     --keep summary, no plots, as a user runs it: a fresh process (its start-up included), the default
     executor (workers None) or --workers N. RAYON_NUM_THREADS=1: one core per worker, and --workers 1 is
@@ -341,7 +342,7 @@ def _sweep_overhead_child(cells: int) -> dict[str, float]:
     return json.loads(proc.stdout)
 
 
-def sweep_rows(quick: bool) -> list[dict[str, object]]:
+def sweep_rows(quick: bool) -> list[dict[str, Any]]:
     """The sweep figures of issue 10: the default executor against --workers 1 on a 200-cell sweep of
     default runs (outer_iters 40) and of short ones (10), the per-cell overhead of --keep summary, and
     10^4 cells of the default spec extrapolated from a measured 10^3 (quick: 50 cells, 200 extrapolated)."""
@@ -350,7 +351,7 @@ def sweep_rows(quick: bool) -> list[dict[str, object]]:
 
     cores = usable_cores()
     n = 50 if quick else 200
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     variants = [("default spec (40 it)", {})] if quick else [("default spec (40 it)", {}), ("short runs (10 it)", {"run.outer_iters": 10})]
     for label, sets in variants:
         one = sweep_wall(n, sets, 1)
@@ -375,7 +376,7 @@ def _fmt_wall(s: float) -> str:
     return f"{s / 60:.3g} min" if s >= 120 else f"{s:.3g} s"
 
 
-def sweep_table(rows: list[dict[str, object]]) -> str:
+def sweep_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| sweep case | wall | per cell | note |", "|---|---|---|---|"]
     for r in rows:
         note = ""

@@ -35,7 +35,7 @@ WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_TH
 # --------------------------------------------------------------------------------- the stop request
 
 _stop_check: Callable[[], bool] | None = None  # this process's "should the running sweep task stop?"
-_worker_stop: mp.synchronize.Event | None = None  # type: ignore[name-defined]
+_worker_stop: mp.synchronize.Event | None = None
 _worker_signalled = False
 
 
@@ -89,7 +89,7 @@ def _die_with(sweep_pid: int) -> None:
         except (OSError, AttributeError):  # pragma: no cover - no prctl
             pass
     try:
-        fd: int | None = os.pidfd_open(sweep_pid)  # type: ignore[attr-defined]
+        fd: int | None = os.pidfd_open(sweep_pid)
     except ProcessLookupError:  # already gone
         os.kill(os.getpid(), signal.SIGKILL)
         return
@@ -144,7 +144,8 @@ def _init_worker(stop_event: Any, sweep_pid: int, env: dict[str, str]) -> None:
     else:  # held for the worker's life: run_batch need not set and restore it for every task
         import importlib
 
-        importlib.import_module("offtd.sweep")._blas_held = True
+        sweep_module: Any = importlib.import_module("offtd.sweep")  # the module (offtd.sweep is also the function)
+        sweep_module._blas_held = True
 
 
 def _quiet_resource_tracker() -> None:
@@ -245,7 +246,7 @@ class InProcessExecutor(cf.Executor):
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+    def submit(self, fn, /, *args, **kwargs):
         if self._closed:
             raise RuntimeError("cannot submit after shutdown")
         fut: cf.Future = cf.Future()

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections import Counter
@@ -45,10 +46,10 @@ from .report import jsonable, md, write_atomic
 from .spec import Spec, SpecError, _printable, load_spec, read_toml, to_toml
 from .summary import fmt
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 # (column, where in report.json) of the headline metrics in the summary table.
 HEADLINE = (
@@ -651,7 +652,7 @@ class Store:
             self.flagged[pair] = flagged
         else:
             self.flagged.pop(pair, None)
-        if self.values is not None:
+        if self.values is not None and self.elapsed is not None:  # both kept, or neither (STORE_LIMIT)
             self.values[pair] = [math.nan if v is None else v for v in values]
             self.elapsed[pair] = math.nan if elapsed is None else elapsed
 
@@ -1363,10 +1364,10 @@ class _Runner:
         if self.retry:
             return [self.retry.pop(0)]
         if self.todo is not None:
-            batch = self.todo[self.cursor : self.cursor + n]
+            batch: list[int] = self.todo[self.cursor : self.cursor + n]
             self.cursor += len(batch)
             return batch
-        batch: list[int] = []
+        batch = []
         status = self.store.status
         while len(batch) < n and self.cursor < len(status):
             end = min(len(status), self.cursor + 65536)

@@ -152,7 +152,7 @@ def heatmap_data(root: str | Path, x: str | None = None, y: str | None = None) -
         panels.append({"fixed": fixed, "cell": cell, "status": status, "count": count, "seeds_run": ran,
                        "metrics": metrics, "exact": exact})  # fmt: skip
     sigma = None
-    if {x, y} == {"policy.sigma_mu", "policy.sigma_pi"}:
+    if y is not None and {x, y} == {"policy.sigma_mu", "policy.sigma_pi"}:
         sigma = _sigma_line(defn.grid[x], defn.grid[y], x == "policy.sigma_mu")
     return {
         "name": defn.base.name,
