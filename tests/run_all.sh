@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: install offtd with its test extras (this builds the
-# Rust core through maturin), run the Rust unit tests, then pytest. Extra arguments go to pytest.
+# Rust core through maturin), lint and type-check (the hooks of .pre-commit-config.yaml), run the Rust
+# unit tests, then pytest. Extra arguments go to pytest. A lint or type error fails the run, after
+# the tests have run too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A core built before the abi3 switch (_core.cpython-3XX-*.so) would shadow the new _core.abi3.so.
+rm -f python/offtd/_core.cpython-*.so
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+lint=0
+step() {
+  echo "lint: $*"
+  "$@" || { echo "lint failed: $*" >&2; lint=1; }
+}
+step python3 -m ruff check python tests benchmarks
+step python3 -m mypy
+step cargo fmt --check
+step cargo clippy --all-targets --quiet -- -D warnings
 cargo test --quiet
 set +e
 python3 -m pytest "$@"
@@ -14,7 +27,8 @@ if [ "$rc" -eq 5 ]; then
   exit 1
 fi
 if [ "$rc" -ne 0 ] || [ "$#" -gt 0 ]; then
-  exit "$rc"
+  [ "$rc" -ne 0 ] && exit "$rc"
+  exit "$lint"
 fi
 # The thorough Hypothesis profile (500 examples, not derandomized) on a rotating subset: three of the
 # property-test modules, chosen by the day of the year, so every module gets the long run every few days
@@ -31,4 +45,10 @@ set +e
 HYPOTHESIS_PROFILE=thorough python3 -m pytest -q -p no:cacheprovider "${picked[@]}"
 rc=$?
 set -e
-exit "$rc"
+if [ "$rc" -ne 0 ]; then
+  exit "$rc"
+fi
+if [ "$lint" -ne 0 ]; then
+  echo "the tests passed but lint or type checks failed (see 'lint failed' above)" >&2
+fi
+exit "$lint"
