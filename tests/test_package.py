@@ -94,3 +94,37 @@ def test_one_compiled_core_beside_the_package():
     cores = sorted(p.name for p in here.glob("_core.*") if p.suffix in (".so", ".pyd"))
     assert cores == [Path(offtd._core.__file__).name], f"stale compiled cores in {here}: {cores}; delete all but _core.abi3.so"
     assert offtd._core.__file__.endswith(".abi3.so") or offtd._core.__file__.endswith(".pyd")
+
+
+# Every module-level name offtd.spec had before it was split into spec_schema (schema, defaults,
+# validation) and spec_io (TOML, overrides); other code and old notebooks import them from offtd.spec.
+SPEC_NAMES = [
+    "ActorCfg", "CriticCfg", "DistributionProbeCfg", "EnvCfg", "FixedPointProbeCfg", "HealthCfg", "INT_MAX",
+    "MAX_SPEC_BYTES", "Matrix", "PolicyCfg", "ProbesCfg", "QKernelProbeCfg", "REMOVED_KEYS", "RhoCfg",
+    "RunCfg", "SWEEP_TABLE", "Spec", "SpecError", "StabilityProbeCfg", "_MATRIX_KEYS", "_MAX_NORMAL",
+    "_PSD_KEYS", "_REPR", "_SUBTABLES", "_TEACHER_INPUTS", "_build", "_check_initial_teacher",
+    "_check_matrix", "_check_memory", "_check_scalar", "_deep_copy", "_default_matrix", "_drop_none", "_f",
+    "_float_or_none", "_format_toml_error", "_is_bool", "_is_ndarray", "_is_real", "_num", "_printable",
+    "_resolve", "_set_dotted", "_short", "_suggest", "_to_plain", "_toml_value", "apply_overrides",
+    "default_spec_text", "key_hparams", "load_spec", "memory_estimate_bytes", "memory_terms",
+    "parse_override", "read_toml", "spec_from_dict", "sub_batches", "to_toml",
+]
+
+
+def test_spec_names_survive_the_split(tmp_path):
+    import offtd.report
+    import offtd.spec
+    import offtd.spec_io
+    import offtd.spec_schema
+
+    for name in SPEC_NAMES:
+        here = getattr(offtd.spec, name)
+        if name != "key_hparams":
+            home = offtd.spec_schema if hasattr(offtd.spec_schema, name) else offtd.spec_io
+            assert here is getattr(home, name), name
+    spec = offtd.load_spec(None)
+    assert offtd.spec.key_hparams(spec) == offtd.report.key_hparams(spec)
+    assert offtd.spec.key_hparams(spec).startswith("outer_iters=")
+    (tmp_path / "s.toml").write_text(offtd.spec.to_toml(spec))
+    assert offtd.spec.load_spec(tmp_path / "s.toml") == spec
+    assert not hasattr(offtd.spec_schema, "load_spec")  # the schema does no I/O

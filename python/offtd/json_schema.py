@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from . import spec as _spec
+from . import spec_schema as _spec
 
 MATRIX = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 1}, "minItems": 1}
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from .health import Verdict
 from .loop import CORE_METRICS, EXTRA_CORE_METRICS, LoopResult
-from .spec import Spec, _printable, key_hparams, to_toml
+from .spec_io import to_toml
+from .spec_schema import Spec, _printable
 from .summary import fmt, summarize
 
 SAMPLE_COLUMNS = (
@@ -34,6 +35,15 @@ def probe_columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
     for r in rows:
         names.extend(k for k in r if k not in names)
     return {k: [r.get(k, math.nan) for r in rows] for k in names}
+
+
+def key_hparams(spec: Spec) -> str:
+    """The Run Info line: the hyperparameters a reader compares across runs."""
+    return (
+        f"outer_iters={spec.run.outer_iters}, horizon={spec.run.horizon}, gamma={spec.critic.gamma:g}, "
+        f"alpha_w={spec.critic.alpha_w:g}, alpha_pi={spec.actor.alpha_pi:g}, beta={spec.policy.beta:g}, "
+        f"sigma_mu={spec.policy.sigma_mu:g}, sigma_pi={spec.policy.sigma_pi:g}, p_mix={spec.policy.p_mix:g}"
+    )
 
 
 def build_report(spec: Spec, result: LoopResult, verdict: Verdict, theory: dict, run_info: dict[str, Any]) -> dict:
