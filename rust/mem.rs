@@ -281,3 +281,101 @@ mod tests {
         assert_eq!(bytes_of::<f64>(3), 24);
     }
 }
+
+/// The tests' counting global allocator: the peak of the bytes live on the calling thread while a
+/// closure runs on a one-thread rayon pool, the oracle of the `*_bytes` estimates (what a kernel
+/// really holds at once, measured, not recomputed from the estimate's own formula).
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<i128> = const { Cell::new(0) };
+        static PEAK: Cell<i128> = const { Cell::new(0) };
+    }
+
+    fn add(delta: i128) {
+        let _ = LIVE.try_with(|live| {
+            let v = live.get() + delta;
+            live.set(v);
+            let _ = PEAK.try_with(|peak| {
+                if v > peak.get() {
+                    peak.set(v)
+                }
+            });
+        });
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+    // const-initialized thread-locals whose access never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = System.alloc(layout);
+            if !p.is_null() {
+                add(layout.size() as i128);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let p = System.alloc_zeroed(layout);
+            if !p.is_null() {
+                add(layout.size() as i128);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout);
+            add(-(layout.size() as i128));
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = System.realloc(ptr, layout, new_size);
+            if !p.is_null() {
+                add(new_size as i128 - layout.size() as i128);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// `(estimate(), f(), peak)`, both run on one rayon pool of one thread (so `par` runs every item
+    /// there and the estimate counts one thread's scratch): `peak` is the most bytes live at once on
+    /// that thread while `f` ran, above what was live when it started (its result included).
+    pub fn measure<R: Send>(
+        estimate: impl FnOnce() -> u128 + Send,
+        f: impl FnOnce() -> R + Send,
+    ) -> (u128, R, u128) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let est = estimate();
+            let base = LIVE.with(|l| l.get());
+            PEAK.with(|p| p.set(base));
+            let r = f();
+            let peak = PEAK.with(|p| p.get()) - base;
+            (est, r, peak.max(0) as u128)
+        })
+    }
+
+    /// An estimate of the bytes a call holds at once against the measured peak: never below it
+    /// (but for 256 bytes: the estimates count array elements, not the headers of the structs that
+    /// own them, e.g. 104 bytes per state-moment component), and not above 1.25 times it plus
+    /// 48 KiB (the fixed-size scratch the estimates reserve for the largest fixed kernel, n = m = 4,
+    /// is up to ~40 KiB more than a smaller problem's).
+    pub fn check_estimate(what: &str, est: u128, peak: u128) {
+        assert!(
+            peak <= est + 256,
+            "{what}: holds {peak} bytes, more than the estimate {est}"
+        );
+        assert!(
+            est <= peak + peak / 4 + (48 << 10),
+            "{what}: estimate {est} bytes, far above the {peak} held"
+        );
+    }
+}

@@ -93,9 +93,22 @@ fn rows_kept(
 
 /// The `rank`-th smallest (0-based) squared pairwise distance of the pooled set.
 fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -> CoreResult<f64> {
+    select_sq_distance_capped(x, y, m, dim, rank, DIRECT_CAP)
+}
+
+/// [`select_sq_distance`] selecting directly among at most `cap` values (the tests take the
+/// histogram passes on small sets with a small cap).
+fn select_sq_distance_capped(
+    x: &[f64],
+    y: &[f64],
+    m: usize,
+    dim: usize,
+    rank: usize,
+    cap: usize,
+) -> CoreResult<f64> {
     let z = 2 * m;
     let pairs = m * (z - 1);
-    if pairs <= DIRECT_CAP {
+    if pairs <= cap {
         let parts = par::map_ranges(z, ROW_GROUP, true, |lo, hi| {
             rows_kept(x, y, m, dim, lo, hi, |_| true)
         })?;
@@ -156,7 +169,7 @@ fn select_sq_distance(x: &[f64], y: &[f64], m: usize, dim: usize, rank: usize) -
         if lo == hi {
             return Ok(f64::from_bits(lo));
         }
-        if count <= DIRECT_CAP {
+        if count <= cap {
             let parts = par::map_ranges(z, hist_rows, true, |rlo, rhi| {
                 rows_kept(x, y, m, dim, rlo, rhi, |d2| {
                     let bits = d2.to_bits();
@@ -402,6 +415,13 @@ pub fn mmd2(x: &[f64], y: &[f64], dim: usize) -> CoreResult<(f64, f64)> {
     if m * (2 * m - 1) <= MATERIALIZE_CAP {
         return mmd2_materialized(x, y, m, dim);
     }
+    mmd2_streaming(x, y, m, dim)
+}
+
+/// [`mmd2`] of large sets without storing the pairs: the median by selection (or histogram passes)
+/// and the three kernel sums row by row. The same bits as [`mmd2_materialized`] (the tests run both
+/// on every size).
+fn mmd2_streaming(x: &[f64], y: &[f64], m: usize, dim: usize) -> CoreResult<(f64, f64)> {
     let sigma = median_sigma(x, y, m, dim)?;
     if m < 2 {
         return Ok((f64::NAN, sigma));
@@ -469,19 +489,10 @@ mod tests {
         }
     }
 
-    /// The streaming path of large sets (kernel sums row by row, median by selection or histogram)
-    #[allow(clippy::type_complexity)]
+    /// The streaming path of large sets (kernel sums row by row, median by selection or histogram),
+    /// at any size: mmd2 itself, not a copy of it
     fn streaming(x: &[f64], y: &[f64], m: usize, dim: usize) -> (f64, f64) {
-        let sigma = median_sigma(x, y, m, dim).unwrap();
-        if m < 2 {
-            return (f64::NAN, sigma);
-        }
-        let den = 2.0 * (sigma * sigma);
-        let kxx = kernel_sum(x, x, m, dim, den).unwrap();
-        let kyy = kernel_sum(y, y, m, dim, den).unwrap();
-        let kxy = kernel_sum(x, y, m, dim, den).unwrap();
-        let mm1 = (m * (m - 1)) as f64;
-        ((kxx / mm1 + kyy / mm1) - (2.0 * kxy) / mm1, sigma)
+        mmd2_streaming(x, y, m, dim).unwrap()
     }
 
     #[test]
@@ -704,5 +715,67 @@ mod tests {
         let (v, s) = mmd2(&[1.0, f64::INFINITY], &[1.0, 2.0], 1).unwrap();
         assert_eq!(s, 1.0);
         assert!(v.is_finite());
+    }
+    /// `mmd2_bytes` against what `mmd2` really holds at once (a counting allocator).
+    #[test]
+    fn mmd2_bytes_bounds_what_mmd2_holds() {
+        for (m, dim) in [(2usize, 1usize), (30, 3), (300, 4), (1000, 2)] {
+            let x: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
+                .collect();
+            let y: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
+                .collect();
+            let (est, out, peak) =
+                crate::mem::counting::measure(|| mmd2_bytes(m), || mmd2(&x, &y, dim).unwrap());
+            crate::mem::counting::check_estimate(&format!("mmd2 m {m} dim {dim}"), est, peak);
+            assert!(out.1 > 0.0);
+        }
+    }
+    /// The histogram passes on small sets (a small cap forces them, several passes deep): ranks of
+    /// the pooled squared distances written out plainly (i < j, coordinates in order) and sorted,
+    /// with ties, zeros and infinite distances.
+    #[test]
+    fn histogram_passes_select_every_rank() {
+        let mut s: u64 = 99;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / 9007199254740992.0 * 8.0).round() / 4.0 // ties on purpose
+        };
+        for (m, dim, inf) in [(2usize, 1usize, false), (12, 2, false), (25, 3, true)] {
+            let x: Vec<f64> = (0..m * dim).map(|_| next()).collect();
+            let mut y: Vec<f64> = (0..m * dim).map(|_| next() + 0.25).collect();
+            y[dim] = x[dim]; // a zero distance
+            if inf {
+                y[0] = f64::INFINITY; // a row of infinite distances
+            }
+            let z: Vec<&[f64]> = x.chunks(dim).chain(y.chunks(dim)).collect();
+            let mut want = Vec::new();
+            for i in 0..z.len() {
+                for j in i + 1..z.len() {
+                    let mut acc = 0.0;
+                    for c in 0..dim {
+                        acc += (z[i][c] - z[j][c]) * (z[i][c] - z[j][c]);
+                    }
+                    want.push(acc);
+                }
+            }
+            want.sort_by(|a, b| a.total_cmp(b));
+            for cap in [0usize, 3, 50] {
+                for rank in (0..want.len())
+                    .step_by(1 + want.len() / 150)
+                    .chain([want.len() - 1])
+                {
+                    let got = select_sq_distance_capped(&x, &y, m, dim, rank, cap).unwrap();
+                    assert_eq!(
+                        got.to_bits(),
+                        want[rank].to_bits(),
+                        "m {m} cap {cap} rank {rank}"
+                    );
+                }
+            }
+        }
     }
 }

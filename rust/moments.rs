@@ -676,4 +676,28 @@ mod tests {
         // sigmas of exactly 0 are allowed (a deterministic component)
         assert!(state_moments(1, 1, &a, &b, &k, &k, 0.0, 0.0, 0.0, 0.0, 0.5, 3).is_ok());
     }
+    /// `state_moments_bytes` against what `state_moments` really holds at once (a counting
+    /// allocator).
+    #[test]
+    fn state_moments_bytes_bounds_what_the_recursion_holds() {
+        for (n, m) in [(1usize, 1usize), (2, 2), (4, 3), (7, 2)] {
+            let a: Vec<f64> = (0..n * n)
+                .map(|i| if i % (n + 1) == 0 { 0.5 } else { 0.05 })
+                .collect();
+            let b = vec![0.2; n * m];
+            let k = vec![0.1; m * n];
+            for p_mix in [0.0, 0.3] {
+                let (est, out, peak) = crate::mem::counting::measure(
+                    || state_moments_bytes(n),
+                    || state_moments(n, m, &a, &b, &k, &k, 0.4, 0.5, 0.1, 1.0, p_mix, 5).unwrap(),
+                );
+                crate::mem::counting::check_estimate(
+                    &format!("state_moments n {n} m {m} p_mix {p_mix}"),
+                    est,
+                    peak,
+                );
+                drop(out);
+            }
+        }
+    }
 }

@@ -1039,4 +1039,57 @@ mod tests {
         assert_eq!(windows(Layout::new(2, 2).len, 100, 8), (1, 8));
         assert_eq!(windows(Layout::new(2, 2).len, 1, 1_000_000).0, ITEM_STEPS);
     }
+    /// The estimate `rollout_bytes` against what `rollout` really holds at once (a counting
+    /// allocator): never below it, and at most 1.5 times it plus the fixed scratch.
+    #[test]
+    fn rollout_bytes_bounds_what_the_kernel_holds() {
+        for (n, m) in [(1usize, 1usize), (2, 1), (3, 2), (5, 2)] {
+            let eye = |k: usize, v: f64| -> Vec<f64> {
+                (0..k * k)
+                    .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
+                    .collect()
+            };
+            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 1.0));
+            let b = vec![0.1; n * m];
+            let p = Problem {
+                n,
+                m,
+                ..problem(&a, &b, &q, &r, 0.25, 2.0)
+            };
+            let w = vec![0.01; feature_dim(n)];
+            let k = vec![0.0; m * n];
+            for (batch, horizon) in [(1usize, 1usize), (3, 40), (2, 700), (40, 30)] {
+                let (est, out, peak) = crate::mem::counting::measure(
+                    || rollout_bytes(n, m, batch, horizon).unwrap(),
+                    || rollout(&p, &w, &k, &k, 0, batch, horizon).unwrap(),
+                );
+                crate::mem::counting::check_estimate(
+                    &format!("rollout n {n} m {m} batch {batch} horizon {horizon}"),
+                    est,
+                    peak,
+                );
+                drop(out);
+            }
+        }
+    }
+    /// An out-of-memory error names the argument that makes the arrays large; a size whose product
+    /// overflows is refused as such, before any plan (batch (horizon + 1) n, not batch horizon n).
+    #[test]
+    fn oversized_requests_name_the_large_argument() {
+        let p = problem(&A, &B, &Q, &R, 0.0, f64::INFINITY);
+        let (w, k) = ([0.0; 6], [0.0, 0.0]);
+        let oom = |r: CoreResult<RolloutOut>| match r {
+            Err(CoreError::OutOfMemory { arg, .. }) => arg,
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1, 1 << 40)), "horizon");
+        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1 << 40, 1)), "batch");
+        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1 << 30, 1 << 30)), "batch"); // a tie names batch
+                                                                                // n = 2, horizon = usize::MAX / 2: (horizon + 1) n overflows, horizon n does not
+        let e = rollout(&p, &w, &k, &k, 0, 1, usize::MAX / 2).unwrap_err();
+        assert!(
+            matches!(e, CoreError::InvalidArgument { arg: "batch", .. }),
+            "{e:?}"
+        );
+    }
 }

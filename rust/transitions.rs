@@ -1393,4 +1393,52 @@ mod tests {
             }
         }
     }
+    /// `transitions_bytes` and `policy_samples_bytes` against what the kernels really hold at once
+    /// (a counting allocator).
+    #[test]
+    fn bytes_estimates_bound_what_the_probe_kernels_hold() {
+        let p = problem(0.3);
+        let k = [0.1, -0.2];
+        let pool = pool();
+        for (count, repeats) in [(1usize, 1usize), (300, 1), (300, 16), (3000, 4), (5000, 16)] {
+            let (est, out, peak) = crate::mem::counting::measure(
+                || transitions_bytes(2, 1, count, repeats),
+                || transitions(&p, &k, &k, &pool, count, repeats, 20, 0).unwrap(),
+            );
+            crate::mem::counting::check_estimate(
+                &format!("transitions count {count} repeats {repeats}"),
+                est,
+                peak,
+            );
+            drop(out);
+        }
+        for (count, mmd) in [(2usize, 2usize), (300, 64), (3000, 3000), (5000, 100)] {
+            let (est, out, peak) = crate::mem::counting::measure(
+                || policy_samples_bytes(2, 1, count, mmd),
+                || policy_samples(2, 1, 0.3, 0.5, 7, &k, &k, &pool, count, mmd, 0).unwrap(),
+            );
+            crate::mem::counting::check_estimate(
+                &format!("policy_samples count {count} mmd_count {mmd}"),
+                est,
+                peak,
+            );
+            drop(out);
+        }
+    }
+    /// An out-of-memory error of the policy samples names the argument that makes the arrays
+    /// large: the MMD rows (n + 2m values each) or the samples.
+    #[test]
+    fn oversized_policy_samples_name_the_large_argument() {
+        let k = [0.0, 0.0];
+        let pool = pool();
+        let oom = |count: usize, mmd_count: usize| match policy_samples(
+            2, 1, 0.3, 0.5, 1, &k, &k, &pool, count, mmd_count, 0,
+        ) {
+            Err(CoreError::OutOfMemory { arg, .. }) => arg,
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(oom(1 << 40, 1 << 40), "mmd_count"); // 4 x 2^40 values of rows > 2^40 ratios
+        assert_eq!(oom(1 << 40, 2), "count");
+        assert_eq!(oom(1 << 40, 1 << 38), "count"); // 4 x 2^38 = 2^40 rows: not more than the samples
+    }
 }
