@@ -16,9 +16,10 @@
 # rebuild of the crate re-optimizes its monomorphized fixed-size kernels (~100 s a mutant on a busy
 # 2-core machine), at opt-level 0 it takes ~5 s; the tests then take ~1 s, except
 # mmd::tests::histogram_path_equals_direct_selection (35 s: 4.5M pairs, the only test that reaches
-# the histogram selection). That test only matters for mutants of mmd.rs's select_sq_distance, so a
-# full run has three parts: `rest` (the other modules) and `mmd-other` (the rest of mmd.rs) skip it,
-# `mmd-select` (select_sq_distance) runs every test.
+# the histogram selection at its real size; histogram_passes_select_every_rank reaches the same
+# passes on small sets). It only matters for mutants of mmd.rs's median selection, so a full run has
+# three parts: `rest` (the other modules) and `mmd-other` (the rest of mmd.rs) skip it, `mmd-select`
+# (select_sq_distance and select_sq_distance_capped) runs every test.
 #
 # Modules: rollout, transitions, ratios, solver, power, mmd, moments, model, philox (the mathematics).
 # Not bindings.rs / error.rs (Python glue and messages) nor par.rs (a thread driver whose mutants
@@ -82,7 +83,15 @@ total = viable + counts["unviable"]
 print(f"mutants: {total}  caught: {counts['caught']}  missed: {counts['missed']}  "
       f"timeout: {counts['timeout']}  unviable: {counts['unviable']}")
 if viable:
-    print(f"score (caught + timeout) / viable: {100.0 * (counts['caught'] + counts['timeout']) / viable:.1f}%  "
+    k = counts["caught"] + counts["timeout"]
+    try:  # exact binomial (Clopper-Pearson) 95% interval of the score, the sample being random
+        from scipy import stats
+        lo = stats.beta.ppf(0.025, k, viable - k + 1) if k > 0 else 0.0
+        hi = stats.beta.ppf(0.975, k + 1, viable - k) if k < viable else 1.0
+        ci = f", 95% interval {100 * lo:.1f}-{100 * hi:.1f}%"
+    except ImportError:
+        ci = ""
+    print(f"score (caught + timeout) / viable: {k}/{viable} = {100.0 * k / viable:.1f}%{ci}  "
           f"(caught / viable: {100.0 * counts['caught'] / viable:.1f}%)")
 for f in sorted(by_file):
     c = by_file[f]
@@ -154,8 +163,8 @@ case "$mode" in
         for part in ${PARTS:-rest mmd-select mmd-other}; do
             case $part in
                 rest) run_mutants "$out/rest" "${rest[@]}" -- --skip "$SLOW_TEST" ;;
-                mmd-select) run_mutants "$out/mmd-select" -f rust/mmd.rs -F ' in select_sq_distance$' ;;
-                mmd-other) run_mutants "$out/mmd-other" -f rust/mmd.rs -E ' in select_sq_distance$' -- --skip "$SLOW_TEST" ;;
+                mmd-select) run_mutants "$out/mmd-select" -f rust/mmd.rs -F ' in select_sq_distance(_capped)?$' ;;
+                mmd-other) run_mutants "$out/mmd-other" -f rust/mmd.rs -E ' in select_sq_distance(_capped)?$' -- --skip "$SLOW_TEST" ;;
                 *) echo "unknown part $part" >&2; exit 2 ;;
             esac
         done
