@@ -408,3 +408,22 @@ def test_progress_is_quiet_off_a_terminal_and_shown_on_one(tmp_path, offtd_cmd):
     code, shown = _on_terminal([*base, "--out", str(tmp_path / "c")])
     assert code == 0, shown
     assert "\r\x1b[K  runs 3/3, " in shown  # one line rewritten in place
+
+
+def test_a_pool_whose_workers_cannot_start_gives_error_rows_that_say_why(tmp_path):
+    """A script that calls offtd.sweep without the `if __name__ == "__main__":` guard: the pool's
+    workers import the script and die. Every run is an ERROR row naming the likely causes, and the sweep
+    returns instead of restarting the pool again and again."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import offtd\n"
+        f"res = offtd.sweep(None, {{'policy.p_mix': [0, 0.1]}}, seeds='0..1', workers=2, keep='summary', out={str(tmp_path)!r},"
+        " run__outer_iters=2)\n"
+        "print(res.counts['ERROR'], res.complete)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "4 True"
+    rows = _csv_rows(next(tmp_path.glob("default_sweep/*")))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ERROR"}
+    assert all('call offtd.sweep under `if __name__ == "__main__":`' in r["flagged"] for r in rows)

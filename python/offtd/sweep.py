@@ -625,7 +625,15 @@ def _remove_partial(job: Job, pair: int) -> None:
             pass
 
 
+POOL_DIED = (
+    "a worker process died (killed, out of memory, or it could not start: in a script, call offtd.sweep under "
+    '`if __name__ == "__main__":`, as the pool\'s workers import the script)'
+)
+
+
 def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, cf.process.BrokenProcessPool):
+        return POOL_DIED
     text = str(exc) if isinstance(exc, SpecError) else f"{type(exc).__name__}: {exc}"
     text = _printable(text)
     return text if len(text) <= 300 else text[:297] + "..."
@@ -1487,7 +1495,9 @@ class _Runner:
         """A broken local pool is replaced (at most 10 times): the sweep goes on."""
         from .executors import LocalPool
 
-        if self.own is None or self.restarts >= 10:
+        # A pool that broke before any run came back breaks again (its workers cannot start: a script
+        # without the `if __name__ == "__main__":` guard, a broken install): one restart, not ten.
+        if self.own is None or self.restarts >= (10 if self.finished else 1):
             return False
         if not getattr(self.own, "_broken", False) and not isinstance(exc, cf.process.BrokenProcessPool):
             return False
