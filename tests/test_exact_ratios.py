@@ -149,6 +149,7 @@ def test_clip_region_is_where_rho_exceeds_the_clip(m, sp, sm, p, c):
     elif kind == "above":
         expect = radii**2 > r2
     else:
+        assert kind == "below", kind  # the four kinds ratio_moments distinguishes, nothing else
         expect = radii**2 < r2
     near = np.abs(_log_rho(radii, m, sp, sm, p) - math.log(c)) < 1e-9  # rounding at the boundary itself
     assert np.all((above == expect) | near)

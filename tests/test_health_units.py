@@ -22,13 +22,13 @@ from offtd.spec import load_spec
 Z95 = float(stats.norm.ppf(0.975))  # 1.959963984540054, the z of health.level = 0.95 (scipy, not offtd)
 TOL = 2.0**-20  # an exact_tol for which 1 + tol and 1 - tol are exact
 BIG = 1e300  # a value past the completed iterations, which no check may read
-_SPECS: dict[tuple, object] = {}
+_SPECS: dict[str, object] = {}
 
 
 def make_spec(**over):
     """The default experiment with last_k = 4 and round thresholds, plus dotted overrides."""
     base = {"run.last_k": 4, "health.w_norm_max": 4.0, "health.td_loss_max": 8.0, "health.rho2_max": 10.0}
-    key = tuple(sorted({**base, **over}.items()))
+    key = repr(sorted({**base, **over}.items()))
     if key not in _SPECS:
         _SPECS[key] = load_spec(None, {**base, **over})
     return _SPECS[key]

@@ -189,3 +189,47 @@ def test_oracle_states_are_the_rollout_states():
     roll = get_backend("rust").rollout(problem_from_spec(spec), np.zeros(6), np.zeros((2, 2)), np.zeros((2, 2)), 0, 2, 7)
     want = oracle_iteration(spec, 0, np.zeros(6), np.zeros((2, 2)), np.zeros((2, 2)))["states"]
     assert np.allclose(roll.states, want, rtol=1e-13, atol=1e-15)
+
+
+def _small(**over):
+    base = {"run.outer_iters": 3, "run.horizon": 10, "run.batch": 2, "run.probe_every": 1,
+            "probes.fixed_point.batch_size": 64, "probes.fixed_point.repeats": 4, "probes.stability.batch_size": 64,
+            "probes.stability.repeats": 4, "probes.distribution.num_samples": 64, "probes.distribution.action_samples": 8}  # fmt: skip
+    return load_spec(None, {**base, **over})
+
+
+@pytest.mark.parametrize("backend", ["python", "rust"])
+def test_progress_counts_completed_iterations_and_the_last_ratios_are_kept(backend):
+    from offtd.backend import get_backend
+    from offtd.loop import run_loop
+
+    seen = []
+    res = run_loop(_small(), get_backend(backend), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # the last probe iteration's pi/b ratios of the two transition probes, whose extremes its row reports
+    assert sorted(res.last_ratios) == ["fixed_point_probe", "stability_probe"]
+    for probe in ("fixed_point_probe", "stability_probe"):
+        rho, row = res.last_ratios[probe], res.probe_series[probe][-1]
+        assert rho.shape == (64,) and (rho.min(), rho.max()) == (row["rho_min"], row["rho_max"])
+
+
+def test_fixed_point_gaps_without_a_teacher_are_relative_to_the_solution():
+    # K = 0.4 I: A + B K = 1.1 I + 0.1 on the superdiagonal, sqrt(0.9) x 1.1 > 1: no teacher at any
+    # iteration (alpha_pi = 0). The gaps are then relative to w_sharp's own G-norm (MODEL.md 4.3):
+    # at iteration 0 the critic is 0, so w_gap = ||0 - w_sharp|| / ||w_sharp|| = 1 exactly.
+    from offtd.backend import get_backend
+    from offtd.loop import run_loop
+
+    spec = _small(**{"policy.k_init": [[0.4, 0.0], [0.0, 0.4]], "actor.alpha_pi": 0.0, "critic.init": "zeros"})
+    first = run_loop(spec.replace(**{"run.outer_iters": 1}), get_backend("rust"))  # one iteration, probed
+    row = first.probe_series["fixed_point_probe"][0]
+    assert first.teacher_undefined_iters == [0] and row["iter"] == 0.0
+    assert row["w_gap"] == 1.0 and math.isnan(row["teacher_gap"])
+    res = run_loop(spec, get_backend("rust"))
+    assert res.teacher_undefined_iters == [0, 1, 2]
+    rows = res.probe_series["fixed_point_probe"]
+    assert len(rows) >= 2 and math.isnan(rows[0]["teacher_gap"]) and math.isfinite(rows[0]["w_gap"])
+    assert (rows[0]["w_sharp_drift"], rows[0]["w_sharp_drift_defined"]) == (0.0, 0.0)
+    for r in rows[1:]:  # successive solutions on new pools differ: a finite, positive drift
+        assert r["w_sharp_drift_defined"] == 1.0 and isinstance(r["w_sharp_drift"], float)
+        assert math.isfinite(r["w_sharp_drift"]) and r["w_sharp_drift"] > 0.0 and math.isfinite(r["w_gap"])

@@ -92,3 +92,12 @@ def test_backend_power_iteration():
     m, v0, _, _ = _gap_matrix(1, 5, 1.5, 0.5)
     be = ReferenceBackend()
     assert be.power_iteration(m, v0, 30) == power_iteration(m.tolist(), v0.tolist(), 30)
+
+
+def test_no_iteration_gives_nan_in_both_backends():
+    # MODEL.md 6: the estimate is the last lam, and with iters = 0 there is none: NaN, a float
+    from offtd import _core
+
+    lam = power_iteration([[2.0, 0.0], [0.0, 1.0]], [1.0, 1.0], 0)
+    assert isinstance(lam, float) and np.isnan(lam)
+    assert np.isnan(_core.power_iteration(np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([1.0, 1.0]), 0))
