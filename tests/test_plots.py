@@ -305,3 +305,17 @@ def test_cli_without_matplotlib_warns_on_run_and_refuses_plot(tmp_path, offtd_cm
     assert (run_dir / "report.json").is_file() and not list(run_dir.glob("*.png"))
     again = offtd_cmd("plot", str(run_dir), env_extra=env)
     assert again.returncode == 2 and again.stderr == "offtd: error: plots need matplotlib: pip install 'offtd[plot]'\n"
+
+
+def test_a_metric_that_is_zero_throughout_says_so_on_its_log_axis(tmp_path):
+    """With beta = 1 the behaviour policy tracks the target exactly: tracking_gap is 0 at every
+    iteration, which a log axis cannot show; the panel says so instead of staying blank."""
+    run = offtd.run(None, out=tmp_path, run__outer_iters=3, run__probe_every=1, policy__beta=1.0)
+    series = _columns(Path(run.run_dir) / "series.csv")
+    assert np.all(series["tracking_gap"] == 0)
+    fig = plots.draw_core_metrics(run, plots.core_metrics_data(run))
+    ax = fig.axes[3]
+    assert ax.get_ylabel().startswith("tracking_gap")
+    assert _xy(ax.lines[0])[0].size == 0
+    assert [t.get_text() for t in ax.texts] == ["0 at every iteration: nothing to draw on a log axis"]
+    assert len(fig.axes[2].texts) == 0  # mean_rho2 is drawn

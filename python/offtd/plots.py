@@ -295,6 +295,10 @@ def draw_core_metrics(run: Any, data: dict[str, Any]):
         ok = np.isfinite(values) & (values > 0)
         ax.plot(data["iter"][ok], values[ok], color="#264653", lw=1.2)
         ax.set_yscale("log")
+        if not ok.any():  # an empty log axis would look like a bug: say why
+            zero = values.size and np.all(values[np.isfinite(values)] == 0)
+            ax.text(0.5, 0.5, "0 at every iteration: nothing to draw on a log axis" if zero else "no positive finite value to draw",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#555555")  # fmt: skip
         plain_log(ax.yaxis)
         ax.set_ylabel(f"{name}\n{CORE_UNITS.get(name, '')}", fontsize=8)
         for status, colour in STATUS_COLOUR.items():
