@@ -13,13 +13,12 @@ import pytest
 from scipy import special as sp_special
 from scipy import stats
 
-from test_advice_units import e_b_min_rho_c
-from test_health_units import exact_row, fp_row, make_result, make_spec, stab_row
-
 from offtd.backend import get_backend
 from offtd.exact import special, uncertainty
 from offtd.exact.grid import theory_row, to_markdown
 from offtd.exact.section import theory
+from test_advice_units import e_b_min_rho_c
+from test_health_units import exact_row, fp_row, make_result, make_spec, stab_row
 
 # ------------------------------------------------------------------------------------------ special
 
@@ -165,7 +164,8 @@ def test_theory_section_routes_every_measured_value():
     assert predicted["E_mu[rho^2]"] == pytest.approx((0.25 / (0.6 * math.sqrt(0.5 - 0.36))) ** 2, rel=1e-12)
     assert predicted["rho_min (pi/mu)"] == pytest.approx((0.5 / 0.6) ** 2, rel=1e-14)
     assert (predicted["radius of I - alpha_w A"], predicted["min Re eig(A)"], predicted["alpha_w* (critical step)"]) == (0.41, 0.42, 0.43)
-    assert (predicted["teacher_gap (fixed point vs teacher)"], predicted["E_b[rho^2] (pi/b)"], predicted["E_b[rho_bar] (clipped)"]) == (0.44, 0.45, 0.46)
+    assert predicted["teacher_gap (fixed point vs teacher)"] == 0.44
+    assert (predicted["E_b[rho^2] (pi/b)"], predicted["E_b[rho_bar] (clipped)"]) == (0.45, 0.46)
     # the notes state the formulas
     assert "k = 1 - sigma_mu^2/sigma_pi^2 (k >= 0.5 exactly when E_mu[rho^2] is infinite)" in th["rho_khat (pi/mu)"]["note"]
     assert "finite: sigma_pi^2 < 2 sigma_mu^2" == th["E_mu[rho^2]"]["note"]
