@@ -518,10 +518,14 @@ fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bou
 }
 
 /// `rollout(...)`: one iteration's rollout (MODEL.md section 3) as a dict with keys `states`
-/// (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`, `grad_w` (d,),
-/// `grad_k` (m, n), `gram` (d, d).
+/// (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`, `grad_k` (m, n),
+/// `gram` (d, d), `a` (d, d), `b` (d,), and `c_rho`, `a_e`, `b_e` (None unless `stats` asks for them).
 #[pyfunction]
-#[pyo3(name = "rollout")]
+#[pyo3(
+    name = "rollout",
+    signature = (a, b, q, r, sigma_eps, sigma_0, reward_scale, sigma_pi, sigma_mu, p_mix, gamma, rho_clip,
+                 seed, w, k_pi, k_mu, iteration, batch, horizon, stats = None)
+)]
 #[allow(clippy::too_many_arguments)]
 fn rollout_py<'py>(
     py: Python<'py>,
@@ -544,6 +548,7 @@ fn rollout_py<'py>(
     iteration: &Bound<'py, PyAny>,
     batch: &Bound<'py, PyAny>,
     horizon: &Bound<'py, PyAny>,
+    stats: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
     let pa = ProblemArgs::new(
@@ -568,10 +573,23 @@ fn rollout_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let batch = size_arg(batch, "batch", 1)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
+    let stats = match stats {
+        None => 0,
+        Some(obj) => {
+            let v = u64_arg(obj, "stats")?;
+            if v > u64::from(rollout::STATS_CROSS | rollout::STATS_EMPHASIS) {
+                return Err(to_py_err(CoreError::invalid(
+                    "stats",
+                    format!("must be a combination of the bits 1 and 2, got {v}"),
+                )));
+            }
+            v as u32
+        }
+    };
     let p = pa.problem(sigma_0);
     let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
     let out = run_detached(py, || {
-        rollout::rollout(&p, ws, kp, km, iteration, batch, horizon)
+        rollout::rollout(&p, ws, kp, km, iteration, batch, horizon, stats)
     })?;
     let dict = PyDict::new(py);
     dict.set_item(
@@ -583,9 +601,20 @@ fn rollout_py<'py>(
     dict.set_item("count", out.count)?;
     dict.set_item("td_sq", out.td_sq)?;
     dict.set_item("rho2", out.rho2)?;
-    dict.set_item("grad_w", to_numpy(py, out.grad_w, &[d])?)?;
     dict.set_item("grad_k", to_numpy(py, out.grad_k, &[m, n])?)?;
     dict.set_item("gram", to_numpy(py, out.gram, &[d, d])?)?;
+    dict.set_item("a", to_numpy(py, out.a, &[d, d])?)?;
+    dict.set_item("b", to_numpy(py, out.b, &[d])?)?;
+    for (key, value, shape) in [
+        ("c_rho", out.c_rho, &[d, d][..]),
+        ("a_e", out.a_e, &[d, d][..]),
+        ("b_e", out.b_e, &[d][..]),
+    ] {
+        match value {
+            Some(v) => dict.set_item(key, to_numpy(py, v, shape)?)?,
+            None => dict.set_item(key, py.None())?,
+        }
+    }
     Ok(dict)
 }
 

@@ -42,43 +42,91 @@ pub struct RolloutOut {
     pub count: u64,
     pub td_sq: f64,
     pub rho2: f64,
-    /// (d,)
-    pub grad_w: Vec<f64>,
     /// (m, n)
     pub grad_k: Vec<f64>,
-    /// (d, d)
+    /// (d, d) C = sum phi phi^T
     pub gram: Vec<f64>,
+    /// (d, d) A = sum rho_bar phi (phi - gamma phi')^T
+    pub a: Vec<f64>,
+    /// (d,) b = sum rho_bar r phi
+    pub b: Vec<f64>,
+    /// (d, d) C_rho = sum rho_bar phi phi^T ([`STATS_CROSS`])
+    pub c_rho: Option<Vec<f64>>,
+    /// (d, d) A_e, the follow-on-weighted A ([`STATS_EMPHASIS`])
+    pub a_e: Option<Vec<f64>>,
+    /// (d,) b_e
+    pub b_e: Option<Vec<f64>>,
 }
 
-/// Layout of one trajectory's partial sums: td_sq, rho2, grad_w (d), grad_k (m*n), gram upper
-/// triangle (d(d+1)/2, row-major i <= k).
+/// Optional statistics of [`rollout`] (MODEL.md 3.3): C_rho (gradient TD).
+pub const STATS_CROSS: u32 = 1;
+/// Optional statistics of [`rollout`]: the emphatic A_e, b_e (follow-on trace, interest 1).
+pub const STATS_EMPHASIS: u32 = 2;
+
+/// Layout of one trajectory's partial sums: td_sq, rho2, grad_k (m*n), gram upper triangle
+/// (d(d+1)/2, row-major i <= k), A (d*d), b (d), then with [`STATS_CROSS`] C_rho's upper triangle,
+/// with [`STATS_EMPHASIS`] A_e (d*d) and b_e (d).
 struct Layout {
     d: usize,
     mn: usize,
+    cross: bool,
+    emph: bool,
     len: usize,
 }
 
 impl Layout {
-    fn new(n: usize, m: usize) -> Self {
+    fn new(n: usize, m: usize, stats: u32) -> Self {
         let d = feature_dim(n);
         let mn = m * n;
+        let tri = d * (d + 1) / 2;
+        let cross = stats & STATS_CROSS != 0;
+        let emph = stats & STATS_EMPHASIS != 0;
         Layout {
             d,
             mn,
-            len: 2 + d + mn + d * (d + 1) / 2,
+            cross,
+            emph,
+            len: 2
+                + mn
+                + tri
+                + d * d
+                + d
+                + if cross { tri } else { 0 }
+                + if emph { d * d + d } else { 0 },
         }
     }
     #[inline(always)]
-    fn grad_w(&self) -> usize {
+    fn grad_k(&self) -> usize {
         2
     }
     #[inline(always)]
-    fn grad_k(&self) -> usize {
-        2 + self.d
+    fn gram(&self) -> usize {
+        2 + self.mn
     }
     #[inline(always)]
-    fn gram(&self) -> usize {
-        2 + self.d + self.mn
+    fn a(&self) -> usize {
+        self.gram() + self.d * (self.d + 1) / 2
+    }
+    #[inline(always)]
+    fn b(&self) -> usize {
+        self.a() + self.d * self.d
+    }
+    #[inline(always)]
+    fn c_rho(&self) -> usize {
+        self.b() + self.d
+    }
+    #[inline(always)]
+    fn a_e(&self) -> usize {
+        self.c_rho()
+            + if self.cross {
+                self.d * (self.d + 1) / 2
+            } else {
+                0
+            }
+    }
+    #[inline(always)]
+    fn b_e(&self) -> usize {
+        self.a_e() + self.d * self.d
     }
 }
 
@@ -89,6 +137,7 @@ struct TrajScratch {
     ze: Vec<f64>,
     phi: Vec<f64>,
     phi_next: Vec<f64>,
+    e: Vec<f64>,
 }
 
 impl TrajScratch {
@@ -101,6 +150,7 @@ impl TrajScratch {
             ze: vec![0.0; n],
             phi: vec![0.0; d],
             phi_next: vec![0.0; d],
+            e: vec![0.0; d],
         }
     }
 }
@@ -169,7 +219,9 @@ fn trajectory(
     part.fill(0.0);
     features(&sc.s, &mut sc.phi);
     let mut v = dot(w, &sc.phi);
-    let (gw, gk, gg) = (lay.grad_w(), lay.grad_k(), lay.gram());
+    let (gk, gg) = (lay.grad_k(), lay.gram());
+    let (ga, gb, gc, gae, gbe) = (lay.a(), lay.b(), lay.c_rho(), lay.a_e(), lay.b_e());
+    let mut trace = 1.0; // the follow-on trace F_h: F_0 = 1, F_{h+1} = 1 + (gamma*rho_bar_h)*F_h
     let horizon = rewards.len();
     let work = (d * d + 8 * (n + m) * (n + m) + 64) as u64;
     for h in 0..horizon {
@@ -192,8 +244,40 @@ fn trajectory(
         part[0] += delta * delta;
         part[1] += st.rho * st.rho;
         let g = st.rho_bar * delta;
+        for j in 0..d {
+            sc.e[j] = sc.phi[j] - p.gamma * sc.phi_next[j];
+        }
+        let rr = st.rho_bar * st.reward;
         for i in 0..d {
-            part[gw + i] += g * sc.phi[i];
+            let rf = st.rho_bar * sc.phi[i];
+            let row = &mut part[ga + i * d..ga + (i + 1) * d];
+            for j in 0..d {
+                row[j] += rf * sc.e[j];
+            }
+            part[gb + i] += rr * sc.phi[i];
+        }
+        if lay.cross {
+            let mut c = gc;
+            for i in 0..d {
+                let rf = st.rho_bar * sc.phi[i];
+                for k in i..d {
+                    part[c] += rf * sc.phi[k];
+                    c += 1;
+                }
+            }
+        }
+        if lay.emph {
+            let mr = trace * st.rho_bar;
+            let mrr = mr * st.reward;
+            for i in 0..d {
+                let mf = mr * sc.phi[i];
+                let row = &mut part[gae + i * d..gae + (i + 1) * d];
+                for j in 0..d {
+                    row[j] += mf * sc.e[j];
+                }
+                part[gbe + i] += mrr * sc.phi[i];
+            }
+            trace = 1.0 + (p.gamma * st.rho_bar) * trace;
         }
         for i in 0..m {
             let gd = g * sc.step.dpi[i];
@@ -309,10 +393,18 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     states[..N].copy_from_slice(&s);
     let mut td_sq = 0.0;
     let mut rho2 = 0.0;
-    let mut grad_w = [0.0; D];
     let mut grad_k = [[0.0; N]; M];
     // the full square (each entry summed exactly as the upper triangle's), which vectorizes
     let mut gram = [[0.0; D]; D];
+    let mut a_s = [[0.0; D]; D];
+    let mut b_s = [0.0; D];
+    // C_rho's full square: only its upper triangle is kept ((rho_bar*phi_i)*phi_k is not symmetric
+    // in its rounding)
+    let mut c_rho = [[0.0; D]; D];
+    let mut a_e = [[0.0; D]; D];
+    let mut b_e = [0.0; D];
+    let mut trace = 1.0;
+    let (cross, emph, gamma) = (lay.cross, lay.emph, fm.gamma);
     let mut v = dot_fixed(w, &features_fixed::<N, D>(&s));
     let horizon = rewards.len();
     let ChunkBuf {
@@ -358,14 +450,46 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
             let mut sh = [0.0; N];
             sh.copy_from_slice(&states[h * N..(h + 1) * N]);
             let phi = features_fixed::<N, D>(&sh);
+            let mut sn = [0.0; N];
+            sn.copy_from_slice(&states[(h + 1) * N..(h + 2) * N]);
+            let phi_next = features_fixed::<N, D>(&sn);
+            let mut e = [0.0; D];
+            for j in 0..D {
+                e[j] = phi[j] - gamma * phi_next[j];
+            }
             let rho = rhos[h];
             let rho_bar = clip_rho(rho, fm.rho_clip);
             let dl = delta[c];
             td_sq += dl * dl;
             rho2 += rho * rho;
             let g = rho_bar * dl;
+            let rr = rho_bar * rewards[h];
             for i in 0..D {
-                grad_w[i] += g * phi[i];
+                let rf = rho_bar * phi[i];
+                for j in 0..D {
+                    a_s[i][j] += rf * e[j];
+                }
+                b_s[i] += rr * phi[i];
+            }
+            if cross {
+                for i in 0..D {
+                    let rf = rho_bar * phi[i];
+                    for k in 0..D {
+                        c_rho[i][k] += rf * phi[k];
+                    }
+                }
+            }
+            if emph {
+                let mr = trace * rho_bar;
+                let mrr = mr * rewards[h];
+                for i in 0..D {
+                    let mf = mr * phi[i];
+                    for j in 0..D {
+                        a_e[i][j] += mf * e[j];
+                    }
+                    b_e[i] += mrr * phi[i];
+                }
+                trace = 1.0 + (gamma * rho_bar) * trace;
             }
             for i in 0..M {
                 let gd = g * dpi[c][i];
@@ -384,7 +508,6 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     }
     part[0] = td_sq;
     part[1] = rho2;
-    part[lay.grad_w()..lay.grad_w() + D].copy_from_slice(&grad_w);
     for i in 0..M {
         part[lay.grad_k() + i * N..lay.grad_k() + (i + 1) * N].copy_from_slice(&grad_k[i]);
     }
@@ -395,13 +518,32 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
             c += 1;
         }
     }
+    for i in 0..D {
+        part[lay.a() + i * D..lay.a() + (i + 1) * D].copy_from_slice(&a_s[i]);
+    }
+    part[lay.b()..lay.b() + D].copy_from_slice(&b_s);
+    if cross {
+        let mut c = lay.c_rho();
+        for i in 0..D {
+            for k in i..D {
+                part[c] = c_rho[i][k];
+                c += 1;
+            }
+        }
+    }
+    if emph {
+        for i in 0..D {
+            part[lay.a_e() + i * D..lay.a_e() + (i + 1) * D].copy_from_slice(&a_e[i]);
+        }
+        part[lay.b_e()..lay.b_e() + D].copy_from_slice(&b_e);
+    }
 }
 
 /// The bytes [`rollout`] holds at once for `batch` trajectories of `horizon` steps (n states, m
 /// actions): its outputs, the per-trajectory partial sums, the work items and the per-thread
 /// scratch. `None` when the count overflows.
-pub fn rollout_bytes(n: usize, m: usize, batch: usize, horizon: usize) -> Option<u128> {
-    let lay = Layout::new(n, m);
+pub fn rollout_bytes(n: usize, m: usize, batch: usize, horizon: usize, stats: u32) -> Option<u128> {
+    let lay = Layout::new(n, m, stats);
     let (b, h) = (batch as u128, horizon as u128);
     let (per_item, window) = windows(lay.len, horizon, batch);
     let items = window.div_ceil(per_item) as u128;
@@ -417,7 +559,7 @@ pub fn rollout_bytes(n: usize, m: usize, batch: usize, horizon: usize) -> Option
         (items, item_bytes),
         (1, par::overhead_bytes::<[&mut [f64]; 4]>(items as usize)),
         (threads, scratch),
-        ((lay.len + 2 * lay.d * lay.d + lay.d + m * n) as u128, 8), // total, gram, outputs
+        ((lay.len + 5 * lay.d * lay.d + 3 * lay.d + m * n) as u128, 8), // total, outputs
     ]);
     Some(total)
 }
@@ -432,8 +574,9 @@ pub fn rollout(
     iteration: u64,
     batch: usize,
     horizon: usize,
+    stats: u32,
 ) -> CoreResult<RolloutOut> {
-    rollout_impl(p, w, k_pi, k_mu, iteration, batch, horizon, true)
+    rollout_impl(p, w, k_pi, k_mu, iteration, batch, horizon, stats, true)
 }
 
 /// `rollout`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
@@ -446,6 +589,7 @@ fn rollout_impl(
     iteration: u64,
     batch: usize,
     horizon: usize,
+    stats: u32,
     allow_fixed: bool,
 ) -> CoreResult<RolloutOut> {
     rollout_windowed(
@@ -456,6 +600,7 @@ fn rollout_impl(
         iteration,
         batch,
         horizon,
+        stats,
         allow_fixed,
         WINDOW_BYTES,
     )
@@ -472,18 +617,19 @@ fn rollout_windowed(
     iteration: u64,
     batch: usize,
     horizon: usize,
+    stats: u32,
     allow_fixed: bool,
     window_bytes: usize,
 ) -> CoreResult<RolloutOut> {
     validate(p, w, k_pi, k_mu, batch, horizon)?;
     let n = p.n;
     let m = p.m;
-    let lay = Layout::new(n, m);
+    let lay = Layout::new(n, m, stats);
     let d = lay.d;
     let rc = p.consts();
     // the argument that makes the arrays large
     let arg = if horizon > batch { "horizon" } else { "batch" };
-    let planned = rollout_bytes(n, m, batch, horizon).unwrap_or(u128::MAX);
+    let planned = rollout_bytes(n, m, batch, horizon, stats).unwrap_or(u128::MAX);
     mem::plan(arg, planned)?;
     let oom = |e: CoreError| match e {
         CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
@@ -582,17 +728,27 @@ fn rollout_windowed(
             }
         }
     }
-    let grad_w = total[lay.grad_w()..lay.grad_w() + d].to_vec();
     let grad_k = total[lay.grad_k()..lay.grad_k() + m * n].to_vec();
-    let mut gram = vec![0.0; d * d];
-    let mut c = lay.gram();
-    for i in 0..d {
-        for k in i..d {
-            gram[i * d + k] = total[c];
-            gram[k * d + i] = total[c];
-            c += 1;
+    let symmetric = |start: usize| {
+        let mut out = vec![0.0; d * d];
+        let mut c = start;
+        for i in 0..d {
+            for k in i..d {
+                out[i * d + k] = total[c];
+                out[k * d + i] = total[c];
+                c += 1;
+            }
         }
-    }
+        out
+    };
+    let gram = symmetric(lay.gram());
+    let c_rho = lay.cross.then(|| symmetric(lay.c_rho()));
+    let a = total[lay.a()..lay.a() + d * d].to_vec();
+    let b = total[lay.b()..lay.b() + d].to_vec();
+    let a_e = lay
+        .emph
+        .then(|| total[lay.a_e()..lay.a_e() + d * d].to_vec());
+    let b_e = lay.emph.then(|| total[lay.b_e()..lay.b_e() + d].to_vec());
     Ok(RolloutOut {
         batch,
         horizon,
@@ -602,9 +758,13 @@ fn rollout_windowed(
         count: (batch * horizon) as u64,
         td_sq: total[0],
         rho2: total[1],
-        grad_w,
         grad_k,
         gram,
+        a,
+        b,
+        c_rho,
+        a_e,
+        b_e,
     })
 }
 
@@ -651,7 +811,7 @@ mod tests {
         let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
         let k_pi = [-0.1, -0.2];
         let k_mu = [0.05, -0.3];
-        let out = rollout(&p, &w, &k_pi, &k_mu, 3, 5, 7).unwrap();
+        let out = rollout(&p, &w, &k_pi, &k_mu, 3, 5, 7, 0).unwrap();
         assert_eq!(out.count, 35);
         // recompute td_sq from the stored states and rewards
         let mut td = 0.0;
@@ -701,7 +861,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| rollout(&p, &w, &k, &k, 1, 37, 11).unwrap())
+                .install(|| rollout(&p, &w, &k, &k, 1, 37, 11, 3).unwrap())
         };
         let one = run(1);
         for t in [2, 3, 4] {
@@ -717,21 +877,24 @@ mod tests {
         let w = [0.0; 6];
         let k = [0.0, 0.0];
         assert_eq!(
-            rollout(&p, &w[..5], &k, &k, 0, 1, 1).unwrap_err().arg(),
+            rollout(&p, &w[..5], &k, &k, 0, 1, 1, 0).unwrap_err().arg(),
             "w"
         );
         assert_eq!(
-            rollout(&p, &w, &k[..1], &k, 0, 1, 1).unwrap_err().arg(),
+            rollout(&p, &w, &k[..1], &k, 0, 1, 1, 0).unwrap_err().arg(),
             "k_pi"
         );
-        assert_eq!(rollout(&p, &w, &k, &k, 0, 0, 1).unwrap_err().arg(), "batch");
         assert_eq!(
-            rollout(&p, &w, &k, &k, 0, 1, 0).unwrap_err().arg(),
+            rollout(&p, &w, &k, &k, 0, 0, 1, 0).unwrap_err().arg(),
+            "batch"
+        );
+        assert_eq!(
+            rollout(&p, &w, &k, &k, 0, 1, 0, 0).unwrap_err().arg(),
             "horizon"
         );
         let bad = [f64::NAN, 0.0];
         assert_eq!(
-            rollout(&p, &w, &k, &bad, 0, 1, 1).unwrap_err().arg(),
+            rollout(&p, &w, &k, &bad, 0, 1, 1, 0).unwrap_err().arg(),
             "k_mu"
         );
     }
@@ -763,8 +926,8 @@ mod tests {
             let w: Vec<f64> = (0..10).map(|i| (i as f64 * 0.37).sin()).collect();
             let kp = [0.1, -0.2, 0.05, 0.0, 0.3, -0.1];
             let km = [0.0, -0.1, 0.1, 0.1, 0.2, 0.0];
-            let fixed = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, true).unwrap();
-            let dynamic = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, false).unwrap();
+            let fixed = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, 3, true).unwrap();
+            let dynamic = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, 3, false).unwrap();
             assert_eq!(fixed, dynamic);
         }
     }
@@ -782,6 +945,7 @@ mod tests {
         iteration: u64,
         batch: usize,
         horizon: usize,
+        stats: u32,
     ) -> RolloutOut {
         let (n, m) = (p.n, p.m);
         let d = feature_dim(n);
@@ -790,9 +954,11 @@ mod tests {
         let mut rewards = Vec::new();
         let mut rho = Vec::new();
         let (mut td_sq, mut rho2) = (0.0, 0.0);
-        let mut grad_w = vec![0.0; d];
         let mut grad_k = vec![0.0; m * n];
         let mut gram = vec![0.0; d * d];
+        let (mut a_all, mut b_all) = (vec![0.0; d * d], vec![0.0; d]);
+        let mut c_rho_all = vec![0.0; d * d];
+        let (mut a_e_all, mut b_e_all) = (vec![0.0; d * d], vec![0.0; d]);
         for j in 0..batch as u64 {
             let start = Stream::new(p.seed, 1, iteration, j);
             let mix = Stream::new(p.seed, 2, iteration, j);
@@ -801,9 +967,12 @@ mod tests {
             let mut s: Vec<f64> = (0..n as u64).map(|i| p.sigma_0 * start.normal(i)).collect();
             states.extend_from_slice(&s);
             let (mut t_td, mut t_rho2) = (0.0, 0.0);
-            let mut t_gw = vec![0.0; d];
             let mut t_gk = vec![0.0; m * n];
             let mut t_gram = vec![0.0; d * d];
+            let (mut t_a, mut t_b) = (vec![0.0; d * d], vec![0.0; d]);
+            let mut t_c_rho = vec![0.0; d * d];
+            let (mut t_a_e, mut t_b_e) = (vec![0.0; d * d], vec![0.0; d]);
+            let mut trace = 1.0;
             let mut sc = StepScratch::new(n, m);
             for h in 0..horizon as u64 {
                 let za: Vec<f64> = (0..m as u64)
@@ -821,9 +990,20 @@ mod tests {
                 t_td += delta * delta;
                 t_rho2 += st.rho * st.rho;
                 let g = st.rho_bar * delta;
+                // MODEL.md 3.3, entry by entry
                 for i in 0..d {
-                    t_gw[i] += g * f[i];
+                    for jj in 0..d {
+                        t_a[i * d + jj] += (st.rho_bar * f[i]) * (f[jj] - p.gamma * f2[jj]);
+                        t_a_e[i * d + jj] +=
+                            ((trace * st.rho_bar) * f[i]) * (f[jj] - p.gamma * f2[jj]);
+                    }
+                    for k in i..d {
+                        t_c_rho[i * d + k] += (st.rho_bar * f[i]) * f[k];
+                    }
+                    t_b[i] += (st.rho_bar * st.reward) * f[i];
+                    t_b_e[i] += ((trace * st.rho_bar) * st.reward) * f[i];
                 }
+                trace = 1.0 + (p.gamma * st.rho_bar) * trace;
                 for i in 0..m {
                     for jj in 0..n {
                         t_gk[i * n + jj] += (g * sc.dpi[i]) * s[jj];
@@ -841,8 +1021,16 @@ mod tests {
             }
             td_sq += t_td;
             rho2 += t_rho2;
-            for (a, b) in grad_w.iter_mut().zip(&t_gw) {
-                *a += b;
+            for (tot, part) in [
+                (&mut a_all, &t_a),
+                (&mut b_all, &t_b),
+                (&mut c_rho_all, &t_c_rho),
+                (&mut a_e_all, &t_a_e),
+                (&mut b_e_all, &t_b_e),
+            ] {
+                for (x, y) in tot.iter_mut().zip(part) {
+                    *x += y;
+                }
             }
             for (a, b) in grad_k.iter_mut().zip(&t_gk) {
                 *a += b;
@@ -860,9 +1048,21 @@ mod tests {
             count: (batch * horizon) as u64,
             td_sq,
             rho2,
-            grad_w,
             grad_k,
             gram,
+            a: a_all,
+            b: b_all,
+            c_rho: (stats & STATS_CROSS != 0).then(|| {
+                let mut c = c_rho_all.clone();
+                for i in 0..d {
+                    for k in 0..i {
+                        c[i * d + k] = c_rho_all[k * d + i];
+                    }
+                }
+                c
+            }),
+            a_e: (stats & STATS_EMPHASIS != 0).then_some(a_e_all),
+            b_e: (stats & STATS_EMPHASIS != 0).then_some(b_e_all),
         }
     }
 
@@ -912,14 +1112,26 @@ mod tests {
                     ..problem(&A, &B, &Q, &R, p_mix, clip)
                 };
                 for (batch, horizon) in [(1, 1), (3, 2), (2, CHUNK + 1), (9, 57), (65, 1)] {
-                    let want = rollout_oracle(&p, &w, &kp, &km, 6, batch, horizon);
-                    for allow_fixed in [true, false] {
-                        let got =
-                            rollout_impl(&p, &w, &kp, &km, 6, batch, horizon, allow_fixed).unwrap();
-                        assert_eq!(
+                    for stats in [0, 3] {
+                        let want = rollout_oracle(&p, &w, &kp, &km, 6, batch, horizon, stats);
+                        for allow_fixed in [true, false] {
+                            let got = rollout_impl(
+                                &p,
+                                &w,
+                                &kp,
+                                &km,
+                                6,
+                                batch,
+                                horizon,
+                                stats,
+                                allow_fixed,
+                            )
+                            .unwrap();
+                            assert_eq!(
                             got, want,
-                            "n {n} m {m} p {p_mix} batch {batch} horizon {horizon} fixed {allow_fixed}"
+                            "n {n} m {m} p {p_mix} batch {batch} horizon {horizon} fixed {allow_fixed} stats {stats}"
                         );
+                        }
                     }
                 }
             }
@@ -942,8 +1154,8 @@ mod tests {
         let km = [0.05, -0.3];
         for horizon in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1] {
             for batch in [1, 2] {
-                let fixed = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, true).unwrap();
-                let dynamic = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, false).unwrap();
+                let fixed = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, 3, true).unwrap();
+                let dynamic = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, 3, false).unwrap();
                 assert_eq!(fixed, dynamic, "batch {batch} horizon {horizon}");
             }
         }
@@ -963,7 +1175,7 @@ mod tests {
         let kp = [-0.1, -0.2];
         let km = [0.05, -0.3];
         for (batch, horizon) in [(7, 73), (8, 64), (9, 57), (65, 1), (5, 21), (3, 65)] {
-            let all = rollout(&p, &w, &kp, &km, 2, batch, horizon).unwrap();
+            let all = rollout(&p, &w, &kp, &km, 2, batch, horizon, 0).unwrap();
             let mut td = 0.0;
             for j in 0..batch {
                 let z =
@@ -1019,25 +1231,40 @@ mod tests {
         };
         let w = [0.1, -0.2, 0.3, 0.01, -0.02, 0.5];
         let (kp, km) = ([-0.1, -0.2], [0.05, -0.3]);
-        let part = Layout::new(2, 1).len * 8;
+        let part = Layout::new(2, 1, 3).len * 8;
         for (batch, horizon) in [(700, 1), (97, 9), (5, 300), (1, 3)] {
             for fixed in [true, false] {
-                let one =
-                    rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, fixed, usize::MAX / 2)
-                        .unwrap();
+                let one = rollout_windowed(
+                    &p,
+                    &w,
+                    &kp,
+                    &km,
+                    4,
+                    batch,
+                    horizon,
+                    3,
+                    fixed,
+                    usize::MAX / 2,
+                )
+                .unwrap();
                 for bytes in [1, part, 3 * part, 40 * part, 1000 * part] {
-                    let got = rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, fixed, bytes)
-                        .unwrap();
+                    let got =
+                        rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, 3, fixed, bytes)
+                            .unwrap();
                     assert_eq!(got, one, "batch {batch} horizon {horizon} window {bytes}");
                 }
             }
         }
-        // the default windows: a trajectory's partial sums of 97 KB (n = m = 16) give items of 10
-        // trajectories and windows of 340
-        let len16 = Layout::new(16, 16).len;
-        assert_eq!(windows(len16, 1, 100_000), (10, 340));
-        assert_eq!(windows(Layout::new(2, 2).len, 100, 8), (1, 8));
-        assert_eq!(windows(Layout::new(2, 2).len, 1, 1_000_000).0, ITEM_STEPS);
+        // the default windows: a trajectory's partial sums of 285 KB (n = m = 16: the gram's triangle,
+        // A and b) give items of 3 trajectories and windows of 117
+        let len16 = Layout::new(16, 16, 0).len;
+        assert_eq!(len16 * 8, 284_808);
+        assert_eq!(windows(len16, 1, 100_000), (3, 117));
+        assert_eq!(windows(Layout::new(2, 2, 0).len, 100, 8), (1, 8));
+        assert_eq!(
+            windows(Layout::new(2, 2, 0).len, 1, 1_000_000).0,
+            ITEM_STEPS
+        );
     }
     /// The estimate `rollout_bytes` against what `rollout` really holds at once (a counting
     /// allocator): never below it, and at most 1.5 times it plus the fixed scratch.

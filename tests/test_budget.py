@@ -125,7 +125,7 @@ def test_the_rollouts_partial_sums_are_in_the_estimate():
     bounded by the rollout's window (32 MiB) however large the batch."""
     small = memory_terms(_spec(["env.state_dim=16", "env.action_dim=16", "run.horizon=1", "run.batch=300"]))
     large = memory_terms(_spec(["env.state_dim=16", "env.action_dim=16", "run.horizon=1", "run.batch=40000"]))
-    per_trajectory = 8 * (2 + 153 + 256 + 153 * 154 // 2)
+    per_trajectory = 8 * (2 + 256 + 153 * 154 // 2 + 153 * 153 + 153)  # td_sq, rho2, grad_k, gram, A, b
     assert small["run.batch"] >= 300 * per_trajectory  # within one window: all of them
     assert large["run.batch"] >= 32 * MiB
     assert large["run.batch"] < 32 * MiB + 40000 * (3 * (2 * 16 * 8 + 16) + 16 * 8 + 6 * 8) + MiB

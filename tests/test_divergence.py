@@ -235,7 +235,7 @@ def test_kernels_propagate_nonfinite_input(reference):
     assert math.isnan(backend.power_iteration(np.full((d, d), math.nan), np.ones(d), 5))
     zero = np.zeros((problem.m, problem.n))
     roll = backend.rollout(problem, np.full(d, math.nan), zero, zero, 0, 2, 3)
-    assert math.isnan(roll.td_sq) and np.isnan(roll.grad_w).all()
+    assert math.isnan(roll.td_sq) and np.isnan(roll.grad_k).all()
     pool = np.array([[math.inf, 0.0], [math.nan, 1.0], [1.0, 1.0]])
     ts = backend.transitions(problem, zero, zero, pool, 16, 2, 20, 0)
     assert np.isnan(ts.rho).any() and np.isfinite(ts.rho).any()

@@ -89,7 +89,7 @@ def oracle_iteration(spec, t: int, w: np.ndarray, k_pi: np.ndarray, k_mu: np.nda
     mix = np.stack([_uniforms(seed, PURPOSE["mix"], t, j, H) for j in range(B)])  # (B, H)
     z_a = np.stack([_normals(seed, PURPOSE["action"], t, j, H * m).reshape(H, m) for j in range(B)])
     z_e = np.stack([_normals(seed, PURPOSE["env"], t, j, H * n).reshape(H, n) for j in range(B)])
-    sums = dict(td_sq=0.0, rho2=0.0, grad_w=0.0, grad_k=0.0, gram=0.0)
+    sums = dict(td_sq=0.0, rho2=0.0, a=0.0, b=0.0, grad_k=0.0, gram=0.0)
     states = [s]
     for h in range(H):
         mean_pi, mean_mu = s @ k_pi.T, s @ k_mu.T
@@ -109,13 +109,15 @@ def oracle_iteration(spec, t: int, w: np.ndarray, k_pi: np.ndarray, k_mu: np.nda
         weight = rho_bar * delta
         sums["td_sq"] += float(delta @ delta)
         sums["rho2"] += float(rho @ rho)
-        sums["grad_w"] = sums["grad_w"] + weight @ phi
+        sums["a"] = sums["a"] + (rho_bar[:, None] * phi).T @ (phi - g * phi_next)
+        sums["b"] = sums["b"] + (rho_bar * r) @ phi
         sums["grad_k"] = sums["grad_k"] + np.einsum("b,bi,bj->ij", weight, act - mean_pi, s)
         sums["gram"] = sums["gram"] + phi.T @ phi
         s = s_next
         states.append(s)
     N = B * H
-    w_new = w + spec.critic.alpha_w * sums["grad_w"] / N
+    # TD(0) (MODEL.md 3.4): sum rho_bar delta phi = b - A w
+    w_new = w + spec.critic.alpha_w * (sums["b"] - sums["a"] @ w) / N
     k_pi_new = k_pi + spec.actor.alpha_pi * (sums["grad_k"] / N) / sp**2
     k_mu_new = k_mu + pol.beta * (k_pi_new - k_mu)
     gram = sums["gram"] / N

@@ -185,7 +185,7 @@ def check_rollout(prob, w, k_pi, k_mu, iteration, batch, horizon):
     rp = REF.rollout(prob, w, k_pi, k_mu, iteration, batch, horizon)
     assert ro.count == rp.count == batch * horizon
     assert ro.states.shape == (batch, horizon + 1, prob.n)
-    for f in ("states", "rewards", "rho", "grad_w", "grad_k", "gram"):
+    for f in ("states", "rewards", "rho", "a", "b", "grad_k", "gram"):
         assert_same(getattr(ro, f), getattr(rp, f), f"{f} (batch {batch}, horizon {horizon})")
     assert_same(ro.td_sq, rp.td_sq, "td_sq")
     assert_same(ro.rho2, rp.rho2, "rho2")
@@ -285,12 +285,14 @@ def test_rollout_clip_levels(n, m, horizon):
     # at or above the largest ratio (and at the mixture's bound 1/p) nothing is clipped
     hi = float(base.rho.max())
     for clip in (hi, hi * 2, 1.0 / prob.p_mix):
-        assert_same(results[clip].grad_w, results[math.inf].grad_w, f"grad_w at clip {clip}")
+        assert_same(results[clip].a, results[math.inf].a, f"A at clip {clip}")
+        assert_same(results[clip].b, results[math.inf].b, f"b at clip {clip}")
     # at or below the smallest ratio every weight is the clip, so halving the clip (a power of two)
-    # halves every term of grad_w and grad_k exactly
+    # halves every term of A, b and grad_k exactly
     lo = float(base.rho.min())
-    assert not np.array_equal(results[lo].grad_w, results[math.inf].grad_w)
-    assert_same(results[lo / 2].grad_w * 2.0, results[lo].grad_w, "grad_w below every ratio")
+    assert not np.array_equal(results[lo].a, results[math.inf].a)
+    assert_same(results[lo / 2].a * 2.0, results[lo].a, "A below every ratio")
+    assert_same(results[lo / 2].b * 2.0, results[lo].b, "b below every ratio")
     assert_same(results[lo / 2].grad_k * 2.0, results[lo].grad_k, "grad_k below every ratio")
 
 
@@ -664,7 +666,7 @@ def boundary_digest():
     prob, w, k_pi, k_mu = make_problem(2, 2, clip=2.0)
     for batch, horizon in ((7, 73), (8, 64), (9, 57), (2, 256), (3, 65), (129, 1)):
         ro = r.rollout(prob, w, k_pi, k_mu, 9, batch, horizon)
-        for f in ("states", "rho", "grad_w", "grad_k", "gram"):
+        for f in ("states", "rho", "a", "b", "grad_k", "gram"):
             h.update(np.ascontiguousarray(getattr(ro, f)).tobytes())
     pool = _pool(2)
     for count in (2047, 2048, 2049):

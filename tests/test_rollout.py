@@ -43,14 +43,14 @@ def test_rollout_clip_identity_and_inverse_p_bound():
     assert np.all(free.rho > 0.0)
     # Clipping at clip >= max rho is the identity: every sum is bit-identical to the unclipped run.
     at_max = be.rollout(_problem(p, rho_clip=rho_max), w, k_pi, k_mu, iteration=1, batch=4, horizon=25)
-    assert np.array_equal(at_max.grad_w, free.grad_w)
+    assert np.array_equal(at_max.a, free.a) and np.array_equal(at_max.b, free.b)
     assert np.array_equal(at_max.grad_k, free.grad_k)
     assert at_max.td_sq == free.td_sq and at_max.rho2 == free.rho2
     # A real clip changes the gradient but never the unclipped ratios, the TD loss or the gram matrix.
     clipped = be.rollout(_problem(p, rho_clip=0.5 * rho_max), w, k_pi, k_mu, iteration=1, batch=4, horizon=25)
     assert np.array_equal(clipped.rho, free.rho)
     assert clipped.td_sq == free.td_sq and np.array_equal(clipped.gram, free.gram)
-    assert not np.array_equal(clipped.grad_w, free.grad_w)
+    assert not np.array_equal(clipped.a, free.a) and not np.array_equal(clipped.b, free.b)
 
 
 def _phi(s: list[float]) -> list[float]:
@@ -77,34 +77,43 @@ def test_rollout_sums_follow_the_order_of_section_0_2(backend):
     k = np.array([[-0.2, -0.3]])
     out = get_backend(backend).rollout(prob, np.array(w), k, k * 0.5, iteration=3, batch=5, horizon=9)
     gamma, clip = prob.gamma, prob.rho_clip
-    per_traj = {"td_sq": [], "rho2": [], "grad_w": []}
+    per_traj = {"td_sq": [], "rho2": [], "a": [], "b": []}
     flat = {"td_sq": 0.0, "rho2": 0.0}
     for j in range(5):
-        td, r2, gw = 0.0, 0.0, [0.0] * 6
+        td, r2 = 0.0, 0.0
+        a_t, b_t = [[0.0] * 6 for _ in range(6)], [0.0] * 6
         for h in range(9):
             s, s_next = out.states[j, h].tolist(), out.states[j, h + 1].tolist()
-            f = _phi(s)
-            delta = (float(out.rewards[j, h]) + gamma * _dot(w, _phi(s_next))) - _dot(w, f)
+            f, f_next = _phi(s), _phi(s_next)
+            r = float(out.rewards[j, h])
+            delta = (r + gamma * _dot(w, f_next)) - _dot(w, f)
             rho = float(out.rho[j, h])
             rho_bar = clip if rho > clip else rho
             td += delta * delta
             r2 += rho * rho
             flat["td_sq"] += delta * delta
             flat["rho2"] += rho * rho
-            g = rho_bar * delta
-            gw = [gw[i] + g * f[i] for i in range(6)]
+            e = [f[k] - gamma * f_next[k] for k in range(6)]  # MODEL.md 3.3
+            for i in range(6):
+                for k in range(6):
+                    a_t[i][k] += (rho_bar * f[i]) * e[k]
+                b_t[i] += (rho_bar * r) * f[i]
         per_traj["td_sq"].append(td)
         per_traj["rho2"].append(r2)
-        per_traj["grad_w"].append(gw)
+        per_traj["a"].append(a_t)
+        per_traj["b"].append(b_t)
     total_td = 0.0
     total_r2 = 0.0
-    total_gw = [0.0] * 6
+    total_a, total_b = [[0.0] * 6 for _ in range(6)], [0.0] * 6
     for j in range(5):
         total_td += per_traj["td_sq"][j]
         total_r2 += per_traj["rho2"][j]
-        total_gw = [total_gw[i] + per_traj["grad_w"][j][i] for i in range(6)]
+        for i in range(6):
+            for k in range(6):
+                total_a[i][k] += per_traj["a"][j][i][k]
+            total_b[i] += per_traj["b"][j][i]
     assert out.td_sq == total_td and out.rho2 == total_r2
-    assert out.grad_w.tolist() == total_gw
+    assert out.a.tolist() == total_a and out.b.tolist() == total_b
     assert out.count == 45
     # the order matters for these numbers: the flat sum differs in the last bits
     assert (flat["td_sq"], flat["rho2"]) != (total_td, total_r2)

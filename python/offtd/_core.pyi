@@ -41,9 +41,13 @@ class RolloutDict(TypedDict):
     count: int
     td_sq: float
     rho2: float
-    grad_w: F64  # (d,)
     grad_k: F64  # (m, n)
-    gram: F64  # (d, d)
+    gram: F64  # (d, d), C = sum phi phi^T
+    a: F64  # (d, d), A = sum rho_bar phi (phi - gamma phi')^T
+    b: F64  # (d,), b = sum rho_bar r phi
+    c_rho: F64 | None  # (d, d) with stats bit 1
+    a_e: F64 | None  # (d, d) with stats bit 2
+    b_e: F64 | None  # (d,) with stats bit 2
 
 class TransitionsDict(TypedDict):
     a_sums: F64  # (R, d, d)
@@ -109,6 +113,7 @@ def rollout(
     iteration: int,
     batch: int,
     horizon: int,
+    stats: int | None = ...,
 ) -> RolloutDict:
     """One iteration's rollout with its TD/actor/Gram sums (MODEL.md section 3).
 

@@ -56,6 +56,11 @@ class Problem:
         return n * (n + 1) // 2 + n + 1
 
 
+# Optional rollout statistics (MODEL.md 3.3), bit flags of `Backend.rollout(stats=...)`.
+STATS_CROSS = 1  # C_rho (TDC)
+STATS_EMPHASIS = 2  # A_e, b_e with the follow-on trace (emphatic TD)
+
+
 @dataclass
 class RolloutBatch:
     """One iteration's rollout (MODEL.md section 3) with its accumulated sums."""
@@ -66,9 +71,13 @@ class RolloutBatch:
     count: int  # N, transitions accumulated
     td_sq: float  # sum delta^2
     rho2: float  # sum rho^2
-    grad_w: np.ndarray  # (d,) sum rho_bar * delta * phi(s)
     grad_k: np.ndarray  # (m, n) sum (rho_bar * delta * dpi[i]) * s[j]
-    gram: np.ndarray  # (d, d) sum phi(s) phi(s)^T
+    gram: np.ndarray  # (d, d) C = sum phi(s) phi(s)^T
+    a: np.ndarray  # (d, d) A = sum rho_bar phi(s) (phi(s) - gamma phi(s'))^T
+    b: np.ndarray  # (d,) b = sum rho_bar r phi(s)
+    c_rho: np.ndarray | None = None  # (d, d) sum rho_bar phi(s) phi(s)^T (STATS_CROSS)
+    a_e: np.ndarray | None = None  # (d, d) A weighted by the follow-on trace F (STATS_EMPHASIS)
+    b_e: np.ndarray | None = None  # (d,)
 
 
 @dataclass
@@ -160,6 +169,7 @@ class Backend(Protocol):
         iteration: int,
         batch: int,
         horizon: int,
+        stats: int = 0,
     ) -> RolloutBatch: ...
 
     def transitions(

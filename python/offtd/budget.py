@@ -79,15 +79,23 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def rollout_core_bytes(n: int, m: int, batch: int, horizon: int) -> int:
+def rollout_layout(n: int, m: int, stats: int = 0) -> int:
+    """Values per trajectory of the rollout's partial sums (rust/rollout.rs `Layout`): td_sq, rho2,
+    grad_k, the gram's triangle, A, b, and C_rho's triangle (stats bit 1), A_e and b_e (bit 2)."""
+    d = feature_dim(n)
+    tri = d * (d + 1) // 2
+    return 2 + m * n + tri + d * d + d + (tri if stats & 1 else 0) + (d * d + d if stats & 2 else 0)
+
+
+def rollout_core_bytes(n: int, m: int, batch: int, horizon: int, stats: int = 0) -> int:
     """rust/rollout.rs `rollout_bytes`: outputs, one window of partial sums, items, per-thread scratch."""
     d = feature_dim(n)
-    lay = 2 + d + m * n + d * (d + 1) // 2
+    lay = rollout_layout(n, m, stats)
     fit = max(ROLLOUT_WINDOW_BYTES // (8 * lay), 1)
     per_item = min(max(-(-ROLLOUT_ITEM_STEPS // horizon), 1), max(fit // 32, 1))
     window = min(max(fit // per_item, 1) * per_item, batch)
     outputs = 8 * batch * (horizon + 1) * n + 16 * batch * horizon
-    return outputs + 8 * window * lay + 128 * (-(-window // per_item)) + _threads() * THREAD_SCRATCH + 16 * d * d
+    return outputs + 8 * window * lay + 128 * (-(-window // per_item)) + _threads() * THREAD_SCRATCH + 8 * (5 * d * d + 3 * d)
 
 
 def transitions_core_bytes(n: int, m: int, count: int, repeats: int) -> int:
@@ -131,7 +139,10 @@ def memory_terms(spec: Spec) -> dict[str, int]:
     p = spec.probes
     N = b * h
     outputs = 8 * b * (h + 1) * n + 16 * N
-    core = rollout_core_bytes(n, m, b, h) - outputs
+    from .critics import rollout_stats
+
+    stats = rollout_stats(spec.critic.algorithm)
+    core = rollout_core_bytes(n, m, b, h, stats) - outputs
     # three batches alive (this iteration's, the previous one's, the last probe context's), the rollout's
     # scratch, a probe's copy of the pool, and the loop's per-ratio temporaries (_ratio_means, q_kernel)
     batch_bytes = 3 * outputs + core + 8 * N * n + 6 * 8 * N
@@ -197,7 +208,7 @@ def check_memory(spec: Spec) -> None:
 
 NS = 1e-9
 # Nanoseconds on one core (see the module docstring), by kernel.
-ROLLOUT_STEP_NS = (200.0, 0.8, 4.0)  # + 0.8 d^2 + 4 (n+m)^2 per transition; +1000 without fixed sizes
+ROLLOUT_STEP_NS = (200.0, 1.6, 4.0)  # + 1.6 d^2 (gram, A) + 4 (n+m)^2 per transition; +1000 without fixed sizes
 ROLLOUT_TRAJ_NS = (500.0, 3.0)  # + 3 per partial-sum value, per trajectory
 DYNAMIC_NS = 1000.0  # the dynamic-size kernels (n or m > 4) per transition
 TRANSITION_NS = (200.0, 0.8, 4.0)  # per probe transition, as the rollout step
@@ -223,7 +234,9 @@ def work_terms(spec: Spec) -> dict[str, float]:
     dyn = DYNAMIC_NS if n > 4 or m > 4 else 0.0
     nm2 = (n + m) ** 2
     step = ROLLOUT_STEP_NS[0] + ROLLOUT_STEP_NS[1] * d * d + ROLLOUT_STEP_NS[2] * nm2 + dyn
-    lay = 2 + d + m * n + d * (d + 1) // 2
+    from .critics import rollout_stats
+
+    lay = rollout_layout(n, m, rollout_stats(spec.critic.algorithm))
     traj = ROLLOUT_TRAJ_NS[0] + ROLLOUT_TRAJ_NS[1] * lay
     rollout = t * (b * h * step + b * traj)
     if p.q_kernel.enabled:

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from . import rng
+from . import critics, rng
 from .backend import Backend, Problem
 from .exact.exact_metrics import exact_metrics, value_scale
-from .exact.expected_td import exact_td
+from .exact.expected_td import critic_of, exact_td
 from .model import critic_teacher_error, problem_from_spec, teacher
 from .probes import PROBES, ProbeContext, ProbeState
 from .spec import Spec
@@ -152,6 +152,9 @@ def run_loop(
     k_pi = np.array(spec.policy.k_init, dtype=float)
     k_mu = np.array(spec.policy.k_mu_init, dtype=float)
     w = initial_weights(spec, problem, k_pi, backend)
+    algorithm = spec.critic.algorithm
+    stats = critics.rollout_stats(algorithm)
+    h = np.zeros_like(w)  # the secondary weights of tdc / gtd2 (MODEL.md 3.4)
     series = {name: np.full(T, math.nan) for name in CORE_METRICS + EXTRA_CORE_METRICS}
     probe_series: dict[str, list[dict[str, float]]] = {name: [] for name, _ in PROBES}
     exact_series: list[dict[str, float]] = []
@@ -171,7 +174,7 @@ def run_loop(
                 interrupted = True
                 break
             guard.begin(is_probe_iteration(t, spec))  # until guard.end(), a handler may raise Interrupted
-            roll = backend.rollout(problem, w, k_pi, k_mu, t, spec.run.batch, spec.run.horizon)
+            roll = backend.rollout(problem, w, k_pi, k_mu, t, spec.run.batch, spec.run.horizon, stats)
             n_tr = roll.count
             td_loss = roll.td_sq / n_tr
             mean_rho2 = roll.rho2 / n_tr
@@ -181,7 +184,8 @@ def run_loop(
                 undefined.append(t)
 
             if is_probe_iteration(t, spec):
-                ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, spec.rho.clip_enabled, backend)
+                ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, spec.rho.clip_enabled, backend,
+                              critic=critic_of(spec))
                 exact_row = exact_metrics(ex, roll.gram / n_tr, tch, spec.critic.alpha_w)
                 exact_series.append({"iter": float(t), **exact_row})
                 ctx = ProbeContext(
@@ -204,7 +208,8 @@ def run_loop(
                         row = probe(ctx, state)
                         probe_series[name].append({"iter": float(t), **row})
 
-            w_new = w + spec.critic.alpha_w * (roll.grad_w / n_tr)
+            step = critics.update(algorithm, w, h, roll, spec.critic.alpha_w, spec.critic.alpha_h)
+            w_new, h_new = step.w, step.h
             k_pi_new = k_pi + spec.actor.alpha_pi * ((roll.grad_k / n_tr) / sp2)
             k_mu_new = k_mu + spec.policy.beta * (k_pi_new - k_mu)
             gram_mean = roll.gram / n_tr
@@ -226,11 +231,11 @@ def run_loop(
             for name, value in row.items():
                 series[name][t] = value
             completed = t + 1
-            w, k_pi, k_mu = w_new, k_pi_new, k_mu_new
+            w, h, k_pi, k_mu = w_new, h_new, k_pi_new, k_mu_new
             if progress is not None:
                 progress(t + 1, T)
 
-            broken = _first_nonfinite(row, w, k_pi, k_mu, teacher_scaled=tch.defined and row["teacher_value_scale"] > 0.0)
+            broken = _first_nonfinite(row, np.concatenate([w, h]), k_pi, k_mu, teacher_scaled=tch.defined and row["teacher_value_scale"] > 0.0)
             if broken is not None:
                 diverged_at, diverged_what = t, broken
                 break

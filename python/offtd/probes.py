@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import rng
+from . import critics, rng
 from .backend import FIXED_POINT_BASE, STABILITY_BASE, Backend, Problem, RolloutBatch, TransitionSums
 from .exact.exact_metrics import relative_gap, value_scale
 from .exact.expected_td import ExactTD, eig_summary, g_norm
@@ -168,25 +168,41 @@ def _sub_eigs(subs: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return np.max(np.abs(1.0 - alpha * lam), axis=1), np.min(lam.real, axis=1)
 
 
+def critic_matrix(ctx: ProbeContext, a_hat: np.ndarray) -> np.ndarray:
+    """The critic's expected-update matrix estimated with the TD(0) matrix `a_hat` (MODEL.md 4.4)."""
+    alg = ctx.spec.critic.algorithm
+    roll = ctx.rollout
+    if alg == "td0":
+        return a_hat
+    if alg == "etd":
+        return roll.a_e / roll.count
+    c_rho = roll.c_rho / roll.count if roll.c_rho is not None else None
+    return critics.expected_matrix(alg, a_hat, ctx.gram_pool(), c_rho, critics.eta(ctx.spec.critic.alpha_w, ctx.spec.critic.alpha_h))
+
+
 def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     cfg = ctx.spec.probes.stability
     p = ctx.problem
     k, reps = cfg.batch_size, sub_batches(cfg)
     alpha = ctx.spec.critic.alpha_w
     ts = ctx.backend.transitions(p, ctx.k_pi, ctx.k_mu, ctx.pool(), k, reps, STABILITY_BASE, ctx.iteration)
-    eye = np.eye(p.d)
 
     def proxy(a_hat: np.ndarray, substream: int) -> float:
         if not np.all(np.isfinite(a_hat)):
             return math.nan
-        v0 = ctx.backend.normals(p.seed, rng.POWER_INIT, ctx.iteration, substream, p.d)
-        m = eye - alpha * a_hat
+        dim = a_hat.shape[0]
+        v0 = ctx.backend.normals(p.seed, rng.POWER_INIT, ctx.iteration, substream, dim)
+        m = np.eye(dim) - alpha * a_hat
         if not np.all(np.isfinite(m)):  # alpha_w x A_hat overflows (alpha_w ~ 1e308): no estimate
             return math.nan
         return ctx.backend.power_iteration(m, v0, cfg.power_iters)
 
     a_hat, _ = _a_b_hat(ts, k)
     subs = ts.a_sums / ts.counts[:, None, None]
+    # the critic's own expected-update matrix (MODEL.md 4.4): from A_hat (and the pool's C, and the
+    # rollout's C_rho for tdc), or for etd the rollout's A_e / N, which has no sub-batches
+    a_hat = critic_matrix(ctx, a_hat)
+    subs = np.array([critic_matrix(ctx, a) for a in subs]) if ctx.spec.critic.algorithm != "etd" else np.full((reps, 1, 1), math.nan)
     proxies = np.array([proxy(a, r) for r, a in enumerate(subs)])
     full = eig_summary(a_hat, alpha)
     state.ratios["stability_probe"] = ts.rho

@@ -59,6 +59,7 @@ class RustBackend:
         iteration: int,
         batch: int,
         horizon: int,
+        stats: int = 0,
     ) -> RolloutBatch:
         out = _core.rollout(
             **_env(problem),
@@ -69,6 +70,7 @@ class RustBackend:
             iteration=int(iteration),
             batch=int(batch),
             horizon=int(horizon),
+            stats=int(stats),
         )
         return RolloutBatch(
             states=out["states"],
@@ -77,9 +79,13 @@ class RustBackend:
             count=int(out["count"]),
             td_sq=float(out["td_sq"]),
             rho2=float(out["rho2"]),
-            grad_w=out["grad_w"],
             grad_k=out["grad_k"],
             gram=out["gram"],
+            a=out["a"],
+            b=out["b"],
+            c_rho=out["c_rho"],
+            a_e=out["a_e"],
+            b_e=out["b_e"],
         )
 
     def transitions(

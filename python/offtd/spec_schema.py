@@ -108,6 +108,9 @@ class PolicyCfg:
 class CriticCfg:
     gamma: float = _f(0.9, "discount", lo=0.0, hi=1.0, hi_open=True)
     alpha_w: float = _f(0.05, "critic step size (0 freezes the critic)", lo=0.0)
+    algorithm: str = _f("td0", "td0 | tdc | gtd2 | etd: off-policy TD(0), TDC, GTD2 or emphatic TD(0) (MODEL.md 3.4)",
+                        choices=("td0", "tdc", "gtd2", "etd"))
+    alpha_h: float = _f(0.1, "step size of the secondary weights h of tdc and gtd2", lo=0.0)
     init: str = _f("zeros", "zeros | teacher | teacher_noise", choices=("zeros", "teacher", "teacher_noise"))
     init_noise: float = _f(0.05, "relative noise on the teacher for teacher_noise (x ||w_teacher|| / sqrt(d))", lo=0.0)
 

@@ -51,7 +51,8 @@ def exact_metrics(ex: ExactTD, gram_pool: np.ndarray, teacher: Teacher, alpha_w:
     gains), pool values (the expectation given this iteration's states) and the exact ratio moments."""
     op = ex.operator
     with np.errstate(all="ignore"):
-        pool = eig_summary(op.a(gram_pool), alpha_w) if op.available else eig_summary(np.full((1, 1), math.nan), alpha_w)
+        pool_mat = ex.critic_matrix(op.a(gram_pool), gram_pool) if op.available else None
+        pool = eig_summary(pool_mat if pool_mat is not None else np.full((1, 1), math.nan), alpha_w)
         scale = value_scale(teacher, gram_pool)
         gap = relative_gap(ex.fixed_point - teacher.w, gram_pool, scale) if op.available else math.nan
     rm = ex.ratios

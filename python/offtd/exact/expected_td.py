@@ -116,8 +116,26 @@ def td_operator(
 
 
 @dataclass(frozen=True)
+class CriticSpec:
+    """Which critic's expected update the exact theory judges (MODEL.md 3.4): its algorithm and
+    eta = alpha_h / alpha_w."""
+
+    algorithm: str = "td0"
+    eta: float = 0.0
+
+
+def critic_of(spec) -> CriticSpec:
+    """The critic of a spec (offtd.spec.Spec)."""
+    from ..critics import eta
+
+    return CriticSpec(spec.critic.algorithm, eta(spec.critic.alpha_w, spec.critic.alpha_h))
+
+
+@dataclass(frozen=True)
 class ExactTD:
-    """The exact quantities of one iteration (its gains K_pi, K_mu and the rollout's horizon)."""
+    """The exact quantities of one iteration (its gains K_pi, K_mu and the rollout's horizon). `pop` is
+    the eigenvalue summary of the critic's own expected-update matrix (`critic_pop`: A for td0, A_e
+    for etd, the 2d x 2d matrix of (w, h) for tdc and gtd2); `td0` is TD(0)'s, whatever the critic."""
 
     operator: TDOperator
     ratios: RatioMoments | None
@@ -127,6 +145,20 @@ class ExactTD:
     b_pop: np.ndarray
     pop: EigSummary
     fixed_point: np.ndarray
+    critic: CriticSpec = CriticSpec()
+    critic_pop: np.ndarray | None = None
+    td0: EigSummary | None = None
+    note: str = ""
+
+    def critic_matrix(self, a: np.ndarray, gram: np.ndarray) -> np.ndarray | None:
+        """The critic's matrix given a TD(0) matrix `a` and a Gram matrix over the same states (the
+        pool's), or None where the critic needs more than these (etd: the trace-weighted Gram)."""
+        from ..critics import expected_matrix
+
+        alg = self.critic.algorithm
+        if alg == "etd":
+            return None
+        return expected_matrix(alg, a, gram, self.operator.kappa0 * gram, self.critic.eta)
 
 
 def exact_td(
@@ -137,9 +169,13 @@ def exact_td(
     alpha_w: float,
     clip_enabled: bool,
     backend: Backend,
+    critic: CriticSpec | None = None,
 ) -> ExactTD:
     """Population values for the iteration with gains (K_pi, K_mu): the state moments of the rollout's
-    state pool, E[A_hat], E[b_hat], their eigenvalue summary and the TD fixed point."""
+    state pool, E[A_hat], E[b_hat], the eigenvalue summary of the critic's expected update (TD(0)'s
+    unless `critic` says otherwise) and the TD fixed point."""
+    critic = critic or CriticSpec()
+    note = ""
     with np.errstate(all="ignore"):
         moments = backend.state_moments(problem, k_pi, k_mu, horizon)
         gram = gram_from_moments(moments)
@@ -149,9 +185,24 @@ def exact_td(
         else:
             a = np.full((problem.d, problem.d), math.nan)
             b = np.full(problem.d, math.nan)
-        summary = eig_summary(a, alpha_w)
+        td0 = eig_summary(a, alpha_w)
         w_fp = op.fixed_point() if op.available else np.full(problem.d, math.nan)
-    return ExactTD(op, rm, moments, gram, a, b, summary, w_fp)
+        if critic.algorithm == "td0":
+            mat = a
+        elif critic.algorithm == "etd":
+            if op.available and op.kappa0 == 1.0 and op.sigma_eff == float(problem.sigma_pi):
+                from .emphatic import emphatic_gram
+
+                mat = op.a(emphatic_gram(problem, k_pi, k_mu, horizon))
+            else:
+                mat = np.full((problem.d, problem.d), math.nan)
+                note = "emphatic TD with clipping that binds: no closed form"
+        else:
+            from ..critics import expected_matrix
+
+            mat = expected_matrix(critic.algorithm, a, gram, op.kappa0 * gram, critic.eta)
+        summary = td0 if critic.algorithm == "td0" else eig_summary(mat, alpha_w)
+    return ExactTD(op, rm, moments, gram, a, b, summary, w_fp, critic, mat, td0, note)
 
 
 def g_norm(x: np.ndarray, gram: np.ndarray) -> float:

@@ -60,6 +60,7 @@ class ReferenceBackend:
         iteration: int,
         batch: int,
         horizon: int,
+        stats: int = 0,
     ) -> RolloutBatch:
         n, m, d = problem.n, problem.m, problem.d
         out = _rollout(
@@ -71,7 +72,12 @@ class ReferenceBackend:
             iteration=int(iteration),
             batch=int(batch),
             horizon=int(horizon),
+            stats=int(stats),
         )
+
+        def opt(x, shape):
+            return None if x is None else _f64(x).reshape(shape)
+
         return RolloutBatch(
             states=_f64(out.states).reshape(batch, horizon + 1, n),
             rewards=_f64(out.rewards).reshape(batch, horizon),
@@ -79,9 +85,13 @@ class ReferenceBackend:
             count=int(out.count),
             td_sq=float(out.td_sq),
             rho2=float(out.rho2),
-            grad_w=_f64(out.grad_w).reshape(d),
             grad_k=_f64(out.grad_k).reshape(m, n),
             gram=_f64(out.gram).reshape(d, d),
+            a=_f64(out.a).reshape(d, d),
+            b=_f64(out.b).reshape(d),
+            c_rho=opt(out.c_rho, (d, d)),
+            a_e=opt(out.a_e, (d, d)),
+            b_e=opt(out.b_e, (d,)),
         )
 
     def transitions(
@@ -96,11 +106,12 @@ class ReferenceBackend:
         iteration: int,
     ) -> TransitionSums:
         d = problem.d
+        pool = np.asarray(pool).reshape(-1, problem.n)
         out = _transitions(
             _env_kwargs(problem),
             k_pi=to_matrix(k_pi),
             k_mu=to_matrix(k_mu),
-            pool=to_matrix(np.asarray(pool).reshape(-1, problem.n)),
+            pool=to_matrix(pool),
             count=int(count),
             repeats=int(repeats),
             base=int(base),

@@ -4,6 +4,10 @@ Per trajectory j (its own random streams, substream j): ``s_0 = sigma_0 * z_0``;
 mixture uniform picks pi (``u < p``) or mu, the action is ``mean + sigma * z``, the ratio, reward and
 next state follow section 2, and the TD sums are accumulated per trajectory from 0.0. The trajectory
 sums are then added in trajectory order from 0.0 (MODEL.md 0.2).
+
+The sums are the algorithm-neutral statistics of MODEL.md 3.3 (A, b, gram; with ``stats`` bit
+``STATS_CROSS`` also C_rho, with bit ``STATS_EMPHASIS`` the emphatic A_e, b_e), the TD loss and the actor's sums: every critic's update is computed from them in
+python/offtd/critics.py.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from dataclasses import dataclass
 
 from .. import rng
 from .common import dot, feature_dim, mixture_step, phi
+
+STATS_CROSS = 1  # C_rho = sum rho_bar phi phi^T (TDC)
+STATS_EMPHASIS = 2  # A_e, b_e with the follow-on trace (emphatic TD)
 
 
 @dataclass
@@ -24,9 +31,13 @@ class RolloutSums:
     count: int
     td_sq: float
     rho2: float
-    grad_w: list  # [d]
     grad_k: list  # [m][n]
     gram: list  # [d][d]
+    a: list  # [d][d]
+    b: list  # [d]
+    c_rho: list | None  # [d][d] (STATS_CROSS)
+    a_e: list | None  # [d][d] (STATS_EMPHASIS)
+    b_e: list | None  # [d]
 
 
 def rollout(
@@ -39,6 +50,7 @@ def rollout(
     iteration: int,
     batch: int,
     horizon: int,
+    stats: int = 0,
 ) -> RolloutSums:
     """Roll out ``batch`` trajectories of ``horizon`` steps. ``env`` holds the environment and policy
     constants (see ``common.mixture_step``) plus ``gamma`` and ``seed``; matrices are lists of rows."""
@@ -49,7 +61,12 @@ def rollout(
 
     tot_td_sq = 0.0
     tot_rho2 = 0.0
-    tot_grad_w = [0.0] * d
+    cross, emph = bool(stats & STATS_CROSS), bool(stats & STATS_EMPHASIS)
+    tot_a = [[0.0] * d for _ in range(d)]
+    tot_b = [0.0] * d
+    tot_c_rho = [[0.0] * d for _ in range(d)] if cross else None
+    tot_a_e = [[0.0] * d for _ in range(d)] if emph else None
+    tot_b_e = [0.0] * d if emph else None
     tot_grad_k = [[0.0] * n for _ in range(m)]
     tot_gram = [[0.0] * d for _ in range(d)]
     all_states = []
@@ -72,9 +89,14 @@ def rollout(
         # Per-trajectory accumulators, from 0.0.
         td_sq = 0.0
         rho2 = 0.0
-        grad_w = [0.0] * d
         grad_k = [[0.0] * n for _ in range(m)]
         gram = [[0.0] * d for _ in range(d)]  # upper triangle accumulated, mirrored below
+        a_s = [[0.0] * d for _ in range(d)]
+        b_s = [0.0] * d
+        c_rho = [[0.0] * d for _ in range(d)] if cross else None  # upper triangle, mirrored below
+        a_e = [[0.0] * d for _ in range(d)] if emph else None
+        b_e = [0.0] * d if emph else None
+        trace = 1.0  # the follow-on trace F_h (interest 1): F_0 = 1, F_{h+1} = 1 + (gamma*rho_bar_h)*F_h
 
         for h in range(horizon):
             z_a = [act.normal(h * m + k) for k in range(m)]
@@ -90,8 +112,30 @@ def rollout(
             td_sq += delta * delta
             rho2 += rho * rho
             g = rho_bar * delta
+            e = [f[j] - gamma * f_next[j] for j in range(d)]
+            rr = rho_bar * r
             for i in range(d):
-                grad_w[i] += g * f[i]
+                rf = rho_bar * f[i]
+                row = a_s[i]
+                for jj in range(d):
+                    row[jj] += rf * e[jj]
+                b_s[i] += rr * f[i]
+            if cross:
+                for i in range(d):
+                    rf = rho_bar * f[i]
+                    row = c_rho[i]
+                    for k in range(i, d):
+                        row[k] += rf * f[k]
+            if emph:
+                mr = trace * rho_bar
+                mrr = mr * r
+                for i in range(d):
+                    mf = mr * f[i]
+                    row = a_e[i]
+                    for jj in range(d):
+                        row[jj] += mf * e[jj]
+                    b_e[i] += mrr * f[i]
+                trace = 1.0 + (gamma * rho_bar) * trace
             for i in range(m):
                 gd = g * dpi[i]
                 row = grad_k[i]
@@ -114,12 +158,25 @@ def rollout(
         for i in range(d):
             for k in range(i):
                 gram[i][k] = gram[k][i]
+                if cross:
+                    c_rho[i][k] = c_rho[k][i]
 
         # Trajectory sums added in trajectory order (MODEL.md 0.2).
         tot_td_sq += td_sq
         tot_rho2 += rho2
         for i in range(d):
-            tot_grad_w[i] += grad_w[i]
+            for k in range(d):
+                tot_a[i][k] += a_s[i][k]
+            tot_b[i] += b_s[i]
+        if cross:
+            for i in range(d):
+                for k in range(d):
+                    tot_c_rho[i][k] += c_rho[i][k]
+        if emph:
+            for i in range(d):
+                for k in range(d):
+                    tot_a_e[i][k] += a_e[i][k]
+                tot_b_e[i] += b_e[i]
         for i in range(m):
             for jj in range(n):
                 tot_grad_k[i][jj] += grad_k[i][jj]
@@ -137,7 +194,11 @@ def rollout(
         count=count,
         td_sq=tot_td_sq,
         rho2=tot_rho2,
-        grad_w=tot_grad_w,
         grad_k=tot_grad_k,
         gram=tot_gram,
+        a=tot_a,
+        b=tot_b,
+        c_rho=tot_c_rho,
+        a_e=tot_a_e,
+        b_e=tot_b_e,
     )
