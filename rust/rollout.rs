@@ -936,7 +936,7 @@ mod tests {
     /// (uncached), one `model::step` per step, the per-trajectory sums of step 3 over the full d x d
     /// Gram matrix, then the trajectory sums added in order from 0.0. The oracle of
     /// `rollout_equals_the_model_written_out`.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn rollout_oracle(
         p: &Problem,
         w: &[f64],
@@ -1287,8 +1287,8 @@ mod tests {
             let k = vec![0.0; m * n];
             for (batch, horizon) in [(1usize, 1usize), (3, 40), (2, 700), (40, 30)] {
                 let (est, out, peak) = crate::mem::counting::measure(
-                    || rollout_bytes(n, m, batch, horizon).unwrap(),
-                    || rollout(&p, &w, &k, &k, 0, batch, horizon).unwrap(),
+                    || rollout_bytes(n, m, batch, horizon, 3).unwrap(),
+                    || rollout(&p, &w, &k, &k, 0, batch, horizon, 3).unwrap(),
                 );
                 crate::mem::counting::check_estimate(
                     &format!("rollout n {n} m {m} batch {batch} horizon {horizon}"),
@@ -1309,11 +1309,14 @@ mod tests {
             Err(CoreError::OutOfMemory { arg, .. }) => arg,
             other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
         };
-        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1, 1 << 40)), "horizon");
-        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1 << 40, 1)), "batch");
-        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1 << 30, 1 << 30)), "batch"); // a tie names batch
-                                                                                // n = 2, horizon = usize::MAX / 2: (horizon + 1) n overflows, horizon n does not
-        let e = rollout(&p, &w, &k, &k, 0, 1, usize::MAX / 2).unwrap_err();
+        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1, 1 << 40, 0)), "horizon");
+        assert_eq!(oom(rollout(&p, &w, &k, &k, 0, 1 << 40, 1, 0)), "batch");
+        assert_eq!(
+            oom(rollout(&p, &w, &k, &k, 0, 1 << 30, 1 << 30, 0)),
+            "batch"
+        ); // a tie names batch
+           // n = 2, horizon = usize::MAX / 2: (horizon + 1) n overflows, horizon n does not
+        let e = rollout(&p, &w, &k, &k, 0, 1, usize::MAX / 2, 0).unwrap_err();
         assert!(
             matches!(e, CoreError::InvalidArgument { arg: "batch", .. }),
             "{e:?}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, Problem
-from .exact.expected_td import exact_td
+from .exact.expected_td import CriticSpec, critic_of, exact_td
 from .exact.ratios import ratio_moments
 from .health import Verdict, last_exact, last_row, z_level
 from .health import _nonfinite_ratios as nonfinite_ratios
@@ -49,12 +49,46 @@ class _Exact:
         self.k_pi = result.final_k_pi if ok else np.array(spec.policy.k_init, dtype=float)
         self.k_mu = result.final_k_mu if ok else np.array(spec.policy.k_mu_init, dtype=float)
 
-    def td(self, alpha_w: float | None = None, **changes: Any):
+    def td(self, alpha_w: float | None = None, critic: CriticSpec | None = None, **changes: Any):
+        """The exact quantities of the run's critic (or `critic`) with the changed settings."""
         if self.backend is None:
             return None
         problem: Problem = dataclasses.replace(self.problem, **changes) if changes else self.problem
         alpha = self.spec.critic.alpha_w if alpha_w is None else alpha_w
-        return exact_td(problem, self.k_pi, self.k_mu, self.spec.run.horizon, alpha, self.spec.rho.clip_enabled, self.backend)
+        return exact_td(problem, self.k_pi, self.k_mu, self.spec.run.horizon, alpha, self.spec.rho.clip_enabled, self.backend,
+                        critic=critic or critic_of(self.spec))  # fmt: skip
+
+
+# The secondary step sizes tried for the gradient-TD critics, as eta = alpha_h / alpha_w.
+CRITIC_ETAS = (1.0, 10.0, 0.1)
+
+
+def _critic_remedies(spec: Spec, ex: _Exact) -> list[str]:
+    """The other critics whose exact expected update is stable at the run's final gains (MODEL.md 7):
+    each checked with the exact theory, with the step size that makes it contract (half its critical
+    step, or the run's alpha_w when that already contracts). Empty when none is, or none can be checked."""
+    from .critics import ALGORITHMS, secondary_weights
+
+    found = []
+    alpha = spec.critic.alpha_w
+    for alg in ALGORITHMS:
+        if alg == spec.critic.algorithm:
+            continue
+        for eta in CRITIC_ETAS if secondary_weights(alg) else (0.0,):
+            e = ex.td(critic=CriticSpec(alg, eta))
+            if e is None or not (e.pop.min_re > 0 and e.pop.alpha_crit > 0):
+                continue
+            step = alpha if 0 < alpha < e.pop.alpha_crit else 0.5 * e.pop.alpha_crit
+            radius = ex.td(alpha_w=step, critic=CriticSpec(alg, eta))
+            setting = f"critic.algorithm = \"{alg}\""
+            if secondary_weights(alg):
+                setting += f", critic.alpha_h = {_fmt(eta * step)}"
+            if step != alpha:
+                setting += f", critic.alpha_w = {_fmt(step)}"
+            rad = f", exact radius {radius.pop.radius:.6g}" if radius is not None else ""
+            found.append(f"{setting} (exact min Re eig {_fmt(e.pop.min_re)}, stable for alpha_w < {_fmt(e.pop.alpha_crit)}{rad})")
+            break
+    return found
 
 
 def _stability_remedies(spec: Spec, ex: _Exact, kind: str, row: dict[str, float]) -> list[str]:
@@ -84,13 +118,16 @@ def _stability_remedies(spec: Spec, ex: _Exact, kind: str, row: dict[str, float]
         if e is not None and e.pop.min_re > 0:
             found.append(f"critic.gamma = {_fmt(cand)} (exact min Re eig {_fmt(e.pop.min_re)}, alpha_w* = {_fmt(e.pop.alpha_crit)})")
             break
-    head = (
-        f"exact min Re eig(A) = {_fmt(row['exact_min_re_eig'])} < 0: no step size makes TD(0) stable here (the deadly triad)"
-    )
+    name = spec.critic.algorithm
+    head = f"exact min Re eig = {_fmt(row['exact_min_re_eig'])} < 0: no step size makes {name} stable here" + (
+        " (the deadly triad)" if name == "td0" else "")  # fmt: skip
     if found:
         steps.append(f"{head} -> checked remedies: " + "; ".join(found) + ".")
     else:
         steps.append(f"{head} -> raising p_mix up to 0.5 or lowering gamma by up to half does not fix it (exact); reduce the policies' mismatch.")
+    critics = _critic_remedies(spec, ex)
+    if critics:
+        steps.append("other critics on the same data, checked with the exact theory: " + "; ".join(critics) + ".")
     return steps
 
 
@@ -208,6 +245,9 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
         steps.append("the critic is frozen (alpha_w = 0); with any step size TD(0) would diverge on this data (exact).")
     elif stab.kind == "boundary":
         steps.append("the exact expected TD map sits on the stability boundary -> add margin: lower alpha_w, raise p_mix or lower gamma.")
+        critics = _critic_remedies(spec, ex) if ex_row is not None else []
+        if critics:
+            steps.append("other critics on the same data, checked with the exact theory: " + "; ".join(critics) + ".")
     if by["teacher"].status != "PASS":
         steps.append(
             "theory: the closed loop sqrt(gamma) * rho(A + B K_pi) >= 1, so the policy's value is infinite -> lower actor.alpha_pi "

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import STABILITY_BASE, Backend, Problem, get_backend
+from .backend import STABILITY_BASE, STATS_CROSS, STATS_EMPHASIS, Backend, Problem, get_backend
 
 
 @dataclass
@@ -90,6 +90,20 @@ def cases(quick: bool) -> list[Case]:
             "transitions",
             batch * horizon,
             lambda be: lambda: be.rollout(p, w, k_pi, k_mu, 0, batch, horizon),
+        ),
+        # the optional statistics of the gradient-TD and emphatic critics (MODEL.md 3.3): what they add
+        # per transition, against the row above
+        Case(
+            f"rollout n=m=2 ({batch}x{horizon}) + C_rho (tdc)",
+            "transitions",
+            batch * horizon,
+            lambda be: lambda: be.rollout(p, w, k_pi, k_mu, 0, batch, horizon, STATS_CROSS),
+        ),
+        Case(
+            f"rollout n=m=2 ({batch}x{horizon}) + A_e, b_e (etd)",
+            "transitions",
+            batch * horizon,
+            lambda be: lambda: be.rollout(p, w, k_pi, k_mu, 0, batch, horizon, STATS_EMPHASIS),
         ),
         Case(
             f"probe transitions (K={probe_k}, R=4)",

@@ -308,29 +308,41 @@ def _estimate_text(row: dict[str, float] | None) -> str:
     )
 
 
+def _fmt_radius(r: float) -> str:
+    """A radius with the digits that show its distance from 1 (0.99998, not 1)."""
+    return _fmt(r) if abs(1.0 - r) >= 5e-4 else f"{r:.8g}"
+
+
+def _critic_names(spec: Spec) -> tuple[str, str]:
+    """(the expected-update matrix's symbol, the update's name) for the run's critic (MODEL.md 3.4)."""
+    alg = spec.critic.algorithm
+    return {"td0": "A", "etd": "A_e"}.get(alg, "G"), {"td0": "TD", "tdc": "TDC", "gtd2": "GTD2", "etd": "emphatic TD"}[alg]
+
+
 def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | None) -> Check:
     alpha = spec.critic.alpha_w
+    mat, upd = _critic_names(spec)
     r, a, crit = ex["exact_radius"], ex["exact_min_re_eig"], ex["exact_alpha_w_crit"]
     t = int(ex["iter"])
     tol = ex["exact_tol"]  # rounding: 1e3 eps (1 + alpha_w ||A||_F)
     est = _estimate_text(probe)
     if alpha == 0.0:
         if a < -tol:
-            why = f"critic frozen (alpha_w = 0); exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: TD would diverge at any step size"
+            why = f"critic frozen (alpha_w = 0); exact min Re eig({mat}) = {_fmt(a)} < 0 at iteration {t}: {upd} would diverge at any step size"
             return Check("stable", "WARN", why, "frozen_unstable")
         return Check("stable", "PASS", f"critic frozen (alpha_w = 0); exact alpha_w* = {_fmt(crit)} at iteration {t}")
     if a < -tol:
         return Check(
             "stable",
             "FAIL",
-            f"exact min Re eig(A) = {_fmt(a)} < 0 at iteration {t}: the expected TD update diverges at every step size{est}",
+            f"exact min Re eig({mat}) = {_fmt(a)} < 0 at iteration {t}: the expected {upd} update diverges at every step size{est}",
             "td_diverges_any_step",
         )
     if r > 1.0 + tol:
         return Check(
             "stable",
             "FAIL",
-            f"exact spectral radius of I - alpha_w A = {_fmt(r)} > 1 at iteration {t}: alpha_w = {_fmt(alpha)} exceeds "
+            f"exact spectral radius of I - alpha_w {mat} = {_fmt(r)} > 1 at iteration {t}: alpha_w = {_fmt(alpha)} exceeds "
             f"the critical step size alpha_w* = {_fmt(crit)}{est}",
             "step_too_large",
         )
@@ -339,7 +351,7 @@ def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | No
     return Check(
         "stable",
         "PASS",
-        f"exact radius {_fmt(r)} < 1 (alpha_w = {_fmt(alpha)} < alpha_w* = {_fmt(crit)}), min Re eig(A) = {_fmt(a)} > 0 "
+        f"exact radius {_fmt_radius(r)} < 1 (alpha_w = {_fmt(alpha)} < alpha_w* = {_fmt(crit)}), min Re eig({mat}) = {_fmt(a)} > 0 "
         f"at iteration {t}{est}",
     )
 
@@ -348,17 +360,18 @@ def _stable_estimate(spec: Spec, ex: dict[str, float] | None, row: dict[str, flo
     if row is None:
         return Check("stable", "WARN", f"no exact value ({why}) and no stability probe ran", "no_probe")
     t = int(row["iter"])
+    mat, upd = _critic_names(spec)
     r, a = row["stability_radius"], row["a_min_real_eig"]
     if not (math.isfinite(r) and math.isfinite(a)):
         return Check("stable", "FAIL", f"A_hat not finite at iteration {t}", "nonfinite")
     pct = f"{100 * spec.health.level:g}%"
     iv = (
         f"radius {_fmt(r)} in [{_fmt(row['stability_radius_lo'])}, {_fmt(row['stability_radius_hi'])}], "
-        f"min Re eig(A_hat) {_fmt(a)} in [{_fmt(row['a_min_real_eig_lo'])}, {_fmt(row['a_min_real_eig_hi'])}] "
+        f"min Re eig({mat}_hat) {_fmt(a)} in [{_fmt(row['a_min_real_eig_lo'])}, {_fmt(row['a_min_real_eig_hi'])}] "
         f"({pct} intervals over {int(row['repeats'])} sub-batches; no exact value: {why})"
     )
     if row["a_min_real_eig_hi"] < 0.0:
-        return Check("stable", "FAIL", f"expected TD update diverges at iteration {t}: {iv}", "td_diverges_estimate")
+        return Check("stable", "FAIL", f"expected {upd} update diverges at iteration {t}: {iv}", "td_diverges_estimate")
     if row["stability_radius_lo"] > 1.0:
         return Check("stable", "FAIL", f"critic step expands at iteration {t}: {iv}", "step_too_large_estimate")
     if row["a_min_real_eig_lo"] < 0.0 or row["stability_radius_hi"] > 1.0:

@@ -175,7 +175,8 @@ def critic_matrix(ctx: ProbeContext, a_hat: np.ndarray) -> np.ndarray:
     if alg == "td0":
         return a_hat
     if alg == "etd":
-        return roll.a_e / roll.count
+        assert roll.a_e is not None, "etd's rollout carries A_e (critics.rollout_stats)"
+        return np.asarray(roll.a_e / roll.count)
     c_rho = roll.c_rho / roll.count if roll.c_rho is not None else None
     return critics.expected_matrix(alg, a_hat, ctx.gram_pool(), c_rho, critics.eta(ctx.spec.critic.alpha_w, ctx.spec.critic.alpha_h))
 

@@ -42,7 +42,8 @@ def key_hparams(spec: Spec) -> str:
     return (
         f"outer_iters={spec.run.outer_iters}, horizon={spec.run.horizon}, gamma={spec.critic.gamma:g}, "
         f"alpha_w={spec.critic.alpha_w:g}, alpha_pi={spec.actor.alpha_pi:g}, beta={spec.policy.beta:g}, "
-        f"sigma_mu={spec.policy.sigma_mu:g}, sigma_pi={spec.policy.sigma_pi:g}, p_mix={spec.policy.p_mix:g}"
+        f"sigma_mu={spec.policy.sigma_mu:g}, sigma_pi={spec.policy.sigma_pi:g}, p_mix={spec.policy.p_mix:g}, "
+        f"critic={spec.critic.algorithm}" + (f" (alpha_h={spec.critic.alpha_h:g})" if spec.critic.algorithm in ("tdc", "gtd2") else "")
     )
 
 

@@ -6,8 +6,8 @@ next state follow section 2, and the TD sums are accumulated per trajectory from
 sums are then added in trajectory order from 0.0 (MODEL.md 0.2).
 
 The sums are the algorithm-neutral statistics of MODEL.md 3.3 (A, b, gram; with ``stats`` bit
-``STATS_CROSS`` also C_rho, with bit ``STATS_EMPHASIS`` the emphatic A_e, b_e), the TD loss and the actor's sums: every critic's update is computed from them in
-python/offtd/critics.py.
+``STATS_CROSS`` also C_rho, with bit ``STATS_EMPHASIS`` the emphatic A_e, b_e), the TD loss and the
+actor's sums: every critic's update is computed from them in python/offtd/critics.py.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def rollout(
     cross, emph = bool(stats & STATS_CROSS), bool(stats & STATS_EMPHASIS)
     tot_a = [[0.0] * d for _ in range(d)]
     tot_b = [0.0] * d
-    tot_c_rho = [[0.0] * d for _ in range(d)] if cross else None
-    tot_a_e = [[0.0] * d for _ in range(d)] if emph else None
-    tot_b_e = [0.0] * d if emph else None
+    tot_c_rho = [[0.0] * d for _ in range(d)]  # returned only when asked for
+    tot_a_e = [[0.0] * d for _ in range(d)]
+    tot_b_e = [0.0] * d
     tot_grad_k = [[0.0] * n for _ in range(m)]
     tot_gram = [[0.0] * d for _ in range(d)]
     all_states = []
@@ -93,9 +93,9 @@ def rollout(
         gram = [[0.0] * d for _ in range(d)]  # upper triangle accumulated, mirrored below
         a_s = [[0.0] * d for _ in range(d)]
         b_s = [0.0] * d
-        c_rho = [[0.0] * d for _ in range(d)] if cross else None  # upper triangle, mirrored below
-        a_e = [[0.0] * d for _ in range(d)] if emph else None
-        b_e = [0.0] * d if emph else None
+        c_rho = [[0.0] * d for _ in range(d)]  # upper triangle, mirrored below
+        a_e = [[0.0] * d for _ in range(d)]
+        b_e = [0.0] * d
         trace = 1.0  # the follow-on trace F_h (interest 1): F_0 = 1, F_{h+1} = 1 + (gamma*rho_bar_h)*F_h
 
         for h in range(horizon):
@@ -198,7 +198,7 @@ def rollout(
         gram=tot_gram,
         a=tot_a,
         b=tot_b,
-        c_rho=tot_c_rho,
-        a_e=tot_a_e,
-        b_e=tot_b_e,
+        c_rho=tot_c_rho if cross else None,
+        a_e=tot_a_e if emph else None,
+        b_e=tot_b_e if emph else None,
     )
