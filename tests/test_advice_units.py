@@ -48,9 +48,9 @@ def numbers_after(text: str, prefix: str) -> float:
 # ------------------------------------------------------------------------ an oracle for ratio moments
 
 
-def e_b_min_rho_c(m: int, sp: float, sm: float, p: float, c: float, power: int) -> float:
-    """E_b[min(pi/b, c)^power] for pi = N(0, sp^2 I_m), mu = N(0, sm^2 I_m), b = p pi + (1 - p) mu, by
-    scipy quadrature over the radius (the densities depend on |x| only)."""
+def e_b_min_rho_c(m: int, sp: float, sm: float, p: float, c: float, power: int, radial_power: int = 0) -> float:
+    """E_b[min(pi/b, c)^power |x|^radial_power] for pi = N(0, sp^2 I_m), mu = N(0, sm^2 I_m),
+    b = p pi + (1 - p) mu, by scipy quadrature over the radius (the densities depend on |x| only)."""
 
     def log_density(r, s):
         return -0.5 * m * math.log(2 * math.pi * s * s) - r * r / (2 * s * s)
@@ -61,7 +61,7 @@ def e_b_min_rho_c(m: int, sp: float, sm: float, p: float, c: float, power: int) 
     def integrand(r):
         lp, lm = log_density(r, sp), log_density(r, sm)
         rho = 1.0 / (p + (1 - p) * math.exp(lm - lp))
-        return (p * radial(r, sp) + (1 - p) * radial(r, sm)) * min(rho, c) ** power
+        return (p * radial(r, sp) + (1 - p) * radial(r, sm)) * min(rho, c) ** power * r**radial_power
 
     top = 12 * max(sp, sm) + 12
     breaks = sorted({x * min(sp, sm) for x in (0.5, 1, 2, 4, 8)} | {x * max(sp, sm) for x in (0.5, 1, 2, 4, 8)})

@@ -17,6 +17,7 @@ from offtd.backend import get_backend
 from offtd.exact import special, uncertainty
 from offtd.exact.grid import theory_row, to_markdown
 from offtd.exact.section import theory
+from offtd.model import problem_from_spec
 from test_advice_units import e_b_min_rho_c
 from test_health_units import exact_row, fp_row, make_result, make_spec, stab_row
 
@@ -65,6 +66,13 @@ def test_subbatch_and_mean_intervals_use_students_t():
     assert m.estimate == pytest.approx(v.mean(), rel=1e-15) and m.se == pytest.approx(se, rel=1e-14)
     assert m.lo == pytest.approx(v.mean() - half, rel=1e-12) and m.hi == pytest.approx(v.mean() + half, rel=1e-12)
     assert uncertainty.t_quantile(4) == pytest.approx(stats.t.ppf(0.975, 4), rel=1e-13)
+
+
+def test_two_sub_batches_already_give_an_interval():
+    iv = uncertainty.subbatch_interval(1.0, np.array([0.5, 1.5]))
+    se = np.std([0.5, 1.5], ddof=1) / math.sqrt(2)  # 0.5
+    assert iv.se == pytest.approx(se, rel=1e-15)
+    assert iv.hi == pytest.approx(1.0 + stats.t.ppf(0.975, 1) * se, rel=1e-12)  # t with 1 degree of freedom: 12.7
 
 
 def test_intervals_without_enough_values_are_the_whole_line():
@@ -121,6 +129,30 @@ def test_theory_row_against_closed_forms():
     assert unstable["teacher_defined"] == 0.0 and unstable["closed_loop"] >= 1.0 and math.isnan(unstable["teacher_value_rms"])
 
 
+def test_exact_metrics_row_and_the_noise_of_the_clipped_fixed_point():
+    # MODEL.md 9.4: with clipping at equal means the fixed point is the teacher of noise
+    # sigma_eff = sqrt(kappa2 / kappa0), kappa0 = E_b[rho_bar], kappa2 = E_b[rho_bar |a|^2] / m (quadrature)
+    from offtd.exact.exact_metrics import exact_metrics
+    from offtd.exact.expected_td import exact_td
+    from offtd.model import teacher
+
+    spec = make_spec(**{"policy.sigma_pi": 0.6, "policy.sigma_mu": 0.5, "policy.p_mix": 0.2, "rho.clip_enabled": True, "rho.clip": 1.5})
+    problem = problem_from_spec(spec)
+    k = np.zeros((2, 2))
+    ex = exact_td(problem, k, k, spec.run.horizon, spec.critic.alpha_w, True, get_backend("python"))
+    row = exact_metrics(ex, np.eye(6), teacher(problem, k), spec.critic.alpha_w)
+    assert list(row) == [
+        "exact_available", "exact_radius", "exact_min_re_eig", "exact_alpha_w_crit", "exact_tol", "exact_radius_pool",
+        "exact_min_re_eig_pool", "exact_teacher_gap", "exact_kappa0", "exact_sigma_eff", "exact_ratio_available",
+        "exact_e_rho2", "exact_e_rho_bar2", "exact_clip_prob",
+    ]  # fmt: skip
+    kappa0 = e_b_min_rho_c(2, 0.6, 0.5, 0.2, 1.5, 1)
+    kappa2 = e_b_min_rho_c(2, 0.6, 0.5, 0.2, 1.5, 1, radial_power=2) / 2
+    assert row["exact_kappa0"] == pytest.approx(kappa0, rel=1e-9)
+    assert row["exact_sigma_eff"] == pytest.approx(math.sqrt(kappa2 / kappa0), rel=1e-9)
+    assert row["exact_available"] == 1.0 and row["exact_ratio_available"] == 1.0
+
+
 def test_theory_markdown_table():
     rows = [
         {"cell": 0, "policy.p_mix": 0.1, "exact_radius": 0.123456, "flag": True, "name": "a"},
@@ -132,6 +164,7 @@ def test_theory_markdown_table():
         "| 0 | 0.1 | 0.1235 | True | a |",
         "| 1 | 0.25 | inf | False | b c |",
     ]
+    assert to_markdown(rows[:1]).splitlines()[2] == "| 0 | 0.1 | 0.1235 | True | a |"  # a one-cell grid
 
 
 # ------------------------------------------------------------------------------- the Theory section

@@ -324,6 +324,7 @@ def test_khat_se_is_the_gpd_shape_sd_over_the_tail_size():
     assert health.khat_se(-2.0, 100) == pytest.approx(0.5 / math.sqrt(20), rel=1e-15)
     assert health.khat_se(-0.5, 100) == pytest.approx(0.5 / math.sqrt(20), rel=1e-15)
     assert math.isnan(health.khat_se(math.nan, 100)) and math.isnan(health.khat_se(0.5, 0))
+    assert health.khat_se(0.5, 1) == 1.5  # one ratio: T = ceil(min(0.2, 3)) = 1
 
 
 def _tail(spec, fp_khat=math.nan, st_khat=math.nan, n=4096.0, nonfinite=0.0) -> Check:
@@ -379,6 +380,10 @@ def test_tail_light_missing_and_clipped_are_not_judged():
     assert c.status == "PASS" and "light tail" in c.reason
     c = _rho(spec)
     assert c.status == "PASS" and "no pi/b probe ran" in c.reason
+    row = fp_row()
+    del row["rho_khat"]  # a row without the statistic counts as a light tail
+    c = _rho(spec, probes={"fixed_point_probe": [row]})
+    assert c.status == "PASS" and "light tail" in c.reason
     clipped = make_spec(**{"rho.clip_enabled": True, "rho.clip": 5.0, "health.khat_warn": 0.5, "health.khat_fail": 0.75})
     c = _tail(clipped, fp_khat=3.0)
     assert c.status == "PASS" and "the clipped weights are bounded by 5" in c.reason
