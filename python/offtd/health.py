@@ -370,10 +370,15 @@ def _stable_estimate(spec: Spec, ex: dict[str, float] | None, row: dict[str, flo
         f"min Re eig({mat}_hat) {_fmt(a)} in [{_fmt(row['a_min_real_eig_lo'])}, {_fmt(row['a_min_real_eig_hi'])}] "
         f"({pct} intervals over {int(row['repeats'])} sub-batches; no exact value: {why})"
     )
+    # The gradient-TD critics' matrix is nonlinear in A_hat near its small eigenvalues and the sub-batch
+    # interval does not carry that bias (MODEL.md 4.4): an estimate alone never FAILs them.
+    calibrated = spec.critic.algorithm == "td0"
+    bad = "FAIL" if calibrated else "WARN"
+    note = "" if calibrated else f" (an estimate for {upd}, whose sub-batch interval is first-order: not a FAIL)"
     if row["a_min_real_eig_hi"] < 0.0:
-        return Check("stable", "FAIL", f"expected {upd} update diverges at iteration {t}: {iv}", "td_diverges_estimate")
+        return Check("stable", bad, f"expected {upd} update diverges at iteration {t}: {iv}{note}", "td_diverges_estimate")
     if row["stability_radius_lo"] > 1.0:
-        return Check("stable", "FAIL", f"critic step expands at iteration {t}: {iv}", "step_too_large_estimate")
+        return Check("stable", bad, f"critic step expands at iteration {t}: {iv}{note}", "step_too_large_estimate")
     if row["a_min_real_eig_lo"] < 0.0 or row["stability_radius_hi"] > 1.0:
         return Check("stable", "WARN", f"undetermined at this sample size at iteration {t}: {iv}", "undetermined")
     return Check("stable", "PASS", f"stable at iteration {t}: {iv}")
