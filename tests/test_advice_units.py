@@ -245,7 +245,7 @@ def test_deadly_triad_remedies_are_the_first_candidates_that_work(monkeypatch, p
     res = make_result(exact=[exact_row(exact_min_re_eig=-0.25)])
     s = steps_of(spec, res, verdict(stable=("FAIL", "td_diverges_any_step")))
     assert s[-1] == (
-        "exact min Re eig(A) = -0.25 < 0: no step size makes TD(0) stable here (the deadly triad) -> checked remedies: "
+        "exact min Re eig = -0.25 < 0: no step size makes td0 stable here (the deadly triad) -> checked remedies: "
         f"policy.p_mix = {p_named} (exact min Re eig 0.125, alpha_w* = 0.5); critic.gamma = {g_named} (exact min Re eig 0.125, alpha_w* = 0.5)."
     )
     tried_p = [c["p_mix"] for c in fake.calls if "p_mix" in c]
