@@ -91,6 +91,13 @@ status=$?
 set -e
 end=$(date +%s)
 echo "wall time: $((end - start)) s (mutmut exit $status)"
+if [ "$status" -ne 0 ]; then
+    # mutmut hides the output of its stats and clean-test runs: show the failing test
+    echo "mutmut failed; the selected tests on the unmutated copy:" >&2
+    mapfile -t selection < <(python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['mutmut']['pytest_add_cli_args_test_selection']))")
+    PYTHONPATH=src python3 -m pytest -x -q -p no:cacheprovider "${selection[@]}" | tail -20 >&2 || true
+    exit "$status"
+fi
 if [ "$mode" = all ]; then
     mutmut results --all true | sed 's/^ *//; s/:.*//' > sample.txt
 fi
