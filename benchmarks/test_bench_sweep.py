@@ -11,15 +11,19 @@ from __future__ import annotations
 import pytest
 
 from offtd.bench import sweep_overhead, sweep_wall
+from offtd.executors import usable_cores
 
 CELLS = 200
 
 
-@pytest.mark.parametrize("workers", [1, None], ids=["workers-1", "default-executor"])
-def test_sweep_of_default_runs(benchmark, workers):
-    """200 cells of the default spec (outer_iters 40), --keep summary: compare the two rows' times."""
-    benchmark.extra_info.update(cells=CELLS, workers=workers or "default")
-    benchmark.pedantic(sweep_wall, args=(CELLS, {}, workers), rounds=2, iterations=1)
+@pytest.mark.parametrize(
+    "workers, copies", [(1, 1), (None, 1), (1, usable_cores())], ids=["workers-1", "default-executor", "independent-processes"]
+)
+def test_sweep_of_default_runs(benchmark, workers, copies):
+    """200 cells of the default spec (outer_iters 40), --keep summary: one core, the default executor,
+    and (the machine's ceiling) the cells split over independent --workers 1 processes at once."""
+    benchmark.extra_info.update(cells=CELLS, workers=workers or "default", copies=copies)
+    benchmark.pedantic(sweep_wall, args=(CELLS, {}, workers, copies), rounds=2, iterations=1)
 
 
 def test_keep_summary_overhead_per_cell(benchmark):
