@@ -521,11 +521,7 @@ fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bou
 /// (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`, `grad_k` (m, n),
 /// `gram` (d, d), `a` (d, d), `b` (d,), and `c_rho`, `a_e`, `b_e` (None unless `stats` asks for them).
 #[pyfunction]
-#[pyo3(
-    name = "rollout",
-    signature = (a, b, q, r, sigma_eps, sigma_0, reward_scale, sigma_pi, sigma_mu, p_mix, gamma, rho_clip,
-                 seed, w, k_pi, k_mu, iteration, batch, horizon, stats = None)
-)]
+#[pyo3(name = "rollout")]
 #[allow(clippy::too_many_arguments)]
 fn rollout_py<'py>(
     py: Python<'py>,
@@ -548,7 +544,7 @@ fn rollout_py<'py>(
     iteration: &Bound<'py, PyAny>,
     batch: &Bound<'py, PyAny>,
     horizon: &Bound<'py, PyAny>,
-    stats: Option<&Bound<'py, PyAny>>,
+    stats: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
     let pa = ProblemArgs::new(
@@ -573,19 +569,14 @@ fn rollout_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let batch = size_arg(batch, "batch", 1)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
-    let stats = match stats {
-        None => 0,
-        Some(obj) => {
-            let v = u64_arg(obj, "stats")?;
-            if v > u64::from(rollout::STATS_CROSS | rollout::STATS_EMPHASIS) {
-                return Err(to_py_err(CoreError::invalid(
-                    "stats",
-                    format!("must be a combination of the bits 1 and 2, got {v}"),
-                )));
-            }
-            v as u32
-        }
-    };
+    let stats = u64_arg(stats, "stats")?;
+    if stats > u64::from(rollout::STATS_CROSS | rollout::STATS_EMPHASIS) {
+        return Err(to_py_err(CoreError::invalid(
+            "stats",
+            format!("must be a combination of the bits 1 and 2, got {stats}"),
+        )));
+    }
+    let stats = stats as u32;
     let p = pa.problem(sigma_0);
     let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
     let out = run_detached(py, || {

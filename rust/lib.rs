@@ -40,6 +40,7 @@ pub mod power;
 pub mod ratios;
 pub mod rollout;
 pub mod solver;
+pub mod streams;
 pub mod transitions;
 
 pub use error::{CoreError, CoreResult};

@@ -22,11 +22,11 @@ use crate::model::{
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
 use crate::{interrupt, mem, par};
 
-/// Purposes of section 1.
-pub const PURPOSE_START: u64 = 1;
-pub const PURPOSE_MIX: u64 = 2;
-pub const PURPOSE_ACTION: u64 = 3;
-pub const PURPOSE_ENV: u64 = 4;
+/// The rollout's purposes (section 1; the registry is crate::streams).
+pub use crate::streams::{
+    ROLL_ACTION as PURPOSE_ACTION, ROLL_ENV as PURPOSE_ENV, ROLL_INIT as PURPOSE_START,
+    ROLL_MIX as PURPOSE_MIX,
+};
 
 /// One iteration's rollout with its sums (backend.RolloutBatch).
 #[derive(Debug, Clone, PartialEq)]

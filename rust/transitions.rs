@@ -19,12 +19,13 @@ use crate::model::{
     to_rows, FixedModel, Problem, RatioConsts, StepScratch, BLOCK,
 };
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
-use crate::{interrupt, mem, par};
+use crate::{interrupt, mem, par, streams};
 
-/// Distribution-probe purposes (section 1).
-pub const PURPOSE_DIST_STATE: u64 = 10;
-pub const PURPOSE_DIST_MU: u64 = 11;
-pub const PURPOSE_DIST_PI: u64 = 12;
+/// Distribution-probe purposes (section 1; the registry is crate::streams).
+pub use crate::streams::{
+    DIST_MU_ACTION as PURPOSE_DIST_MU, DIST_PI_ACTION as PURPOSE_DIST_PI,
+    DIST_STATE as PURPOSE_DIST_STATE,
+};
 
 /// Probe transition sums (backend.TransitionSums).
 #[derive(Debug, Clone, PartialEq)]
@@ -195,10 +196,10 @@ fn block_fixed<const N: usize, const M: usize, const D: usize>(
     part: &mut [f64],
     buf: &mut SubBuf<N, M>,
 ) {
-    let st_pick = Stream::new(seed, base, iteration, 0);
-    let st_mix = Stream::new(seed, base + 1, iteration, 0);
-    let st_act = Stream::new(seed, base + 2, iteration, 0);
-    let st_env = Stream::new(seed, base + 3, iteration, 0);
+    let st_pick = Stream::new(seed, base + streams::PROBE_STATE, iteration, 0);
+    let st_mix = Stream::new(seed, base + streams::PROBE_MIX, iteration, 0);
+    let st_act = Stream::new(seed, base + streams::PROBE_ACTION, iteration, 0);
+    let st_env = Stream::new(seed, base + streams::PROBE_ENV, iteration, 0);
     let mut a_part = [[0.0; D]; D];
     let mut b_part = [0.0; D];
     let mut k0 = task.start;
@@ -421,10 +422,18 @@ fn transitions_windowed(
                     phi_next: vec![0.0; d],
                 },
                 |sc, _, ((task, rho_out), part)| {
-                    let mut pick_u = Uniforms::new(Stream::new(seed, base, iteration, 0));
-                    let mut mix = Uniforms::new(Stream::new(seed, base + 1, iteration, 0));
-                    let mut act = Normals::new(Stream::new(seed, base + 2, iteration, 0));
-                    let mut env = Normals::new(Stream::new(seed, base + 3, iteration, 0));
+                    let mut pick_u =
+                        Uniforms::new(Stream::new(seed, base + streams::PROBE_STATE, iteration, 0));
+                    let mut mix =
+                        Uniforms::new(Stream::new(seed, base + streams::PROBE_MIX, iteration, 0));
+                    let mut act = Normals::new(Stream::new(
+                        seed,
+                        base + streams::PROBE_ACTION,
+                        iteration,
+                        0,
+                    ));
+                    let mut env =
+                        Normals::new(Stream::new(seed, base + streams::PROBE_ENV, iteration, 0));
                     part.fill(0.0); // the window's buffer holds an earlier block's sums
                     let (a_part, b_part) = part.split_at_mut(d * d);
                     let work = (2 * d * d + 8 * (n + m) * (n + m) + 64) as u64;

@@ -43,7 +43,7 @@ CALLS = {
                                              base=20, iteration=0),
     "policy_samples": lambda: _core.policy_samples(0.4, 0.5, 0, k, k, pool, 2**30, 2**30, 0),
     "rollout": lambda: _core.rollout(**env(2, 2), sigma_0=1.0, w=np.zeros(6), k_pi=k, k_mu=k, iteration=0,
-                                     batch=2**30, horizon=1),
+                                     batch=2**30, horizon=1, stats=0),
     "features": lambda: _core.features(np.zeros((7_000_000, 16))),  # 8.0 GiB of output from 0.9 GiB
     "state_moments": lambda: _core.state_moments(np.eye(100) * 0.5, np.eye(100, 1), np.zeros((1, 100)),
                                                  np.zeros((1, 100)), 0.4, 0.5, 0.1, 1.0, 0.3, 3),

@@ -68,7 +68,7 @@ elif name == "rollout":
     k = np.zeros((m, n))
     d = n * (n + 1) // 2 + n + 1
     call = lambda: _core.rollout(**env(n, m), sigma_0=1.0, w=np.zeros(d), k_pi=k, k_mu=k, iteration=0,
-                                 batch=2000, horizon=1000)
+                                 batch=2000, horizon=1000, stats=0)
 elif name == "transitions":
     n = 16
     k = np.zeros((2, n))

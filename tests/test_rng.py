@@ -196,3 +196,24 @@ def test_random_access_equals_sequential(seed, iteration, substream, start, coun
         assert rng.normal(seed, rng.POWER_INIT, iteration, substream, i) == seq_n[i]
         assert fresh_u.uniform(i) == seq_u[i]
     assert Stream(seed, rng.POWER_INIT, iteration, substream).normals(start, count) == seq_n[start:]
+
+
+def test_stream_registries_agree():
+    """One name per random-stream purpose in each language: rust/streams.rs and python/offtd/rng.py hold
+    the same names and values, no purpose is used twice, and a probe's four streams stay below the next
+    base."""
+    import re
+    from pathlib import Path
+
+    from offtd import rng as registry
+
+    text = (Path(__file__).resolve().parents[1] / "rust" / "streams.rs").read_text()
+    rust = {name: int(v) for name, v in re.findall(r"pub const ([A-Z_]+): u64 = (\d+);", text)}
+    python = {name: getattr(registry, name) for name in rust}
+    assert rust == python and len(rust) == 15
+    purposes = [v for k, v in rust.items() if not k.startswith("PROBE_")]
+    probes = [b + off for b in (rust["FIXED_POINT_BASE"], rust["STABILITY_BASE"])
+              for off in (rust["PROBE_STATE"], rust["PROBE_MIX"], rust["PROBE_ACTION"], rust["PROBE_ENV"])]  # fmt: skip
+    used = [v for k, v in rust.items() if not k.startswith("PROBE_") and not k.endswith("_BASE")] + probes
+    assert len(used) == len(set(used)), sorted(used)
+    assert len(set(purposes)) == len(purposes)

@@ -113,12 +113,13 @@ def rollout(
     iteration: int,
     batch: int,
     horizon: int,
-    stats: int | None = ...,
+    stats: int,
 ) -> RolloutDict:
     """One iteration's rollout with its TD/actor/Gram sums (MODEL.md section 3).
 
     ``a`` (n, n), ``b`` (n, m), ``q`` (n, n), ``r`` (m, m), ``w`` (d,), ``k_pi``/``k_mu`` (m, n), all
-    finite; ``rho_clip`` = inf disables clipping; ``batch``, ``horizon`` >= 1."""
+    finite; ``rho_clip`` = inf disables clipping; ``batch``, ``horizon`` >= 1; ``stats``: bit 1 adds ``c_rho``, bit 2 ``a_e`` and ``b_e``
+    (MODEL.md 3.3)."""
 
 def transitions(
     a: F64,

@@ -16,9 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-# Probe purpose bases of MODEL.md section 1 (state, mix, action, env = base .. base+3).
-FIXED_POINT_BASE = 20
-STABILITY_BASE = 30
+from .rng import FIXED_POINT_BASE, STABILITY_BASE  # noqa: F401  (probe purpose bases; the registry is rng.py)
+
 BLOCK = 1024
 
 
