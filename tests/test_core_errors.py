@@ -43,7 +43,8 @@ def _valid():
     pool = _mat(5, N)
     return {
         "rollout": dict(
-            env, sigma_0=1.0, w=np.linspace(-1, 1, D), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), iteration=0, batch=2, horizon=3
+            env, sigma_0=1.0, w=np.linspace(-1, 1, D), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), iteration=0, batch=2, horizon=3,
+            stats=3,
         ),
         "transitions": dict(
             env, k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), pool=pool, count=10, repeats=2, base=20, iteration=1
@@ -252,6 +253,8 @@ def test_non_finite_data_propagates():
         ("rollout", "iteration", -3),
         ("rollout", "batch", 0),
         ("rollout", "horizon", 0),
+        ("rollout", "stats", 4),  # bits 1 and 2 only (MODEL.md 3.3)
+        ("rollout", "stats", -1),
         ("rollout", "batch", 2**40),
         ("transitions", "repeats", 0),
         ("transitions", "count", -1),
