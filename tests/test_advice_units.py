@@ -285,6 +285,7 @@ def test_undetermined_names_the_batch_size_that_would_decide():
     text = _undetermined(spec, stab_row(radius=1.02, radius_se=0.02, a=0.25, a_se=0.01))
     need = math.ceil(4096 * Z95**2)
     assert need == 15735 and f"from 4096 to about {need:.4g}" in text, text
+    assert text.endswith("(the interval shrinks like 1/sqrt(batch_size)), or add margin (raise p_mix, lower gamma).")
     # the margin of min Re eig decides when it is the smaller: |-0.01| / 0.01 = 1 SE vs 0.5 / 0.05 = 10
     text = _undetermined(spec, stab_row(radius=0.5, radius_se=0.05, a=-0.01, a_se=0.01))
     assert f"to about {need:.4g}" in text

@@ -119,12 +119,16 @@ def test_pool_expectation_equals_mean_of_sampled_a_hat(spec_path, overrides):
     pool = np.ascontiguousarray(roll.states[:, :-1].reshape(-1, p.n))
     op, _ = td_operator(p, k, k, np.eye(p.n), spec.rho.clip_enabled)
     want = op.a(roll.gram / roll.count)
-    draws = np.array(
-        [rust.transitions(p, k, k, pool, 4096, 1, STABILITY_BASE, it).a_sums[0] / 4096 for it in range(1, 401)]
-    )
+    sums = [rust.transitions(p, k, k, pool, 4096, 1, STABILITY_BASE, it) for it in range(1, 401)]
+    draws = np.array([ts.a_sums[0] / 4096 for ts in sums])
     se = draws.std(axis=0, ddof=1) / math.sqrt(len(draws))
     z = (draws.mean(axis=0) - want) / np.where(se > 0, se, 1.0)
     assert np.all(np.abs(z) < 5), np.abs(z).max()
+    # and E[b_hat | pool] = kappa0 G_pool c (6 entries, 5 SE)
+    b_draws = np.array([ts.b_sums[0] / 4096 for ts in sums])
+    b_se = b_draws.std(axis=0, ddof=1) / math.sqrt(len(b_draws))
+    b_z = (b_draws.mean(axis=0) - op.b(roll.gram / roll.count)) / np.where(b_se > 0, b_se, 1.0)
+    assert np.all(np.abs(b_z) < 5), np.abs(b_z).max()
     # and the check has power: pi's own operator without kappa0 is rejected under clipping
     if spec.rho.clip_enabled:
         wrong = transition_operator(p, k, p.sigma_pi)

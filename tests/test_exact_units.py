@@ -153,6 +153,42 @@ def test_exact_metrics_row_and_the_noise_of_the_clipped_fixed_point():
     assert row["exact_available"] == 1.0 and row["exact_ratio_available"] == 1.0
 
 
+def test_exact_td_without_a_closed_form_is_nan():
+    # clipping at unequal policy means: no operator, and every exact quantity NaN (floats, not None)
+    from offtd.exact.exact_metrics import exact_metrics
+    from offtd.exact.expected_td import exact_td
+    from offtd.model import teacher
+
+    spec = make_spec(**{"rho.clip_enabled": True, "rho.clip": 1.5})
+    problem = problem_from_spec(spec)
+    k_pi, k_mu = np.array([[0.3, 0.0], [0.0, 0.3]]), np.zeros((2, 2))
+    ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, True, get_backend("python"))
+    assert not ex.operator.available
+    assert ex.fixed_point.dtype == float and np.all(np.isnan(ex.fixed_point))
+    row = exact_metrics(ex, np.eye(6), teacher(problem, k_pi), spec.critic.alpha_w)
+    assert row["exact_available"] == 0.0 and math.isnan(row["exact_teacher_gap"])
+
+
+def test_theory_row_with_a_zero_teacher_has_no_relative_gap():
+    # Q = R = 0: the teacher is 0, so no scale for the gap (0/0 is not 0 here: NaN)
+    spec = make_spec(**{"env.q": [[0.0, 0.0], [0.0, 0.0]], "env.r": [[0.0, 0.0], [0.0, 0.0]]})
+    row = theory_row(spec, get_backend("python"))
+    assert row["teacher_defined"] == 1.0 and row["teacher_value_rms"] == 0.0 and math.isnan(row["exact_teacher_gap"])
+
+
+def test_summary_statistics_by_hand():
+    from offtd.summary import fmt, slope_last_k, summarize
+
+    # least squares over the last k = 3: x = 2, 3, 4, y = 1, 3, 8 -> slope 3.5
+    assert slope_last_k([0, 1, 2, 3, 4], [9, 9, 1, 3, 8], 3) == 3.5
+    assert slope_last_k([5, 5], [1.0, 2.0], 2) == 0.0  # no spread in x: 0, not 0/0
+    assert slope_last_k([1], [4.0], 3) == 0.0 and math.isnan(slope_last_k([], [], 3))
+    s = summarize([0, 1, 2, 3], [1, math.inf, 2, 4], 2)
+    assert s == {"last": 4.0, "min": 1.0, "max": 4.0, "mean_last_k": 3.0, "slope_last_k": 2.0}
+    assert all(type(v) is float for v in s.values())
+    assert (fmt(-math.inf), fmt(math.inf), fmt(math.nan), fmt(None), fmt(3.0), fmt(0.123456)) == ("-inf", "inf", "nan", "-", "3", "0.1235")
+
+
 def test_theory_markdown_table():
     rows = [
         {"cell": 0, "policy.p_mix": 0.1, "exact_radius": 0.123456, "flag": True, "name": "a"},
@@ -200,7 +236,10 @@ def test_theory_section_routes_every_measured_value():
     assert predicted["teacher_gap (fixed point vs teacher)"] == 0.44
     assert (predicted["E_b[rho^2] (pi/b)"], predicted["E_b[rho_bar] (clipped)"]) == (0.45, 0.46)
     # the notes state the formulas
+    assert predicted["dist_action_kl"] == pytest.approx(0.5 * 2 * (0.36 / 0.25 - 1 - math.log(0.36 / 0.25)), rel=1e-12)
     assert "k = 1 - sigma_mu^2/sigma_pi^2 (k >= 0.5 exactly when E_mu[rho^2] is infinite)" in th["rho_khat (pi/mu)"]["note"]
+    assert th["rho_min (pi/mu)"]["note"] == "inf_a pi/mu = (sigma_mu/sigma_pi)^m when sigma_mu < sigma_pi"
+    assert th["teacher V_pi(0)"]["note"].startswith("-c_r c0: the value of the start")
     assert "finite: sigma_pi^2 < 2 sigma_mu^2" == th["E_mu[rho^2]"]["note"]
     assert th["radius of I - alpha_w A"]["note"].startswith("exact at iteration 5 (population)")
     assert "whose own expectation is 0.47 for its states" in th["radius of I - alpha_w A"]["note"]
@@ -212,6 +251,8 @@ def test_theory_section_without_exact_rows_or_tail_rows():
     spec = make_spec(**{"policy.sigma_pi": 0.4, "policy.sigma_mu": 0.5})  # sigma_mu > sigma_pi: no tail rows
     th = theory(spec, make_result())
     assert "rho_khat (pi/mu)" not in th and "radius of I - alpha_w A" not in th and "E_b[rho^2] (pi/b)" not in th
+    heavy = theory(make_spec(**{"policy.sigma_pi": 1.0, "policy.sigma_mu": 0.5}), make_result())
+    assert math.isinf(heavy["E_mu[rho^2]"]["predicted"]) and heavy["E_mu[rho^2]"]["note"] == "infinite: sigma_pi^2 >= 2 sigma_mu^2"
     assert th["E_mu[rho^2]"]["predicted"] == pytest.approx((0.25 / (0.4 * math.sqrt(0.5 - 0.16))) ** 2, rel=1e-12)
     assert th["rho_max (pi/mu)"]["predicted"] == pytest.approx((0.5 / 0.4) ** 2, rel=1e-14)
     # exact rows whose ratio moments or expected update are unavailable add nothing

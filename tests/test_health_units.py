@@ -543,9 +543,9 @@ def test_fixed_point_check():
     c = fp(fp_row(iter=0.0, converged=0.0), fp_row(iter=3.0, converged=0.0), fp_row(iter=5.0))
     assert (c.status, c.kind, c.reason) == ("WARN", "not_converged_earlier", "solver did not converge at iterations [0, 3]")
     c = fp(fp_row(iter=0.0), fp_row(iter=5.0, converged=0.0, residual=0.5))
-    assert (c.status, c.kind) == ("FAIL", "not_converged") and "residual 0.5" in c.reason
+    assert (c.name, c.status, c.kind) == ("fixed_point", "FAIL", "not_converged") and "residual 0.5" in c.reason
     c = fp(fp_row(iter=5.0, converged=0.0, iterations=0.0, residual=math.nan))
-    assert (c.status, c.kind) == ("FAIL", "nonfinite")
+    assert (c.name, c.status, c.kind) == ("fixed_point", "FAIL", "nonfinite")
     # zero iterations with a finite residual, or a non-finite residual after iterations: not converged
     assert fp(fp_row(converged=0.0, iterations=0.0, residual=1.0)).kind == "not_converged"
     assert fp(fp_row(converged=0.0, iterations=3.0, residual=math.inf)).kind == "not_converged"

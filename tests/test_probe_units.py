@@ -66,7 +66,13 @@ def _power(m_diag: np.ndarray, k: int) -> float:
 
 def test_stability_probe_by_hand():
     alpha = 0.1
-    row = stability_probe(_ctx(alpha), ProbeState())
+    state = ProbeState()
+    ctx = _ctx(alpha)
+    ctx.exact = SimpleNamespace(pop=SimpleNamespace(eig=np.array([1.0, 2.0])))
+    row = stability_probe(ctx, state)
+    # the eigenvalues kept for the plots: A_hat's (the mean diagonal) and the exact ones
+    assert np.allclose(np.sort(state.eigenvalues["estimate"].real), np.sort(DIAG.mean(axis=0)), rtol=1e-13)
+    assert list(state.eigenvalues["exact"]) == [1.0, 2.0]
     full = DIAG.mean(axis=0)  # equal counts: A_hat is the mean of the A_r
     radius = lambda a: np.max(np.abs(1 - alpha * a))  # noqa: E731
     sub_r = np.array([radius(a) for a in DIAG])
