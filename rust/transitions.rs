@@ -1449,5 +1449,33 @@ mod tests {
         assert_eq!(oom(1 << 40, 1 << 40), "mmd_count"); // 4 x 2^40 values of rows > 2^40 ratios
         assert_eq!(oom(1 << 40, 2), "count");
         assert_eq!(oom(1 << 40, 1 << 38), "count"); // 4 x 2^38 = 2^40 rows: not more than the samples
+                                                    // m = 2: rows of n + 2m = 6 values (not n 2m = 8): 6 x 2^40 / 7 < 2^40 samples
+        let k2 = [0.0; 4];
+        let oom2 = |count: usize, mmd_count: usize| match policy_samples(
+            2, 2, 0.3, 0.5, 1, &k2, &k2, &pool, count, mmd_count, 0,
+        ) {
+            Err(CoreError::OutOfMemory { arg, .. }) => arg,
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(oom2(1 << 40, (1 << 40) / 7), "count");
+        assert_eq!(oom2(1 << 40, (1 << 40) / 5), "mmd_count");
+    }
+
+    /// The probe transitions name the sub-batches when there are more of them than blocks of
+    /// samples, else the samples (a tie names the samples).
+    #[test]
+    fn oversized_transitions_name_the_large_argument() {
+        let p = problem(0.3);
+        let k = [0.0, 0.0];
+        let pool = pool();
+        let oom = |count: usize, repeats: usize| match transitions(
+            &p, &k, &k, &pool, count, repeats, 20, 0,
+        ) {
+            Err(CoreError::OutOfMemory { arg, .. }) => arg,
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(oom(1 << 40, 1), "count");
+        assert_eq!(oom(1 << 40, 1 << 30), "count"); // 2^40 / BLOCK = 2^30 blocks: a tie
+        assert_eq!(oom(1 << 40, (1 << 30) + 1), "repeats");
     }
 }
