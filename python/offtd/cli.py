@@ -289,12 +289,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.workers == 1:  # one worker is one core: this process, one Rayon thread (read at the first kernel)
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    early = None  # the likely pool, created now: its fork server imports offtd while this process plans
-    if args.dask is None and args.workers != 1:
-        from .executors import LocalPool, usable_cores
-
-        if (args.workers or usable_cores()) > 1:
-            early = LocalPool(args.workers or usable_cores())
     sw = importlib.import_module("offtd.sweep")  # the module (offtd.sweep is also the function)
     try:
         overrides = dict(parse_override(item) for item in args.sets)
@@ -323,7 +317,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
         return EXIT_BAD_INPUT
-    pool = sw.start_pool(plan, early) if executor is None else None  # its workers start while the grid is validated
+    pool = sw.start_pool(plan) if executor is None else None  # its workers start while the grid is validated
     if plan.root is None:
         try:
             sw.validate(plan.defn)

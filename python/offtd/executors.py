@@ -190,19 +190,6 @@ class LocalPool(cf.ProcessPoolExecutor):
 
             forkserver.ensure_running()
 
-    def start_workers(self) -> None:
-        """Start every worker now, from a thread: starting one waits for the fork server to finish
-        importing offtd (~0.4 s), which the caller can spend validating the grid instead."""
-
-        def spawn() -> None:
-            try:
-                for _ in range(self.workers):  # each submit to a fork-server pool starts at most one worker
-                    self.submit(_ready)
-            except Exception:  # shut down meanwhile, or broken: the sweep's own submit reports it
-                pass
-
-        threading.Thread(target=spawn, name="offtd-pool-start", daemon=True).start()
-
     def _pids(self) -> list[int]:
         procs = getattr(self, "_processes", None) or {}
         return [p.pid for p in list(procs.values()) if p.pid is not None and p.is_alive()]
@@ -224,10 +211,6 @@ class LocalPool(cf.ProcessPoolExecutor):
             except OSError:
                 pass
         self.shutdown(wait=False, cancel_futures=True)
-
-
-def _ready() -> bool:
-    return True
 
 
 # What the fork server imports once, so that forked workers start with offtd loaded (the Rust core too:

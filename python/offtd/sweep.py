@@ -1221,24 +1221,15 @@ def sweep(
     return execute(p, executor=executor, out=out, should_stop=should_stop, progress=progress, plots=plots)
 
 
-def start_pool(p: Plan, early: Any = None):
-    """The local process pool a plan runs on (None: it runs in this process), its workers started now,
-    from a thread, so that they start up while this process validates the grid. `early`: a LocalPool
-    created before the plan (the CLI creates one first thing, so that its fork server imports offtd
-    while this process does), used when its size fits, else ended."""
+def start_pool(p: Plan):
+    """The local process pool a plan runs on (None: it runs in this process), started now so that its
+    workers start up while this process validates the grid."""
     from .executors import LocalPool
 
     if p.workers > 1 and p.todo > 1:
-        if early is not None and early.workers == p.workers:
-            pool = early
-        else:
-            if early is not None:
-                early.kill()
-            pool = LocalPool(p.workers)
-        pool.start_workers()
+        pool = LocalPool(p.workers)
+        pool.submit(_ready)
         return pool
-    if early is not None:
-        early.kill()
     return None
 
 
@@ -1323,6 +1314,10 @@ def _hold_blas() -> Iterator[None]:
 
 def _all_finished(store: Store) -> bool:
     return store.done() == store.defn.n_runs and not np.any(store.status == _CODE["INTERRUPTED"])
+
+
+def _ready() -> bool:
+    return True
 
 
 def _create(defn: SweepDef, out: str | os.PathLike[str]) -> Path:
