@@ -161,6 +161,12 @@ def test_other_rho_kinds():
     assert not any(s.startswith("theory:") for s in steps_of(make_spec(), v=verdict(stable=("FAIL", "step_too_large_estimate"))))
 
 
+def test_the_infinite_moment_line_states_the_variances():
+    spec = make_spec(**{"policy.sigma_pi": 1.5, "policy.sigma_mu": 0.5, "policy.p_mix": 0.0})
+    line = next(s for s in steps_of(spec, v=verdict(rho_sane=("WARN", "rho_tail"))) if s.startswith("theory: E_mu"))
+    assert "sigma_pi^2 = 2.25 >= 2 sigma_mu^2 = 0.5;" in line
+
+
 def test_theory_lines_follow_rho_status_not_kind():
     spec = make_spec(**HEAVY)
     lines = lambda v: [s for s in steps_of(spec, v=v) if s.startswith("theory:")]  # noqa: E731

@@ -189,6 +189,20 @@ def test_summary_statistics_by_hand():
     assert (fmt(-math.inf), fmt(math.inf), fmt(math.nan), fmt(None), fmt(3.0), fmt(0.123456)) == ("-inf", "inf", "nan", "-", "3", "0.1235")
 
 
+def test_edge_values_of_small_helpers():
+    from offtd.model import chi2_ppf
+    from offtd.probes import _ratio
+    from offtd.reference.common import ieee_div
+
+    assert chi2_ppf(1.0, 3) == math.inf and math.isnan(chi2_ppf(1.5, 3)) and math.isnan(chi2_ppf(-0.1, 3))
+    assert chi2_ppf(0.95, 2) == pytest.approx(stats.chi2.ppf(0.95, 2), rel=1e-12)
+    # IEEE division: x/0 takes the signs of both, 0/0 is NaN
+    assert ieee_div(1.0, -0.0) == -math.inf and ieee_div(-2.0, 0.0) == -math.inf and ieee_div(-2.0, -0.0) == math.inf
+    assert math.isnan(ieee_div(0.0, 0.0)) and ieee_div(3.0, 2.0) == 1.5
+    # the step-scale ratio: 0/0 = 1 (a frozen critic), x/0 = inf
+    assert (_ratio(0.0, 0.0), _ratio(1.0, 0.0), _ratio(1.0, 4.0)) == (1.0, math.inf, 0.25)
+
+
 def test_theory_markdown_table():
     rows = [
         {"cell": 0, "policy.p_mix": 0.1, "exact_radius": 0.123456, "flag": True, "name": "a"},
@@ -240,6 +254,7 @@ def test_theory_section_routes_every_measured_value():
     assert "k = 1 - sigma_mu^2/sigma_pi^2 (k >= 0.5 exactly when E_mu[rho^2] is infinite)" in th["rho_khat (pi/mu)"]["note"]
     assert th["rho_min (pi/mu)"]["note"] == "inf_a pi/mu = (sigma_mu/sigma_pi)^m when sigma_mu < sigma_pi"
     assert th["teacher V_pi(0)"]["note"].startswith("-c_r c0: the value of the start")
+    assert th["dist_action_kl"]["note"].startswith("closed-form KL(pi||mu) at equal means")
     assert "finite: sigma_pi^2 < 2 sigma_mu^2" == th["E_mu[rho^2]"]["note"]
     assert th["radius of I - alpha_w A"]["note"].startswith("exact at iteration 5 (population)")
     assert "whose own expectation is 0.47 for its states" in th["radius of I - alpha_w A"]["note"]
@@ -251,6 +266,12 @@ def test_theory_section_without_exact_rows_or_tail_rows():
     spec = make_spec(**{"policy.sigma_pi": 0.4, "policy.sigma_mu": 0.5})  # sigma_mu > sigma_pi: no tail rows
     th = theory(spec, make_result())
     assert "rho_khat (pi/mu)" not in th and "radius of I - alpha_w A" not in th and "E_b[rho^2] (pi/b)" not in th
+    # final gains that are not finite: the teacher rows use policy.k_init (zeros): sqrt(gamma) rho(A)
+    bad = make_result()
+    bad.final_k_pi = np.full((2, 2), math.nan)
+    th = theory(spec, bad)
+    closed = math.sqrt(spec.critic.gamma) * max(abs(np.linalg.eigvals(np.array(spec.env.a))))
+    assert th["closed_loop"]["predicted"] == pytest.approx(closed, rel=1e-12)
     heavy = theory(make_spec(**{"policy.sigma_pi": 1.0, "policy.sigma_mu": 0.5}), make_result())
     assert math.isinf(heavy["E_mu[rho^2]"]["predicted"]) and heavy["E_mu[rho^2]"]["note"] == "infinite: sigma_pi^2 >= 2 sigma_mu^2"
     assert th["E_mu[rho^2]"]["predicted"] == pytest.approx((0.25 / (0.4 * math.sqrt(0.5 - 0.16))) ** 2, rel=1e-12)

@@ -207,7 +207,8 @@ def test_rho_no_iteration_completed_passes():
 
 def test_rho_exact_second_moment_threshold_is_strict():
     spec = make_spec()  # rho2_max = 10
-    assert _rho(spec, exact=[exact_row(exact_e_rho_bar2=10.0)]).status == "PASS"
+    c = _rho(spec, exact=[exact_row(exact_e_rho_bar2=10.0)])
+    assert c.status == "PASS" and c.reason.startswith("E_b[rho^2] = 10 (exact) <= 10")
     c = _rho(spec, exact=[exact_row(exact_e_rho_bar2=10.5)])
     assert (c.status, c.kind) == ("FAIL", "rho_second_moment") and "E_b[rho^2] = 10.5 (exact" in c.reason
     # the exact value judges, whatever the estimate says
@@ -380,6 +381,9 @@ def test_tail_light_missing_and_clipped_are_not_judged():
     assert c.status == "PASS" and "light tail" in c.reason
     c = _rho(spec)
     assert c.status == "PASS" and "no pi/b probe ran" in c.reason
+    row = fp_row(rho_khat=0.6)
+    del row["rho_nonfinite"]  # a row without the count: no non-finite ratio, n = batch_size = 4096
+    assert "0.6 +- %.4g" % (1.6 / math.sqrt(192)) in _rho(spec, probes={"fixed_point_probe": [row]}).reason
     row = fp_row()
     del row["rho_khat"]  # a row without the statistic counts as a light tail
     c = _rho(spec, probes={"fixed_point_probe": [row]})

@@ -208,6 +208,12 @@ def test_progress_counts_completed_iterations_and_the_last_ratios_are_kept(backe
     seen = []
     res = run_loop(_small(), get_backend(backend), progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+    # the probes see their iteration's exact row, and the distribution probe reports its sizes
+    fp, ex = res.probe_series["fixed_point_probe"][-1], res.exact_series[-1]
+    assert fp["iter"] == ex["iter"] and (fp["teacher_gap_exact"] == ex["exact_teacher_gap"] or math.isnan(ex["exact_teacher_gap"]))
+    assert math.isfinite(res.probe_series["stability_probe"][-1]["stability_radius_z"])  # against the exact pool value
+    dist = res.probe_series["distribution_probe"][-1]
+    assert (dist["num_samples"], dist["action_samples"]) == (64.0, 8.0)
     # the last probe iteration's pi/b ratios of the two transition probes, whose extremes its row reports
     assert sorted(res.last_ratios) == ["fixed_point_probe", "stability_probe"]
     for probe in ("fixed_point_probe", "stability_probe"):
