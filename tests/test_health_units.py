@@ -381,9 +381,9 @@ def test_tail_light_missing_and_clipped_are_not_judged():
     assert c.status == "PASS" and "light tail" in c.reason
     c = _rho(spec)
     assert c.status == "PASS" and "no pi/b probe ran" in c.reason
-    row = fp_row(rho_khat=0.6)
-    del row["rho_nonfinite"]  # a row without the count: no non-finite ratio, n = batch_size = 4096
-    assert "0.6 +- %.4g" % (1.6 / math.sqrt(192)) in _rho(spec, probes={"fixed_point_probe": [row]}).reason
+    row = fp_row(rho_khat=0.6, batch_size=4097.0)
+    del row["rho_nonfinite"]  # a row without the count: no non-finite ratio, n = 4097: T = ceil(3 sqrt(4097)) = 193
+    assert "0.6 +- %.4g" % (1.6 / math.sqrt(193)) in _rho(spec, probes={"fixed_point_probe": [row]}).reason  # n = 4096 gives 192
     row = fp_row()
     del row["rho_khat"]  # a row without the statistic counts as a light tail
     c = _rho(spec, probes={"fixed_point_probe": [row]})
