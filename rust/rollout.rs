@@ -185,6 +185,42 @@ pub fn validate(
     Ok(())
 }
 
+/// MODEL.md 3.3 for one transition: `a[i][j] += (weight*phi_i)*e_j`, `b[i] += (weight*r)*phi_i`,
+/// with `ab` holding A (d*d, row-major) then b (d); weight rho_bar (A, b) or F*rho_bar (A_e, b_e).
+#[inline(always)]
+fn add_weighted(ab: &mut [f64], weight: f64, reward: f64, phi: &[f64], e: &[f64]) {
+    let d = phi.len();
+    let (a, b) = ab.split_at_mut(d * d);
+    let wr = weight * reward;
+    for i in 0..d {
+        let wf = weight * phi[i];
+        for (x, ej) in a[i * d..(i + 1) * d].iter_mut().zip(e) {
+            *x += wf * ej;
+        }
+        b[i] += wr * phi[i];
+    }
+}
+
+/// [`add_weighted`] with compile-time sizes (the fixed-size kernel's arrays).
+#[inline(always)]
+fn add_weighted_fixed<const D: usize>(
+    a: &mut [[f64; D]; D],
+    b: &mut [f64; D],
+    weight: f64,
+    reward: f64,
+    phi: &[f64; D],
+    e: &[f64; D],
+) {
+    let wr = weight * reward;
+    for i in 0..D {
+        let wf = weight * phi[i];
+        for j in 0..D {
+            a[i][j] += wf * e[j];
+        }
+        b[i] += wr * phi[i];
+    }
+}
+
 /// One trajectory: writes its states, rewards and ratios, and its partial sums into `part`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -247,15 +283,7 @@ fn trajectory(
         for j in 0..d {
             sc.e[j] = sc.phi[j] - p.gamma * sc.phi_next[j];
         }
-        let rr = st.rho_bar * st.reward;
-        for i in 0..d {
-            let rf = st.rho_bar * sc.phi[i];
-            let row = &mut part[ga + i * d..ga + (i + 1) * d];
-            for j in 0..d {
-                row[j] += rf * sc.e[j];
-            }
-            part[gb + i] += rr * sc.phi[i];
-        }
+        add_weighted(&mut part[ga..gb + d], st.rho_bar, st.reward, &sc.phi, &sc.e);
         if lay.cross {
             let mut c = gc;
             for i in 0..d {
@@ -267,16 +295,13 @@ fn trajectory(
             }
         }
         if lay.emph {
-            let mr = trace * st.rho_bar;
-            let mrr = mr * st.reward;
-            for i in 0..d {
-                let mf = mr * sc.phi[i];
-                let row = &mut part[gae + i * d..gae + (i + 1) * d];
-                for j in 0..d {
-                    row[j] += mf * sc.e[j];
-                }
-                part[gbe + i] += mrr * sc.phi[i];
-            }
+            add_weighted(
+                &mut part[gae..gbe + d],
+                trace * st.rho_bar,
+                st.reward,
+                &sc.phi,
+                &sc.e,
+            );
             trace = 1.0 + (p.gamma * st.rho_bar) * trace;
         }
         for i in 0..m {
@@ -463,14 +488,7 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
             td_sq += dl * dl;
             rho2 += rho * rho;
             let g = rho_bar * dl;
-            let rr = rho_bar * rewards[h];
-            for i in 0..D {
-                let rf = rho_bar * phi[i];
-                for j in 0..D {
-                    a_s[i][j] += rf * e[j];
-                }
-                b_s[i] += rr * phi[i];
-            }
+            add_weighted_fixed(&mut a_s, &mut b_s, rho_bar, rewards[h], &phi, &e);
             if cross {
                 for i in 0..D {
                     let rf = rho_bar * phi[i];
@@ -480,15 +498,7 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
                 }
             }
             if emph {
-                let mr = trace * rho_bar;
-                let mrr = mr * rewards[h];
-                for i in 0..D {
-                    let mf = mr * phi[i];
-                    for j in 0..D {
-                        a_e[i][j] += mf * e[j];
-                    }
-                    b_e[i] += mrr * phi[i];
-                }
+                add_weighted_fixed(&mut a_e, &mut b_e, trace * rho_bar, rewards[h], &phi, &e);
                 trace = 1.0 + (gamma * rho_bar) * trace;
             }
             for i in 0..M {

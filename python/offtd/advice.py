@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, Problem
-from .exact.expected_td import CriticSpec, critic_of, exact_td
+from .exact.expected_td import CriticSpec, critic_of, eig_summary, exact_td
 from .exact.ratios import ratio_moments
 from .health import Verdict, last_exact, last_row, z_level
 from .health import _nonfinite_ratios as nonfinite_ratios
@@ -79,13 +79,14 @@ def _critic_remedies(spec: Spec, ex: _Exact) -> list[str]:
             if e is None or not (e.pop.min_re > 0 and e.pop.alpha_crit > 0):
                 continue
             step = alpha if 0 < alpha < e.pop.alpha_crit else 0.5 * e.pop.alpha_crit
-            radius = ex.td(alpha_w=step, critic=CriticSpec(alg, eta))
+            # the same matrix at another step: its eigenvalues, not a second exact computation
+            radius = eig_summary(e.critic_pop, step) if e.critic_pop is not None else None
             setting = f"critic.algorithm = \"{alg}\""
             if secondary_weights(alg):
                 setting += f", critic.alpha_h = {_fmt(eta * step)}"
             if step != alpha:
                 setting += f", critic.alpha_w = {_fmt(step)}"
-            rad = f", exact radius {radius.pop.radius:.6g}" if radius is not None else ""
+            rad = f", exact radius {radius.radius:.6g}" if radius is not None else ""
             found.append(f"{setting} (exact min Re eig {_fmt(e.pop.min_re)}, stable for alpha_w < {_fmt(e.pop.alpha_crit)}{rad})")
             break
     return found

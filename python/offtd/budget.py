@@ -188,6 +188,11 @@ def memory_limit_bytes(spec: Spec) -> float:
     return limit
 
 
+def _dominant(terms: dict[str, int] | dict[str, float]) -> str:
+    """The key whose term is largest: the one a refusal names."""
+    return max(terms, key=terms.__getitem__)
+
+
 def check_memory(spec: Spec) -> None:
     """SpecError naming the largest term when the memory estimate exceeds the limit."""
     from .spec import SpecError
@@ -196,7 +201,7 @@ def check_memory(spec: Spec) -> None:
     limit = memory_limit_bytes(spec)
     if need > limit:
         terms = memory_terms(spec)
-        key = max(terms, key=terms.__getitem__)
+        key = _dominant(terms)
         raise SpecError(
             key,
             f"this spec needs about {need / 2**30:.3g} GiB for its arrays ({terms[key] / 2**30:.3g} GiB from {key}), "
@@ -297,7 +302,7 @@ def check_work(spec: Spec) -> None:
     limit = spec.run.max_work_seconds
     if need > limit:
         terms = work_terms(spec)
-        key = max(terms, key=terms.__getitem__)
+        key = _dominant(terms)
         raise SpecError(
             key,
             f"this spec needs about {need:.3g} CPU-seconds of work ({_duration(need)}; {_duration(terms[key])} from "

@@ -36,12 +36,9 @@ from .backend import STATS_CROSS, STATS_EMPHASIS, RolloutBatch
 
 ALGORITHMS = ("td0", "tdc", "gtd2", "etd")
 TWO_TIMESCALE = ("tdc", "gtd2")
-LABELS = {
-    "td0": "off-policy TD(0)",
-    "tdc": "TDC (gradient TD with correction)",
-    "gtd2": "GTD2 (gradient TD)",
-    "etd": "emphatic TD(0)",
-}
+# How reports name each critic's update and its expected-update matrix (health's `stable` reasons).
+UPDATE_NAMES = {"td0": "TD", "tdc": "TDC", "gtd2": "GTD2", "etd": "emphatic TD"}
+MATRIX_SYMBOLS = {"td0": "A", "tdc": "G", "gtd2": "G", "etd": "A_e"}
 
 
 def rollout_stats(algorithm: str) -> int:

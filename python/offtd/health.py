@@ -315,8 +315,9 @@ def _fmt_radius(r: float) -> str:
 
 def _critic_names(spec: Spec) -> tuple[str, str]:
     """(the expected-update matrix's symbol, the update's name) for the run's critic (MODEL.md 3.4)."""
-    alg = spec.critic.algorithm
-    return {"td0": "A", "etd": "A_e"}.get(alg, "G"), {"td0": "TD", "tdc": "TDC", "gtd2": "GTD2", "etd": "emphatic TD"}[alg]
+    from .critics import MATRIX_SYMBOLS, UPDATE_NAMES
+
+    return MATRIX_SYMBOLS[spec.critic.algorithm], UPDATE_NAMES[spec.critic.algorithm]
 
 
 def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | None) -> Check:

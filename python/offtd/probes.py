@@ -181,6 +181,14 @@ def critic_matrix(ctx: ProbeContext, a_hat: np.ndarray) -> np.ndarray:
     return critics.expected_matrix(alg, a_hat, ctx.gram_pool(), c_rho, critics.eta(ctx.spec.critic.alpha_w, ctx.spec.critic.alpha_h))
 
 
+def critic_sub_matrices(ctx: ProbeContext, subs: np.ndarray) -> np.ndarray:
+    """The critic's matrix of each sub-batch; NaN for etd, whose A_e comes from the rollout as one total
+    (no sub-batches: its interval is NaN and the verdict rests on the exact value)."""
+    if ctx.spec.critic.algorithm == "etd":
+        return np.full_like(subs, math.nan)
+    return np.array([critic_matrix(ctx, a) for a in subs])
+
+
 def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     cfg = ctx.spec.probes.stability
     p = ctx.problem
@@ -203,7 +211,7 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     # the critic's own expected-update matrix (MODEL.md 4.4): from A_hat (and the pool's C, and the
     # rollout's C_rho for tdc), or for etd the rollout's A_e / N, which has no sub-batches
     a_hat = critic_matrix(ctx, a_hat)
-    subs = np.array([critic_matrix(ctx, a) for a in subs]) if ctx.spec.critic.algorithm != "etd" else np.full((reps, 1, 1), math.nan)
+    subs = critic_sub_matrices(ctx, subs)
     proxies = np.array([proxy(a, r) for r, a in enumerate(subs)])
     full = eig_summary(a_hat, alpha)
     state.ratios["stability_probe"] = ts.rho

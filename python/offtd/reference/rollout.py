@@ -21,6 +21,18 @@ STATS_CROSS = 1  # C_rho = sum rho_bar phi phi^T (TDC)
 STATS_EMPHASIS = 2  # A_e, b_e with the follow-on trace (emphatic TD)
 
 
+def _add_weighted(a: list, b: list, weight: float, r: float, f: list, e: list) -> None:
+    """MODEL.md 3.3 for one transition with weight rho_bar (A, b) or F*rho_bar (A_e, b_e):
+    ``a[i][j] += (weight*f_i)*e_j``, ``b[i] += (weight*r)*f_i``."""
+    wr = weight * r
+    for i, fi in enumerate(f):
+        wf = weight * fi
+        row = a[i]
+        for j, ej in enumerate(e):
+            row[j] += wf * ej
+        b[i] += wr * fi
+
+
 @dataclass
 class RolloutSums:
     """Pure-Python rollout result (lists); the backend wraps it into a RolloutBatch."""
@@ -113,13 +125,7 @@ def rollout(
             rho2 += rho * rho
             g = rho_bar * delta
             e = [f[j] - gamma * f_next[j] for j in range(d)]
-            rr = rho_bar * r
-            for i in range(d):
-                rf = rho_bar * f[i]
-                row = a_s[i]
-                for jj in range(d):
-                    row[jj] += rf * e[jj]
-                b_s[i] += rr * f[i]
+            _add_weighted(a_s, b_s, rho_bar, r, f, e)
             if cross:
                 for i in range(d):
                     rf = rho_bar * f[i]
@@ -127,14 +133,7 @@ def rollout(
                     for k in range(i, d):
                         row[k] += rf * f[k]
             if emph:
-                mr = trace * rho_bar
-                mrr = mr * r
-                for i in range(d):
-                    mf = mr * f[i]
-                    row = a_e[i]
-                    for jj in range(d):
-                        row[jj] += mf * e[jj]
-                    b_e[i] += mrr * f[i]
+                _add_weighted(a_e, b_e, trace * rho_bar, r, f, e)
                 trace = 1.0 + (gamma * rho_bar) * trace
             for i in range(m):
                 gd = g * dpi[i]
