@@ -396,6 +396,29 @@ def test_an_oversized_sweep_needs_yes(tmp_path, offtd_cmd):
     assert not out.exists()
 
 
+def test_a_dask_scheduler_that_cannot_run_the_sweep_is_refused_in_one_line(tmp_path, offtd_cmd):
+    """--dask to an address where nothing listens, or to a scheduler with no workers (whose tasks would
+    wait forever): exit 2 within --dask-timeout, one line naming the address and why, nothing written.
+    The subprocess's own timeout (120 s) is only a guard against a hang; the CLI gives up after 1 s."""
+    from distributed import LocalCluster
+
+    out = tmp_path / "out"
+    base = ["sweep", *TINY_SETS, "--grid", "policy.p_mix=0,0.1", "--keep", "summary", "--no-plots", "--out", str(out)]
+    proc = offtd_cmd(*base, "--dask", "tcp://127.0.0.1:9", "--dask-timeout", "1", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "--dask tcp://127.0.0.1:9: cannot connect" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=None) as cluster:
+        proc = offtd_cmd(*base, "--dask", cluster.scheduler_address, "--dask-timeout", "1", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "the scheduler has no workers (none joined within 1 s)" in proc.stderr
+    assert not out.exists()
+    proc = offtd_cmd(*base, "--dask", "nonsense://", "--dask-timeout", "1", timeout=120)
+    assert proc.returncode == 2 and "--dask nonsense://: cannot connect" in proc.stderr, proc.stderr
+    proc = offtd_cmd(*base, "--dask", "tcp://127.0.0.1:9", "--dask-timeout", "0")
+    assert proc.returncode == 2 and "--dask-timeout 0.0: must be a positive number of seconds" in proc.stderr
+
+
 def test_progress_is_quiet_off_a_terminal_and_shown_on_one(tmp_path, offtd_cmd):
     base = ["sweep", *TINY_SETS, "--grid", "policy.p_mix=0,0.1,0.2", "--keep", "summary", "--workers", "1", "--no-plots"]
     quiet = offtd_cmd(*base, "--out", str(tmp_path / "a"))

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seeds", help="seeds of every cell: FIRST..LAST (inclusive) or S1,S2,... (default: run.seed)")
     w.add_argument("--workers", type=int, help="local worker processes (default: the usable cores; 1 runs in this process)")
     w.add_argument("--dask", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS (pip install 'offtd[dask]')")
+    w.add_argument("--dask-timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="with --dask: give up connecting, or waiting for a first worker, after SECONDS (default 20)")
     w.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR: skip finished runs, rerun interrupted or failed ones")
     w.add_argument("--keep", choices=("full", "summary"),
                    help="full: a run directory per (cell, seed) (default); summary: only the rows of sweep.csv")
@@ -299,18 +301,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         _err(f"offtd: error: {exc}")
         return EXIT_BAD_INPUT
     client = executor = None
+    tty = sys.stderr.isatty()
     if args.dask:
         from .executors import DaskUnavailable, dask_executor
 
+        if not args.dask_timeout > 0:
+            _err(f"offtd: error: --dask-timeout {args.dask_timeout}: must be a positive number of seconds")
+            return EXIT_BAD_INPUT
+        if tty:
+            _err(f"offtd: connecting to the Dask scheduler at {args.dask} (up to {args.dask_timeout:g} s)")
         try:
-            client, executor, plan.workers = dask_executor(args.dask)
+            client, executor, plan.workers = dask_executor(args.dask, args.dask_timeout)
         except DaskUnavailable as exc:
             _err(f"offtd: error: {exc}")
             return EXIT_BAD_INPUT
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an address distributed cannot parse
             _err(f"offtd: error: --dask {args.dask}: cannot connect: {exc}")
             return EXIT_BAD_INPUT
-    tty = sys.stderr.isatty()
     why = plan.needs_confirmation()
     if why is not None and not args.yes and not _confirm(f"offtd: {plan.describe()}: {why}. Run it? [y/N] "):
         _err(f"offtd: error: {plan.describe()}: {why}; add --yes to run it")

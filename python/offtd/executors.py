@@ -270,14 +270,24 @@ class DaskUnavailable(ImportError):
     """dask.distributed is not installed."""
 
 
-def dask_executor(address: str) -> tuple[Any, cf.Executor, int]:
+def dask_executor(address: str, timeout_s: float = 20.0) -> tuple[Any, cf.Executor, int]:
     """(client, executor, worker threads) for the Dask scheduler at `address` (e.g. tcp://host:8786).
-    Start its workers with `--nthreads 1` and RAYON_NUM_THREADS=1 for one core per task."""
+    Start its workers with `--nthreads 1` and RAYON_NUM_THREADS=1 for one core per task.
+
+    `timeout_s` bounds both the connection and, for a scheduler with no workers yet (a cluster still
+    being granted its jobs), the wait for the first one: a sweep never waits forever on tasks that no
+    worker will run. Raises TimeoutError or OSError, with the address, when either runs out."""
     try:
         from distributed import Client
     except ImportError:
         raise DaskUnavailable("--dask needs dask.distributed: pip install 'offtd[dask]'") from None
-    client = Client(address, timeout="20s")
+    client = Client(address, timeout=f"{timeout_s}s")
+    try:
+        if not client.nthreads():
+            client.wait_for_workers(1, timeout=timeout_s)
+    except (TimeoutError, OSError):
+        client.close()
+        raise TimeoutError(f"the scheduler has no workers (none joined within {timeout_s:g} s)") from None
     threads = sum(client.nthreads().values()) or 1
     return client, client.get_executor(pure=False), threads
 
