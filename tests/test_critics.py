@@ -203,3 +203,23 @@ def test_the_remedy_spec_runs_stable_where_td0_diverges(tmp_path):
     assert "gtd2" in (gtd2.run_dir / "report.md").read_text().lower()
     # the advice of the diverging run names GTD2 among the checked remedies
     assert 'critic.algorithm = "gtd2"' in (td0.run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("alg", ["td0", "tdc", "gtd2"])
+def test_theory_and_sweep_columns_judge_the_specs_own_critic(alg):
+    """`offtd theory` and a sweep's exact_* columns (exact/grid.py) describe the spec's critic, not TD(0):
+    on critics_gtd2's data TD(0)'s min Re eig is negative and GTD2's and TDC's (at eta = 1) positive
+    (the sign result above), and the numbers are those of the run's own first exact row (iteration 0
+    runs at the initial gains the grid evaluates)."""
+    from offtd.exact.grid import theory_row
+    from offtd.loop import run_loop
+
+    spec = _spec(f"critic.algorithm={alg}", "critic.alpha_w=0.001", "critic.alpha_h=0.001", "run.outer_iters=1",
+                 "run.probe_every=1", path=SPECS_DIR / "critics_gtd2.toml")  # fmt: skip
+    be = get_backend("rust")
+    row = theory_row(spec, be)
+    assert (row["exact_min_re_eig"] < 0) == (alg == "td0"), row
+    first = run_loop(spec, be).exact_series[0]
+    assert first["iter"] == 0.0
+    for key in ("exact_radius", "exact_min_re_eig", "exact_alpha_w_crit"):
+        assert row[key] == first[key] or (math.isnan(row[key]) and math.isnan(first[key])), key

@@ -18,7 +18,7 @@ import numpy as np
 from ..backend import Backend
 from ..model import kl_gaussian, problem_from_spec, teacher, tv_equal_means
 from ..spec import Spec
-from .expected_td import exact_td, g_norm
+from .expected_td import critic_of, exact_td, g_norm
 
 COLUMNS = (
     "exact_radius",
@@ -37,11 +37,12 @@ COLUMNS = (
 
 
 def theory_row(spec: Spec, backend: Backend) -> dict[str, float]:
-    """The exact quantities of one spec at its initial gains (population values, MODEL.md 9)."""
+    """The exact quantities of one spec at its initial gains (population values, MODEL.md 9); the radius,
+    min Re eig and alpha_w* are those of the spec's critic's expected update (MODEL.md 3.4)."""
     problem = problem_from_spec(spec)
     k_pi = np.array(spec.policy.k_init, dtype=float)
     k_mu = np.array(spec.policy.k_mu_init, dtype=float)
-    ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, spec.rho.clip_enabled, backend)
+    ex = exact_td(problem, k_pi, k_mu, spec.run.horizon, spec.critic.alpha_w, spec.rho.clip_enabled, backend, critic=critic_of(spec))
     tch = teacher(problem, k_pi)
     p = spec.policy
     m = spec.env.action_dim
