@@ -627,3 +627,18 @@ def test_worst_of_returns_the_first_finding_of_the_worst_level():
     assert health.worst_of("x", [w1, f1, f2], clean) is f1
     assert health.worst_of("x", [w1, Check("x", "WARN", "w2")], clean) is w1
     assert NormalDist().inv_cdf(0.975) == pytest.approx(Z95, rel=1e-12)
+
+
+def test_stable_exact_pass_says_when_the_run_is_too_short_to_converge():
+    """r^T > 0.5 (the slowest mode keeps over half its size over the run's T iterations) adds "slow";
+    the boundary is strict and the status stays PASS. The default spec has T = 40 iterations:
+    0.5^(1/40) = 0.98282..., so r = 0.983 keeps 0.5037 and r = 0.98 keeps 0.4457."""
+    spec = make_spec()
+    assert spec.run.outer_iters == 40
+    slow = _stable(spec, ex=exact_row(exact_radius=0.983))
+    assert slow.status == "PASS" and "slow: over the run's 40 iterations" in slow.reason
+    assert "slowest mode only to r^40 = 0.5037" in slow.reason and "1/(1 - r) = 58.82 iterations" in slow.reason
+    fast = _stable(spec, ex=exact_row(exact_radius=0.98))
+    assert fast.status == "PASS" and "slow" not in fast.reason
+    long_run = make_spec(**{"run.outer_iters": 400})
+    assert "slow" not in _stable(long_run, ex=exact_row(exact_radius=0.983)).reason  # 0.983^400 = 1e-3

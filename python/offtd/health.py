@@ -353,7 +353,20 @@ def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | No
         "stable",
         "PASS",
         f"exact radius {_fmt_radius(r)} < 1 (alpha_w = {_fmt(alpha)} < alpha_w* = {_fmt(crit)}), min Re eig({mat}) = {_fmt(a)} > 0 "
-        f"at iteration {t}{est}",
+        f"at iteration {t}{_slow_note(spec, r)}{est}",
+    )
+
+
+def _slow_note(spec: Spec, r: float) -> str:
+    """Stable, but slow for the run (MODEL.md 7): the expected update's slowest mode, which shrinks by the
+    radius r per iteration, keeps more than half its size over the run's outer_iters."""
+    iters = spec.run.outer_iters
+    keep = r**iters
+    if not keep > 0.5:
+        return ""
+    return (
+        f"; slow: over the run's {iters} iterations the expected update shrinks its slowest mode only to r^{iters} = "
+        f"{_fmt(keep)} (time constant 1/(1 - r) = {_fmt(1.0 / (1.0 - r))} iterations; w_gap says how far the critic is)"
     )
 
 
