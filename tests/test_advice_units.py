@@ -364,3 +364,58 @@ def test_bisect_finds_the_boundary_from_above():
     x = advice._bisect(lambda v: v >= 1 / 3, 0.0, 1.0)
     assert 1 / 3 <= x <= 1 / 3 + 2**-49
     assert advice._bisect(lambda v: v >= 0.75, 0.0, 1.0, iters=2) == 0.75
+
+
+# ----------------------------------------------------------------------------------- stable but slow
+
+
+def _slow_run(**sets):
+    """A run of the default experiment with the actor still (its gains stay at k_init, where the exact
+    theory of a spec is evaluated) and alpha_w = 0.2: stable, and slow for its 40 iterations (exact radius
+    0.9917 at k_init; 0.9791 at the default 0.5 is not slow: 0.9791^40 = 0.43)."""
+    import offtd
+
+    return offtd.run(None, **{"actor.alpha_pi": 0.0, "critic.alpha_w": 0.2, **sets})
+
+
+def _number_after(text: str, label: str) -> float:
+    m = re.search(re.escape(label) + r" ([-+0-9.e]+)", text)
+    assert m, (label, text)
+    return float(m.group(1))
+
+
+def test_slow_offers_the_fastest_step_checked_against_the_exact_radius():
+    """The offered alpha_w is checked independently: the exact theory of the spec run at it (offtd
+    theory's row at the initial gains, where this actor stays) gives the radius the advice states, smaller
+    than the current one, and 5% smaller or larger steps give no smaller radius (a minimum). The run
+    length is the first T with r^T <= 0.05."""
+    from offtd.backend import get_backend
+    from offtd.exact.grid import theory_row
+
+    res = _slow_run()
+    stable = next(c for c in res.checks if c["name"] == "stable")
+    assert (stable["status"], stable["kind"]) == ("PASS", "slow")
+    line = next(s for s in res.report["next_steps"] if "stable but slow" in s)
+    assert any(s.startswith("all checks pass") for s in res.report["next_steps"])  # all PASS: the margin line too
+    alpha = _number_after(line, "critic.alpha_w =")
+    stated = _number_after(line, "contracts fastest (exact radius")
+    be = get_backend("rust")
+
+    def radius(a: float) -> float:
+        return theory_row(res.spec.replace(**{"critic.alpha_w": a}), be)["exact_radius"]
+
+    now = radius(0.2)
+    assert radius(alpha) == pytest.approx(stated, rel=5e-4)  # the advice prints 4 significant digits
+    assert radius(alpha) < now
+    assert radius(0.95 * alpha) >= radius(alpha) and radius(1.05 * alpha) >= radius(alpha)
+    need = int(_number_after(line, "to about"))
+    assert now**need <= 0.05 < now ** (need - 1)
+
+
+def test_slow_with_heavy_ratios_only_says_run_longer():
+    """rho_sane not passing: a larger step would amplify the weights' noise, so none is offered."""
+    res = _slow_run(**{"policy.p_mix": 0.0, "policy.sigma_pi": 0.6, "policy.sigma_mu": 0.2})
+    by = {c["name"]: c for c in res.checks}
+    assert by["rho_sane"]["status"] != "PASS" and by["stable"]["kind"] == "slow", by
+    line = next(s for s in res.report["next_steps"] if "stable but slow" in s)
+    assert "critic.alpha_w =" not in line and "raise run.outer_iters" in line and "until rho_sane passes" in line

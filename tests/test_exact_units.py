@@ -281,3 +281,33 @@ def test_theory_section_without_exact_rows_or_tail_rows():
     assert "E_b[rho^2] (pi/b)" not in th and "min Re eig(A)" not in th
     th = theory(spec, make_result(exact=[exact_row(exact_available=0.0)]))
     assert "E_b[rho^2] (pi/b)" in th and "E_b[rho_bar] (clipped)" not in th and "min Re eig(A)" not in th
+
+
+def test_fastest_step_against_a_bounded_scalar_search():
+    """fastest_step's candidates (parabola vertices and crossings) against scipy's bounded search of
+    max_i |1 - alpha lambda_i| over (0, alpha*), on random spectra with complex pairs: the radius found
+    is never worse than the search's, and within 1e-9 of it (the search's own xatol is 1e-12 in alpha)."""
+    from scipy.optimize import minimize_scalar
+
+    from offtd.exact.expected_td import eig_summary, fastest_step
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        d = int(rng.integers(1, 6))
+        a = rng.normal(size=(d, d)) + (1.0 + 3.0 * rng.random()) * np.eye(d)
+        lam = np.linalg.eigvals(a)
+        if np.min(lam.real) <= 0:
+            continue
+        alpha, r = fastest_step(lam)
+        crit = eig_summary(a, 0.0).alpha_crit
+        grid = np.linspace(0.0, crit, 2001)[1:-1]
+        start = grid[np.argmin([np.max(np.abs(1.0 - g * lam)) for g in grid])]
+        step = crit / 2000
+        res = minimize_scalar(lambda x, lam=lam: float(np.max(np.abs(1.0 - x * lam))), bounds=(max(start - step, 0.0), min(start + step, crit)),
+                              method="bounded", options={"xatol": 1e-12})  # fmt: skip
+        assert 0.0 < alpha < crit and r < 1.0, trial
+        assert r <= res.fun + 1e-9, (trial, r, res.fun)
+        assert r == float(np.max(np.abs(1.0 - alpha * lam)))
+    # a real spectrum {1, 3}: the optimum 2 / (1 + 3) = 0.5 with radius (3 - 1) / (3 + 1) = 0.5
+    assert fastest_step(np.array([1.0, 3.0])) == (0.5, 0.5)
+    assert all(math.isnan(x) for x in fastest_step(np.array([1.0, -0.1])))

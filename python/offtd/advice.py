@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, Problem
-from .exact.expected_td import CriticSpec, critic_of, eig_summary, exact_td
+from .exact.expected_td import CriticSpec, critic_of, eig_summary, exact_td, fastest_step
 from .exact.ratios import ratio_moments
 from .health import Verdict, last_exact, last_row, z_level
 from .health import _nonfinite_ratios as nonfinite_ratios
@@ -132,6 +132,39 @@ def _stability_remedies(spec: Spec, ex: _Exact, kind: str, row: dict[str, float]
     return steps
 
 
+def _slow_remedies(spec: Spec, ex: _Exact, ratios_ok: bool) -> list[str]:
+    """A stable but slow expected update (health kind "slow"): the run length the current step needs, and,
+    when the importance weights pass rho_sane, the step size that contracts fastest with its exact radius
+    at the run's final gains. With heavy-tailed weights a larger step mostly amplifies their noise
+    (instab_sigma_mismatch: critic_teacher_error 0.045 at its alpha_w = 0.2, 2.2 at the fastest 11.8), so
+    it is not offered. For the gradient-TD critics the step scales alpha_w and alpha_h together (eta, hence
+    the matrix, unchanged)."""
+    cur = ex.td()
+    if cur is None or not cur.pop.radius < 1.0:
+        return []
+    iters = spec.run.outer_iters
+    r = cur.pop.radius
+    tau_now = f"time constant {_fmt(1.0 / (1.0 - r))} iterations"
+    need = math.ceil(math.log(0.05) / math.log(r))  # r^T <= 0.05: the slowest mode down to 5%
+    run_longer = f"raise run.outer_iters from {iters} to about {need} (r^T = 0.05 at the exact radius {_fmt(r)})"
+    alpha, best = fastest_step(cur.pop.eig)
+    alpha_w = spec.critic.alpha_w
+    if not ratios_ok:
+        return [f"the expected critic update is stable but slow for this run ({tau_now}) -> {run_longer}; a larger "
+                "alpha_w would mostly amplify the importance weights' noise until rho_sane passes."]  # fmt: skip
+    if not (math.isfinite(alpha) and best < r):
+        return [f"the expected critic update is stable but slow for this run ({tau_now}) -> {run_longer}."]
+    check = ex.td(alpha_w=alpha)
+    radius = check.pop.radius if check is not None else best
+    tau = 1.0 / (1.0 - radius) if radius < 1.0 else math.inf
+    alpha_h = f", critic.alpha_h = {_fmt(alpha * spec.critic.alpha_h / alpha_w)}" if spec.critic.algorithm in ("tdc", "gtd2") else ""
+    return [
+        f"the expected critic update is stable but slow for this run ({tau_now}) -> "
+        f"critic.alpha_w = {_fmt(alpha)}{alpha_h} contracts fastest (exact radius {_fmt(radius)}, time constant {_fmt(tau)} "
+        f"iterations), or {run_longer}. Larger steps also carry more of the sampled updates' noise."
+    ]
+
+
 def _ratio_remedies(spec: Spec, result: LoopResult) -> list[str]:
     """Verified settings that bring the second moment of the used weights under health.rho2_max."""
     p = spec.policy
@@ -242,6 +275,8 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
                 f"the stability estimate straddles the boundary -> raise probes.stability.batch_size from {size} to {need} "
                 "(the interval shrinks like 1/sqrt(batch_size)), or add margin (raise p_mix, lower gamma)."
             )
+    elif stab.kind == "slow" and ex_row is not None:
+        steps += _slow_remedies(spec, ex, by["rho_sane"].status == "PASS")
     elif stab.kind == "frozen_unstable":
         steps.append("the critic is frozen (alpha_w = 0); with any step size TD(0) would diverge on this data (exact).")
     elif stab.kind == "boundary":
@@ -259,7 +294,7 @@ def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | 
         steps.append("the fixed-point solve did not converge -> raise probes.fixed_point.num_iters or batch_size (A_hat may be near singular).")
     if by["td_consistency"].status == "FAIL":
         steps.append("the q-kernel TD loss disagrees with the feature TD loss -> a bug in the feature map: report it with the spec.")
-    if not steps:
+    if all(c.status == "PASS" for c in verdict.checks):  # a "slow" note may precede it
         margin = ""
         if ex_row is not None and ex_row["exact_available"] == 1.0 and spec.critic.alpha_w > 0:
             margin = f" (alpha_w is {_fmt(spec.critic.alpha_w / ex_row['exact_alpha_w_crit'])} of the critical step alpha_w*, exact)"

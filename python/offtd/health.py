@@ -349,11 +349,13 @@ def _stable_exact(spec: Spec, ex: dict[str, float], probe: dict[str, float] | No
         )
     if r >= 1.0 - tol or a <= tol:
         return Check("stable", "WARN", f"exactly on the stability boundary (to rounding): radius {r!r}, min Re eig {a!r}{est}", "boundary")
+    slow = _slow_note(spec, r)
     return Check(
         "stable",
         "PASS",
         f"exact radius {_fmt_radius(r)} < 1 (alpha_w = {_fmt(alpha)} < alpha_w* = {_fmt(crit)}), min Re eig({mat}) = {_fmt(a)} > 0 "
-        f"at iteration {t}{_slow_note(spec, r)}{est}",
+        f"at iteration {t}{slow}{est}",
+        "slow" if slow else "ok",
     )
 
 

@@ -85,6 +85,31 @@ def eig_summary(a: np.ndarray, alpha_w: float) -> EigSummary:
     return EigSummary(lam, radius, min_re, alpha_crit, tol)
 
 
+def fastest_step(lam: np.ndarray) -> tuple[float, float]:
+    """(alpha, radius): the step size that minimises the spectral radius max_i |1 - alpha lambda_i| of the
+    expected map I - alpha A with eigenvalues `lam` (all with Re > 0), and that radius. Each
+    |1 - alpha lambda_i|^2 = 1 - 2 alpha Re_i + alpha^2 |lambda_i|^2 is a convex parabola in alpha, so the
+    minimum of their maximum lies at one parabola's vertex (Re_i / |lambda_i|^2) or where two cross
+    (2 (Re_i - Re_j) / (|lambda_i|^2 - |lambda_j|^2)): the candidates are evaluated and the best kept.
+    (NaN, NaN) when an eigenvalue has Re <= 0 or one is not finite."""
+    lam = np.asarray(lam, dtype=complex)
+    if lam.size == 0 or not np.all(np.isfinite(lam)) or np.min(lam.real) <= 0.0:
+        return math.nan, math.nan
+    re, sq = lam.real, np.abs(lam) ** 2
+    cands = list(re / sq)
+    for i in range(lam.size):
+        for j in range(i + 1, lam.size):
+            if sq[i] != sq[j]:
+                cands.append(2.0 * (re[i] - re[j]) / (sq[i] - sq[j]))
+    best_alpha, best_r = math.nan, math.inf
+    for a in cands:
+        if a > 0.0 and math.isfinite(a):
+            r = float(np.max(np.abs(1.0 - a * lam)))
+            if r < best_r:
+                best_alpha, best_r = float(a), r
+    return best_alpha, best_r
+
+
 def td_operator(
     problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, m2: np.ndarray, clip_enabled: bool
 ) -> tuple[TDOperator, RatioMoments | None]:
