@@ -27,11 +27,14 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PySequence, PyTuple, PyType};
 
+use crate::checks::check_finite;
 use crate::error::{fmt_shape, CoreError, CoreResult};
+use crate::features::{feature_dim, features};
 use crate::interrupt::{self, Interrupt};
-use crate::model::{check_finite, feature_dim, features, Problem, BLOCK};
+use crate::linalg::BLOCK;
 use crate::philox::{self, Stream};
-use crate::{mem, mmd, moments, power, ratios, rollout, solver, transitions};
+use crate::problem::Problem;
+use crate::{mem, mmd, moments, policy_samples, power, ratios, rollout, solver, transitions};
 
 /// Size arguments (counts of samples, trajectories, steps) must be below this: far more than any
 /// machine holds, and small enough that no product of a size with the other dimensions overflows.
@@ -719,7 +722,7 @@ fn policy_samples_py<'py>(
     let iteration = u64_arg(iteration, "iteration")?;
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
     let out = run_detached(py, || {
-        transitions::policy_samples(
+        policy_samples::policy_samples(
             n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration,
         )
     })?;

@@ -76,6 +76,20 @@ impl CoreError {
         }
     }
 
+    /// A kernel's out-of-memory error restated for the whole call: the argument that sets the
+    /// size and the bytes the call planned (an allocation that fails reports only its own size);
+    /// other errors unchanged.
+    pub fn as_planned(self, arg: &'static str, bytes: u128) -> Self {
+        match self {
+            CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
+                arg,
+                bytes,
+                available,
+            },
+            e => e,
+        }
+    }
+
     /// True for errors Python reports as `TypeError` (the rest are `ValueError`).
     pub fn is_type_error(&self) -> bool {
         matches!(self, CoreError::WrongType { .. })
@@ -221,5 +235,41 @@ mod tests {
         assert!(e.is_type_error());
         assert!(!CoreError::NonFinite { arg: "y" }.is_type_error());
         assert_eq!(fmt_shape(&[]), "()");
+    }
+
+    /// An allocation's out-of-memory error becomes the call's (its argument and planned bytes,
+    /// the memory available kept); other errors pass unchanged.
+    #[test]
+    fn as_planned_restates_only_out_of_memory() {
+        let e = CoreError::OutOfMemory {
+            arg: "len",
+            bytes: 8,
+            available: Some(3),
+        };
+        assert_eq!(
+            e.as_planned("count", 1 << 40),
+            CoreError::OutOfMemory {
+                arg: "count",
+                bytes: 1 << 40,
+                available: Some(3),
+            }
+        );
+        let none = CoreError::OutOfMemory {
+            arg: "len",
+            bytes: 8,
+            available: None,
+        };
+        assert_eq!(
+            none.as_planned("batch", 9),
+            CoreError::OutOfMemory {
+                arg: "batch",
+                bytes: 9,
+                available: None,
+            }
+        );
+        assert_eq!(
+            CoreError::NonFinite { arg: "w" }.as_planned("count", 9),
+            CoreError::NonFinite { arg: "w" }
+        );
     }
 }

@@ -4,9 +4,16 @@
 //! they return the same bits as the pure-Python reference (`offtd.reference`) on identical inputs:
 //!
 //! - [`philox`]: Philox4x64-10 and the addressed random streams (section 1);
-//! - [`model`]: features, log densities, the importance ratio, one environment step (sections 2-3);
+//! - [`problem`]: the LQG problem and its checks (section 2);
+//! - [`features`]: the features phi(s) (section 2);
+//! - [`density`]: the policies' log densities, the mixture's importance ratio, its clipping (section 2);
+//! - [`lqg`]: one environment step, on slices and on fixed-size arrays (sections 2-3);
+//! - [`linalg`]: dot products, matrix-vector products, quadratic forms; the block size (0.2);
+//! - [`checks`]: argument checks (lengths, finiteness, domains);
+//! - [`pool`]: the probes' state pool and its pick (section 4);
 //! - [`rollout`]: trajectories with their TD, actor and Gram sums (section 3);
-//! - [`transitions`]: probe transitions (4.2) and the distribution probe's policy samples (4.1);
+//! - [`transitions`]: probe transitions (4.2);
+//! - [`policy_samples`]: the distribution probe's policy samples (4.1);
 //! - [`ratios`]: importance-ratio statistics including PSIS `k_hat` (section 5);
 //! - [`solver`]: restarted GMRES and a direct LU solve (section 6);
 //! - [`power`]: power iteration (section 6);
@@ -28,15 +35,22 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bindings;
+pub mod checks;
+pub mod density;
 pub mod error;
+pub mod features;
 pub mod interrupt;
+pub mod linalg;
+pub mod lqg;
 pub mod mem;
 pub mod mmd;
-pub mod model;
 pub mod moments;
 pub mod par;
 pub mod philox;
+pub mod policy_samples;
+pub mod pool;
 pub mod power;
+pub mod problem;
 pub mod ratios;
 pub mod rollout;
 pub mod solver;

@@ -20,7 +20,7 @@
 //! `einsum` chooses its own), so the two backends agree to rounding, not to the bit.
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::{check_finite, check_finite_scalar};
+use crate::checks::{check_finite, check_finite_scalar};
 use crate::{interrupt, mem};
 
 /// `(mean_h M2_h, mean_h M4_h)`, row-major `(n, n)` and `(n, n, n, n)`.

@@ -270,6 +270,20 @@ where
     Ok(res)
 }
 
+/// Splits `v` into consecutive mutable pieces of the given lengths.
+pub fn split_lengths<T>(
+    mut v: &mut [T],
+    lens: impl ExactSizeIterator<Item = usize>,
+) -> CoreResult<Vec<&mut [T]>> {
+    let mut out = mem::with_capacity("count", lens.len())?;
+    for len in lens {
+        let (head, tail) = v.split_at_mut(len);
+        out.push(head);
+        v = tail;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

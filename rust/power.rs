@@ -2,7 +2,8 @@
 //! stop with 0 if `lam == 0`, `v = x/lam`; the estimate is the last `lam`.
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::{check_finite, dot, matvec_rows};
+use crate::checks::check_finite;
+use crate::linalg::{dot, matvec_rows};
 use crate::{interrupt, mem};
 
 /// The power-iteration estimate of the spectral radius of the row-major (d, d) matrix `m`.

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use crate::error::CoreResult;
 use crate::{interrupt, mem, par};
 
-use crate::model::BLOCK;
+use crate::linalg::BLOCK;
 
 /// The statistics of section 5 (backend.RhoStats).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -14,12 +14,14 @@
 //! against the available memory ([`rollout_bytes`]) and allocated fallibly. Trajectories tick the
 //! interruption every chunk of steps ([`crate::interrupt`]).
 
+use crate::checks::{check_finite, check_gain};
+use crate::density::{clip_rho, RatioConsts};
 use crate::error::{CoreError, CoreResult};
-use crate::model::{
-    check_finite, check_gain, clip_rho, dot, dot_fixed, feature_dim, features, features_fixed,
-    step, FixedModel, Problem, RatioConsts, StepScratch,
-};
+use crate::features::{feature_dim, features, features_fixed};
+use crate::linalg::{dot, dot_fixed};
+use crate::lqg::{step, FixedModel, StepScratch};
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
+use crate::problem::Problem;
 use crate::{interrupt, mem, par};
 
 /// The rollout's purposes (section 1; the registry is crate::streams).
@@ -641,14 +643,7 @@ fn rollout_windowed(
     let arg = if horizon > batch { "horizon" } else { "batch" };
     let planned = rollout_bytes(n, m, batch, horizon, stats).unwrap_or(u128::MAX);
     mem::plan(arg, planned)?;
-    let oom = |e: CoreError| match e {
-        CoreError::OutOfMemory { available, .. } => CoreError::OutOfMemory {
-            arg,
-            bytes: planned,
-            available,
-        },
-        e => e,
-    };
+    let oom = |e: CoreError| e.as_planned(arg, planned);
     let mut states = mem::zeroed(arg, batch * (horizon + 1) * n).map_err(oom)?;
     let mut rewards = mem::zeroed(arg, batch * horizon).map_err(oom)?;
     let mut rho = mem::zeroed(arg, batch * horizon).map_err(oom)?;
@@ -781,7 +776,9 @@ fn rollout_windowed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{features, quad_form, StepScratch};
+    use crate::features::features;
+    use crate::linalg::quad_form;
+    use crate::lqg::StepScratch;
 
     fn problem<'a>(
         a: &'a [f64],
@@ -943,7 +940,7 @@ mod tests {
     }
 
     /// MODEL.md section 3, written out plainly: per trajectory j, its four streams read draw by draw
-    /// (uncached), one `model::step` per step, the per-trajectory sums of step 3 over the full d x d
+    /// (uncached), one `lqg::step` per step, the per-trajectory sums of step 3 over the full d x d
     /// Gram matrix, then the trajectory sums added in order from 0.0. The oracle of
     /// `rollout_equals_the_model_written_out`.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]

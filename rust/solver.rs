@@ -12,7 +12,8 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{CoreError, CoreResult};
-use crate::model::{check_finite, dot, matvec_rows};
+use crate::checks::check_finite;
+use crate::linalg::{dot, matvec_rows};
 use crate::{interrupt, mem};
 
 /// What GMRES returns (backend.SolveResult).

@@ -23,34 +23,34 @@ rust/rollout.rs
   2x256 = 512, 2x257 = 514, 1x511/512/513 (one item: never parallel)], and
   ``test_boundary_results_do_not_depend_on_thread_count``.
 
-rust/model.rs
-- ``dispatch_dims!`` (fixed-size kernels for 1 <= n, m <= 4, the general kernel otherwise) in
+rust/lqg.rs, linalg.rs, checks.rs, density.rs (the pieces the kernels share)
+- ``dispatch_dims!`` (lqg.rs; fixed-size kernels for 1 <= n, m <= 4, the general kernel otherwise) in
   rollout, transitions and policy_samples: ``test_rollout_fixed_kernel_across_chunks`` [(4,4)],
   ``test_rollout_general_kernel_above_the_fixed_sizes`` [(5,1), (1,5), (5,4), (4,5), (5,5) at horizon
   257], ``test_transitions_fixed_and_general_kernels``, ``test_policy_samples_fixed_and_general_kernels``
   [(4,4), (5,1), (1,5), (4,5)].
-- ``BLOCK = 1024`` (block sums of MODEL.md 0.2): see transitions, policy_samples and ratios below.
-- ``matvec_rows``' ``R = 8`` (rows computed eight side by side, fewer than 8 rows the plain loop; used
+- ``BLOCK = 1024`` (linalg.rs; block sums of MODEL.md 0.2): see transitions, policy_samples and ratios below.
+- ``matvec_rows``' ``R = 8`` (linalg.rs; rows computed eight side by side, fewer than 8 rows the plain loop; used
   by GMRES and power iteration): ``test_power_iteration_around_eight_rows``,
   ``test_gmres_around_eight_rows`` [d = 1, 7, 8, 9, 15, 16, 17, 24].
-- ``all_finite``'s groups of 8 (finiteness tested eight values at a time, the remainder one by one):
+- ``all_finite``'s groups of 8 (checks.rs; finiteness tested eight values at a time, the remainder one by one):
   ``test_nonfinite_parameters_found_at_every_position`` [lengths 7, 8, 9, 16, 17, 25; every position].
-- ``clip_rho`` (``clip if clip < rho else rho``): ``test_rollout_clip_levels``,
+- ``clip_rho`` (density.rs; ``clip if clip < rho else rho``): ``test_rollout_clip_levels``,
   ``test_transitions_clip_levels``, ``test_rho_stats_clip_levels`` [clip below every ratio, equal to
   the smallest, between, equal to the largest (and to 1/p_mix, the mixture's bound), above every ratio,
   inf].
 
-rust/transitions.rs
+rust/transitions.rs, rust/policy_samples.rs
 - ``BLOCK`` (per-sub-batch block tasks): ``test_transitions_blocks_and_sub_chunks`` [K = 1023, 1024,
   1025, 2047, 2048, 2049, 3073; K = 2048 / 2050 with R = 2 (sub-batches of exactly one block / one
   block + 1), 3072 with R = 3, 2049 with R = 5].
-- ``SUB = 256`` (draws generated per sub-chunk in ``block_fixed`` and ``policy_block_fixed``):
+- ``SUB = 256`` (transitions.rs; draws generated per sub-chunk in ``block_fixed`` and ``policy_block_fixed``):
   ``test_transitions_blocks_and_sub_chunks`` [K = 255, 256, 257, 600 with R = 2 (sub-chunks starting
   at k = 300, not a multiple of 4)], ``test_policy_samples_blocks_and_mmd_rows`` [mmd_count 255, 256,
   257].
 - ``PAR_MIN_SAMPLES = 2048`` (probe samples from which blocks run in parallel): both tests above
   [K = 2047, 2048, 2049].
-- ``mmd_rows`` (MMD rows split by block, a partial sub-chunk of MMD rows):
+- ``mmd_rows`` (policy_samples.rs; MMD rows split by block, a partial sub-chunk of MMD rows):
   ``test_policy_samples_blocks_and_mmd_rows`` [mmd_count 1023, 1024, 1025, 2048, 2049 = count].
 
 rust/ratios.rs

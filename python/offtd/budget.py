@@ -111,7 +111,7 @@ def transitions_core_bytes(n: int, m: int, count: int, repeats: int) -> int:
 
 
 def policy_samples_core_bytes(n: int, m: int, count: int, mmd_count: int) -> int:
-    """rust/transitions.rs `policy_samples_bytes`."""
+    """rust/policy_samples.rs `policy_samples_bytes`."""
     blocks = -(-count // BLOCK)
     return 8 * count + 8 * mmd_count * (n + 2 * m) + blocks * (8 * (1 + n * (n + 1) // 2) + 224) + _threads() * THREAD_SCRATCH
 
