@@ -117,3 +117,22 @@ def test_rollout_sums_follow_the_order_of_section_0_2(backend):
     assert out.count == 45
     # the order matters for these numbers: the flat sum differs in the last bits
     assert (flat["td_sq"], flat["rho2"]) != (total_td, total_r2)
+
+
+@pytest.mark.parametrize("backend", ["rust", "python"])
+def test_optional_statistics_are_returned_exactly_when_asked(backend):
+    """MODEL.md 3.3: C_rho comes with bit STATS_CROSS, A_e and b_e with bit STATS_EMPHASIS, and nothing
+    else changes with the bits (the same iteration's streams, so the same transitions)."""
+    from offtd.backend import STATS_CROSS, STATS_EMPHASIS
+
+    be = get_backend(backend)
+    p = _problem(0.25)
+    w = np.array([-1.0, 0.1, -0.5, 0.2, 0.0, -2.0])
+    k_pi, k_mu = np.array([[-0.2, -0.3]]), np.array([[-0.1, -0.4]])
+    plain = be.rollout(p, w, k_pi, k_mu, 2, 3, 4, 0)
+    for stats in (0, STATS_CROSS, STATS_EMPHASIS, STATS_CROSS | STATS_EMPHASIS):
+        roll = be.rollout(p, w, k_pi, k_mu, 2, 3, 4, stats)
+        assert (roll.c_rho is not None) == bool(stats & STATS_CROSS), stats
+        assert (roll.a_e is not None) == bool(stats & STATS_EMPHASIS) == (roll.b_e is not None), stats
+        for name in ("states", "rho", "gram", "a", "b", "grad_k"):
+            assert np.array_equal(getattr(roll, name), getattr(plain, name)), (stats, name)
