@@ -16,7 +16,7 @@ import numpy as np
 from .backend import Backend, Problem
 from .exact.expected_td import CriticSpec, critic_of, eig_summary, exact_td, fastest_step
 from .exact.ratios import ratio_moments
-from .health import Verdict, last_exact, last_row, z_level
+from .health import Verdict, evaluate, last_exact, last_row, z_level
 from .health import _nonfinite_ratios as nonfinite_ratios
 from .loop import LoopResult
 from .model import e_mu_rho2, problem_from_spec
@@ -190,6 +190,13 @@ def _ratio_remedies(spec: Spec, result: LoopResult) -> list[str]:
     else:
         steps.append(f"rho.clip = {_fmt(spec.rho.clip)} is already on; lower it further only at the price of more bias.")
     return steps
+
+
+def judge(spec: Spec, result: LoopResult, backend: Backend | None = None) -> Verdict:
+    """The run's verdict (health.evaluate) with its advice, whose remedies `backend` evaluates exactly."""
+    verdict = evaluate(spec, result)
+    verdict.next_steps = advise(spec, result, verdict, backend)
+    return verdict
 
 
 def advise(spec: Spec, result: LoopResult, verdict: Verdict, backend: Backend | None = None) -> list[str]:

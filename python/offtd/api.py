@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .advice import judge
 from .backend import get_backend
 from .exact.section import theory as theory_section
-from .health import evaluate
 from .loop import run_loop
 from .report import NONFINITE, build_report, decode_nonfinite, plain, render_markdown, write_run
 from .spec import Spec, SpecError, load_spec, memory_terms
@@ -291,7 +291,7 @@ def run(
         loop = run_loop(resolved, impl, progress=progress, should_stop=should_stop)
         with np.errstate(all="ignore"):  # extreme specs overflow to inf/NaN here as in the loop: no warnings
             th = theory_section(resolved, loop)
-            verdict = evaluate(resolved, loop, impl)
+            verdict = judge(resolved, loop, impl)
         info = {
             "run_dir": str(directory) if directory is not None else None,
             "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),

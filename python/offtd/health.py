@@ -15,7 +15,6 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .backend import Backend
 from .loop import LoopResult
 from .spec import Spec
 
@@ -468,14 +467,11 @@ def check_teacher(spec: Spec, result: LoopResult) -> Check:
 CHECKS = (check_finite, check_rho, check_stable, check_fixed_point, check_td, check_teacher)
 
 
-def evaluate(spec: Spec, result: LoopResult, backend: Backend | None = None) -> Verdict:
-    """Every check, the run's status, and the advice (whose remedies `backend` evaluates exactly)."""
-    from .advice import advise
-
+def evaluate(spec: Spec, result: LoopResult) -> Verdict:
+    """Every check and the run's status; `next_steps` stays empty (advice.judge adds the advice, which
+    reads these findings: health does not depend on advice)."""
     checks = [c(spec, result) for c in CHECKS]
     status = max((c.status for c in checks), key=ORDER.__getitem__)
     if result.interrupted:
         status = "INTERRUPTED"
-    verdict = Verdict(status, checks)
-    verdict.next_steps = advise(spec, result, verdict, backend)
-    return verdict
+    return Verdict(status, checks)
