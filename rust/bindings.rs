@@ -34,6 +34,7 @@ use crate::interrupt::{self, Interrupt};
 use crate::linalg::BLOCK;
 use crate::philox::{self, Stream};
 use crate::problem::Problem;
+use crate::record::Field;
 use crate::{mem, mmd, moments, policy_samples, power, ratios, rollout, solver, transitions};
 
 /// Size arguments (counts of samples, trajectories, steps) must be below this: far more than any
@@ -282,6 +283,22 @@ fn to_numpy<'py, T: numpy::Element>(
     let arr = Array::from_shape_vec(IxDyn(shape), v)
         .map_err(|e| PyRuntimeError::new_err(format!("internal shape error: {e}")))?;
     Ok(arr.into_pyarray(py).into_any())
+}
+
+/// A record's fields ([`crate::record!`]) as a dict: counts and flags as `int`, the rest `float`.
+fn record_dict<'py>(
+    py: Python<'py>,
+    fields: impl Iterator<Item = (&'static str, Field)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in fields {
+        match value {
+            Field::Count(v) => dict.set_item(name, v)?,
+            Field::Flag(v) => dict.set_item(name, i64::from(v))?,
+            Field::Real(v) => dict.set_item(name, v)?,
+        }
+    }
+    Ok(dict)
 }
 
 /// The LQG problem's arrays and scalars shared by `rollout` and `transitions`, checked.
@@ -736,9 +753,9 @@ fn policy_samples_py<'py>(
     Ok(dict)
 }
 
-/// `rho_stats(rho, clip, clip_enabled)`: MODEL.md section 5 as a dict with keys `n`, `nonfinite`,
-/// `mean`, `rho2_mean`, `min`, `max`, `p95`, `p99`, `clip`, `clip_active`, `clip_frac`, `ess_frac`,
-/// `khat`. Non-finite ratios are allowed (counted and excluded).
+/// `rho_stats(rho, clip, clip_enabled)`: MODEL.md section 5 as a dict with the fields of
+/// [`ratios::RhoStatsOut`] (`clip_active` as 0 or 1). Non-finite ratios are allowed (counted and
+/// excluded).
 #[pyfunction]
 #[pyo3(name = "rho_stats")]
 fn rho_stats_py<'py>(
@@ -755,21 +772,7 @@ fn rho_stats_py<'py>(
     }
     let xs = rho.slice();
     let s = run_detached(py, || ratios::try_rho_stats(xs, clip, clip_enabled))?;
-    let dict = PyDict::new(py);
-    dict.set_item("n", s.n)?;
-    dict.set_item("nonfinite", s.nonfinite)?;
-    dict.set_item("mean", s.mean)?;
-    dict.set_item("rho2_mean", s.rho2_mean)?;
-    dict.set_item("min", s.min)?;
-    dict.set_item("max", s.max)?;
-    dict.set_item("p95", s.p95)?;
-    dict.set_item("p99", s.p99)?;
-    dict.set_item("clip", s.clip)?;
-    dict.set_item("clip_active", s.clip_active as i64)?;
-    dict.set_item("clip_frac", s.clip_frac)?;
-    dict.set_item("ess_frac", s.ess_frac)?;
-    dict.set_item("khat", s.khat)?;
-    Ok(dict)
+    record_dict(py, s.fields())
 }
 
 /// `gmres(a, b, max_iters, tol)`: restarted GMRES (MODEL.md section 6) ->

@@ -21,6 +21,7 @@
 //! - [`moments`]: exact time-averaged second and fourth moments of the rollout states (9.2), the
 //!   one kernel that agrees with the reference to rounding rather than to the bit (its contractions
 //!   associate differently from numpy's `einsum`);
+//! - [`record`]: records whose field list is written once (the bindings' dicts read it);
 //! - [`error`]: the one error type, [`error::CoreError`];
 //! - [`par`]: the parallel driver (the calling thread works, rayon helpers join as they wake);
 //! - [`mem`]: the memory a call may take (relative to what the machine and the process's limits
@@ -52,6 +53,7 @@ pub mod pool;
 pub mod power;
 pub mod problem;
 pub mod ratios;
+pub mod record;
 pub mod rollout;
 pub mod solver;
 pub mod streams;

@@ -11,22 +11,24 @@ use crate::{interrupt, mem, par};
 
 use crate::linalg::BLOCK;
 
-/// The statistics of section 5 (backend.RhoStats).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RhoStatsOut {
-    pub n: u64,
-    pub nonfinite: u64,
-    pub mean: f64,
-    pub rho2_mean: f64,
-    pub min: f64,
-    pub max: f64,
-    pub p95: f64,
-    pub p99: f64,
-    pub clip: f64,
-    pub clip_active: bool,
-    pub clip_frac: f64,
-    pub ess_frac: f64,
-    pub khat: f64,
+crate::record! {
+    /// The statistics of section 5 (backend.RhoStats; the bindings' dict is [`RhoStatsOut::fields`]).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct RhoStatsOut {
+        pub n: u64,
+        pub nonfinite: u64,
+        pub mean: f64,
+        pub rho2_mean: f64,
+        pub min: f64,
+        pub max: f64,
+        pub p95: f64,
+        pub p99: f64,
+        pub clip: f64,
+        pub clip_active: bool,
+        pub clip_frac: f64,
+        pub ess_frac: f64,
+        pub khat: f64,
+    }
 }
 
 #[inline(always)]

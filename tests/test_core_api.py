@@ -102,3 +102,37 @@ def test_core_is_importable():
     import offtd._core as core
 
     assert callable(core.rollout) and callable(core.state_moments)
+
+
+def _stub_typed_dict(name: str) -> dict[str, str]:
+    """The keys of a TypedDict of the stub and their annotations."""
+    tree = ast.parse(STUB.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return {
+                item.target.id: ast.unparse(item.annotation)
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            }
+    raise AssertionError(f"{name} not in the stub")
+
+
+def test_rho_stats_dict_is_the_dataclass():
+    """The core's rho_stats dict, the stub's RhoStatsDict and backend.RhoStats hold the same fields in the
+    same order with the same types (the Rust record's one field list reaches Python unchanged)."""
+    import dataclasses
+
+    import numpy as np
+
+    from offtd import _core
+    from offtd.backend import RhoStats
+
+    fields = {f.name: f.type for f in dataclasses.fields(RhoStats)}
+    stub = _stub_typed_dict("RhoStatsDict")
+    assert list(stub) == list(fields)
+    assert stub == fields
+    for rho in (np.array([0.5, 2.0, 1.0]), np.zeros(0)):
+        got = _core.rho_stats(rho, 1.5, True)
+        assert list(got) == list(fields)
+        for name, value in got.items():
+            assert type(value).__name__ == fields[name], (name, value)

@@ -64,6 +64,7 @@ class PolicySamplesDict(TypedDict):
     mmd_a_mu: F64  # (mmd_count, m)
 
 class RhoStatsDict(TypedDict):
+    # backend.RhoStats's fields, in order (tests/test_core_api.py checks it against both)
     n: int
     nonfinite: int
     mean: float

@@ -145,22 +145,8 @@ class RustBackend:
         return _core.normals(seed, purpose, iteration, substream, 0, count)
 
     def rho_stats(self, rho: np.ndarray, clip: float, clip_enabled: bool) -> RhoStats:
-        s = _core.rho_stats(_f64(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
-        return RhoStats(
-            n=int(s["n"]),
-            nonfinite=int(s["nonfinite"]),
-            mean=s["mean"],
-            rho2_mean=s["rho2_mean"],
-            min=s["min"],
-            max=s["max"],
-            p95=s["p95"],
-            p99=s["p99"],
-            clip=s["clip"],
-            clip_active=int(s["clip_active"]),
-            clip_frac=s["clip_frac"],
-            ess_frac=s["ess_frac"],
-            khat=s["khat"],
-        )
+        # the core's dict has the dataclass's fields (counts and clip_active as int)
+        return RhoStats(**_core.rho_stats(_f64(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled)))
 
     def solve(self, a: np.ndarray, b: np.ndarray, max_iters: int, tol: float) -> SolveResult:
         x, converged, iterations, residual = _core.gmres(_f64(a), _f64(b), int(max_iters), float(tol))

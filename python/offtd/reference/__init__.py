@@ -159,22 +159,7 @@ class ReferenceBackend:
         return _f64(rng.normals(seed, purpose, iteration, substream, count))
 
     def rho_stats(self, rho: np.ndarray, clip: float, clip_enabled: bool) -> RhoStats:
-        st = _rho_stats(to_vector(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
-        return RhoStats(
-            n=st.n,
-            nonfinite=st.nonfinite,
-            mean=st.mean,
-            rho2_mean=st.rho2_mean,
-            min=st.min,
-            max=st.max,
-            p95=st.p95,
-            p99=st.p99,
-            clip=st.clip,
-            clip_active=st.clip_active,
-            clip_frac=st.clip_frac,
-            ess_frac=st.ess_frac,
-            khat=st.khat,
-        )
+        return _rho_stats(to_vector(np.asarray(rho).reshape(-1)), float(clip), bool(clip_enabled))
 
     def solve(self, a: np.ndarray, b: np.ndarray, max_iters: int, tol: float) -> SolveResult:
         res = _gmres(to_matrix(a), to_vector(b), int(max_iters), float(tol))

@@ -8,31 +8,14 @@ sequence); all NaN when ``n = 0``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from ..backend import RhoStats
 from .common import NAN, block_sum, ieee_div, ieee_exp, ieee_log, ieee_log1p, is_finite, plain_sum
 
 EPS = 2.220446049250313e-16  # DBL_EPSILON = numpy.finfo(float).eps
 PRIOR_BS = 3.0  # Zhang-Stephens prior scale for b (arviz prior_bs)
 PRIOR_K = 10  # PSIS weak prior on k: (T' k + 10 * 0.5) / (T' + 10)
 MIN_TAIL = 5
-
-
-@dataclass
-class RhoStatsPy:
-    n: int
-    nonfinite: int
-    mean: float
-    rho2_mean: float
-    min: float
-    max: float
-    p95: float
-    p99: float
-    clip: float
-    clip_active: int
-    clip_frac: float
-    ess_frac: float
-    khat: float
 
 
 def quantile_type1(sorted_x: list[float], p: float) -> float:
@@ -91,7 +74,7 @@ def pareto_khat(finite: list[float]) -> float:
     return gpd_fit_k(tail)
 
 
-def rho_stats(rho, clip: float, clip_enabled: bool) -> RhoStatsPy:
+def rho_stats(rho, clip: float, clip_enabled: bool) -> RhoStats:
     """MODEL.md section 5. ``rho`` a sequence of floats; ``clip`` the threshold as configured.
 
     ``rho_clip`` reports ``clip`` as given and ``rho_clip_frac`` is the fraction of finite ratios
@@ -105,7 +88,21 @@ def rho_stats(rho, clip: float, clip_enabled: bool) -> RhoStatsPy:
     clip = float(clip)
     active = 1 if clip_enabled else 0
     if n == 0:
-        return RhoStatsPy(0, nonfinite, NAN, NAN, NAN, NAN, NAN, NAN, clip, active, NAN, NAN, NAN)
+        return RhoStats(
+            n=0,
+            nonfinite=nonfinite,
+            mean=NAN,
+            rho2_mean=NAN,
+            min=NAN,
+            max=NAN,
+            p95=NAN,
+            p99=NAN,
+            clip=clip,
+            clip_active=active,
+            clip_frac=NAN,
+            ess_frac=NAN,
+            khat=NAN,
+        )
     nf = float(n)
     s1 = block_sum(finite)
     s2 = block_sum([x * x for x in finite])
@@ -120,7 +117,7 @@ def rho_stats(rho, clip: float, clip_enabled: bool) -> RhoStatsPy:
         if x > clip:
             above += 1
     srt = sorted(finite)
-    return RhoStatsPy(
+    return RhoStats(
         n=n,
         nonfinite=nonfinite,
         mean=s1 / nf,
