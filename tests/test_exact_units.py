@@ -53,14 +53,21 @@ def test_student_t_cdf_and_ppf_equal_scipy(df):
 # -------------------------------------------------------------------------------------- uncertainty
 
 
-def test_subbatch_and_mean_intervals_use_students_t():
+def _loo(v: np.ndarray) -> np.ndarray:
+    """The leave-one-out means of v: what the jackknife sees for the statistic 'mean of the sub-batches'."""
+    return (v.sum() - v) / (v.size - 1)
+
+
+def test_jackknife_and_mean_intervals_use_students_t():
+    """For a linear statistic (the mean of equal sub-batches) the delete-a-group jackknife standard error
+    is exactly the sub-batch means' std(ddof 1) / sqrt(R) (the classic identity): that is the oracle."""
     v = np.array([1.0, 1.5, 0.25, 2.0, 1.25])
     se = np.std(v, ddof=1) / math.sqrt(5)  # numpy, two-pass
     half = stats.t.ppf(0.975, 4) * se
-    iv = uncertainty.subbatch_interval(1.2, v)
-    assert (iv.estimate, iv.se) == (1.2, pytest.approx(se, rel=1e-14))
+    iv = uncertainty.jackknife_interval(1.2, _loo(v))
+    assert (iv.estimate, iv.se) == (1.2, pytest.approx(se, rel=1e-13))
     assert iv.lo == pytest.approx(1.2 - half, rel=1e-12) and iv.hi == pytest.approx(1.2 + half, rel=1e-12)
-    iv99 = uncertainty.subbatch_interval(1.2, v, level=0.99)
+    iv99 = uncertainty.jackknife_interval(1.2, _loo(v), level=0.99)
     assert iv99.hi == pytest.approx(1.2 + stats.t.ppf(0.995, 4) * se, rel=1e-12)
     m = uncertainty.mean_interval(np.array([1.0, 1.5, math.nan, 0.25, 2.0, math.inf, 1.25]))  # non-finite left out
     assert m.estimate == pytest.approx(v.mean(), rel=1e-15) and m.se == pytest.approx(se, rel=1e-14)
@@ -68,18 +75,27 @@ def test_subbatch_and_mean_intervals_use_students_t():
     assert uncertainty.t_quantile(4) == pytest.approx(stats.t.ppf(0.975, 4), rel=1e-13)
 
 
+def test_jackknife_of_a_nonlinear_statistic():
+    """theta = mean^2 over R = 4 groups, written out: se^2 = (R - 1)/R sum (theta_(-r) - mean theta_(-r))^2."""
+    v = np.array([1.0, 2.0, 4.0, 8.0])
+    loo = np.array([((15.0 - x) / 3.0) ** 2 for x in v])  # 14/3, 13/3, 11/3, 7/3, squared
+    se = math.sqrt(0.75 * sum((x - loo.mean()) ** 2 for x in loo))
+    assert uncertainty.jackknife_interval(14.0625, loo).se == pytest.approx(se, rel=1e-14)
+
+
 def test_two_sub_batches_already_give_an_interval():
-    iv = uncertainty.subbatch_interval(1.0, np.array([0.5, 1.5]))
-    se = np.std([0.5, 1.5], ddof=1) / math.sqrt(2)  # 0.5
+    v = np.array([0.5, 1.5])
+    iv = uncertainty.jackknife_interval(1.0, _loo(v))
+    se = np.std(v, ddof=1) / math.sqrt(2)  # 0.5
     assert iv.se == pytest.approx(se, rel=1e-15)
     assert iv.hi == pytest.approx(1.0 + stats.t.ppf(0.975, 1) * se, rel=1e-12)  # t with 1 degree of freedom: 12.7
 
 
 def test_intervals_without_enough_values_are_the_whole_line():
     for sub in ([1.0], [], [1.0, math.nan]):
-        iv = uncertainty.subbatch_interval(0.5, np.array(sub))
+        iv = uncertainty.jackknife_interval(0.5, np.array(sub))
         assert iv.estimate == 0.5 and math.isnan(iv.se) and (iv.lo, iv.hi) == (-math.inf, math.inf)
-    assert math.isnan(uncertainty.subbatch_interval(math.nan, np.array([1.0, 2.0])).se)
+    assert math.isnan(uncertainty.jackknife_interval(math.nan, np.array([1.0, 2.0])).se)
     one = uncertainty.mean_interval(np.array([3.0, math.nan]))
     assert one.estimate == 3.0 and math.isnan(one.se) and (one.lo, one.hi) == (-math.inf, math.inf)
     none = uncertainty.mean_interval(np.array([]))

@@ -537,10 +537,10 @@ def test_stable_estimate_says_why_there_is_no_exact_value():
 
 @pytest.mark.parametrize("alg, upd, mat", [("tdc", "TDC", "G"), ("gtd2", "GTD2", "G")])
 def test_stable_estimate_of_a_gradient_td_critic_warns_and_says_why(alg, upd, mat):
-    """MODEL.md 4.4: the sub-batch interval of the gradient-TD critics is first-order, so an estimate
+    """MODEL.md 4.4: the gradient-TD critics' estimate can be biased beyond its interval, so an estimate
     wholly past the boundary is a WARN that says so; for TD(0) it is a FAIL without that note."""
     spec = make_spec(**{"critic.algorithm": alg})
-    note = f" (an estimate for {upd}, whose sub-batch interval is first-order: not a FAIL)"
+    note = f" (an estimate for {upd}, which can be biased beyond its interval: not a FAIL)"
     for probe, kind, head in (
         (stab_row(a=-0.2, a_se=0.05), "td_diverges_estimate", f"expected {upd} update diverges at iteration 5: "),
         (stab_row(radius=1.2, radius_se=0.05), "step_too_large_estimate", "critic step expands at iteration 5: "),
@@ -550,7 +550,7 @@ def test_stable_estimate_of_a_gradient_td_critic_warns_and_says_why(alg, upd, ma
         assert c.reason.startswith(head) and c.reason.endswith(note), c.reason
         assert f"min Re eig({mat}_hat)" in c.reason
         td0 = _stable(ex=NO_EXACT, probe=probe)
-        assert (td0.status, td0.kind) == ("FAIL", kind) and "first-order" not in td0.reason
+        assert (td0.status, td0.kind) == ("FAIL", kind) and "biased" not in td0.reason
 
 
 # -------------------------------------------------------------------------------------- other checks

@@ -75,10 +75,14 @@ def test_stability_probe_by_hand():
     assert list(state.eigenvalues["exact"]) == [1.0, 2.0]
     full = DIAG.mean(axis=0)  # equal counts: A_hat is the mean of the A_r
     radius = lambda a: np.max(np.abs(1 - alpha * a))  # noqa: E731
-    sub_r = np.array([radius(a) for a in DIAG])
-    sub_a = DIAG.min(axis=1)
+    # the delete-a-group jackknife (MODEL.md 9.7): A_hat without sub-batch r is the mean of the other
+    # three diagonals (equal counts); se^2 = (R - 1)/R sum_r (theta_(-r) - their mean)^2
+    loo = np.array([np.delete(DIAG, r, axis=0).mean(axis=0) for r in range(R)])
+    loo_r = np.array([radius(a) for a in loo])
+    loo_a = loo.min(axis=1)
     t = stats.t.ppf(0.975, R - 1)
-    se_r, se_a = np.std(sub_r, ddof=1) / 2, np.std(sub_a, ddof=1) / 2  # / sqrt(R)
+    se_r = math.sqrt((R - 1) / R * np.sum((loo_r - loo_r.mean()) ** 2))
+    se_a = math.sqrt((R - 1) / R * np.sum((loo_a - loo_a.mean()) ** 2))
     # eigenvalues through LAPACK: 1e-13 relative
     assert row["stability_radius"] == pytest.approx(radius(full), rel=1e-13)
     assert row["stability_radius_se"] == pytest.approx(se_r, rel=1e-12)

@@ -385,11 +385,11 @@ def _stable_estimate(spec: Spec, ex: dict[str, float] | None, row: dict[str, flo
         f"min Re eig({mat}_hat) {_fmt(a)} in [{_fmt(row['a_min_real_eig_lo'])}, {_fmt(row['a_min_real_eig_hi'])}] "
         f"({pct} intervals over {int(row['repeats'])} sub-batches; no exact value: {why})"
     )
-    # The gradient-TD critics' matrix is nonlinear in A_hat near its small eigenvalues and the sub-batch
-    # interval does not carry that bias (MODEL.md 4.4): an estimate alone never FAILs them.
+    # The gradient-TD critics' matrix is nonlinear in A_hat near its small eigenvalues and the estimate
+    # can be biased beyond its interval (MODEL.md 4.4): an estimate alone never FAILs them.
     calibrated = spec.critic.algorithm == "td0"
     bad = "FAIL" if calibrated else "WARN"
-    note = "" if calibrated else f" (an estimate for {upd}, whose sub-batch interval is first-order: not a FAIL)"
+    note = "" if calibrated else f" (an estimate for {upd}, which can be biased beyond its interval: not a FAIL)"
     if row["a_min_real_eig_hi"] < 0.0:
         return Check("stable", bad, f"expected {upd} update diverges at iteration {t}: {iv}{note}", "td_diverges_estimate")
     if row["stability_radius_lo"] > 1.0:

@@ -12,7 +12,7 @@ from . import critics, rng
 from .backend import FIXED_POINT_BASE, STABILITY_BASE, Backend, Problem, RolloutBatch, TransitionSums
 from .exact.exact_metrics import relative_gap, value_scale
 from .exact.expected_td import ExactTD, eig_summary, g_norm
-from .exact.uncertainty import subbatch_interval
+from .exact.uncertainty import jackknife_interval
 from .model import Teacher, kl_gaussian, q_kernel_td_loss
 from .spec import Spec, sub_batches
 
@@ -168,6 +168,13 @@ def _sub_eigs(subs: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return np.max(np.abs(1.0 - alpha * lam), axis=1), np.min(lam.real, axis=1)
 
 
+def _leave_one_out(ts: TransitionSums) -> np.ndarray:
+    """A_hat without sub-batch r, for each r: (sum of the other sub-batches' sums) / their count."""
+    total, count = np.sum(ts.a_sums, axis=0), int(np.sum(ts.counts))
+    rest = np.maximum(count - ts.counts, 1)  # one sub-batch: no rest (its interval is NaN anyway)
+    return (total[None] - ts.a_sums) / rest[:, None, None]
+
+
 def critic_matrix(ctx: ProbeContext, a_hat: np.ndarray) -> np.ndarray:
     """The critic's expected-update matrix estimated with the TD(0) matrix `a_hat` (MODEL.md 4.4)."""
     alg = ctx.spec.critic.algorithm
@@ -218,9 +225,11 @@ def stability_probe(ctx: ProbeContext, state: ProbeState) -> dict[str, float]:
     state.eigenvalues["estimate"] = full.eig
     if ctx.exact is not None:
         state.eigenvalues["exact"] = ctx.exact.pop.eig
-    sub_radius, sub_min_re = _sub_eigs(subs, alpha)
-    iv_r = subbatch_interval(full.radius, sub_radius)
-    iv_a = subbatch_interval(full.min_re, sub_min_re)
+    # the intervals: delete-a-group jackknife over the sub-batches (MODEL.md 9.7), each value the critic's
+    # matrix without one sub-batch, where the eigenvalues are nearly linear in the sums
+    loo_radius, loo_min_re = _sub_eigs(critic_sub_matrices(ctx, _leave_one_out(ts)), alpha)
+    iv_r = jackknife_interval(full.radius, loo_radius)
+    iv_a = jackknife_interval(full.min_re, loo_min_re)
     ex = ctx.exact_row or {}
     ddof_std = (lambda x: float(np.std(x, ddof=1))) if reps > 1 else (lambda x: 0.0)
     step_scale = (alpha / k) * k / ctx.rollout.count

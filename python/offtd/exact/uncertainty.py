@@ -48,14 +48,17 @@ def t_quantile(dof: int, level: float = LEVEL) -> float:
     return student_t_ppf(0.5 * (1.0 + level), dof)
 
 
-def subbatch_interval(estimate: float, sub_values: np.ndarray, level: float = LEVEL) -> Interval:
-    """The interval for the full-batch `estimate` from its R sub-batch values (NaN-free R >= 2 needed;
-    otherwise the interval is the whole line and the standard error NaN)."""
-    v = np.asarray(sub_values, dtype=float)
+def jackknife_interval(estimate: float, loo_values: np.ndarray, level: float = LEVEL) -> Interval:
+    """The delete-a-group jackknife interval for the full-batch `estimate` from its R leave-one-sub-batch-
+    out values theta_(-r): `se = sqrt((R - 1) / R * sum_r (theta_(-r) - mean)^2)`, `estimate -+ t_{R-1} se`.
+    Each theta_(-r) uses (R - 1) / R of the data, so a statistic that is nonlinear in the sums (an
+    eigenvalue) is judged where it is nearly linear, unlike the values of single sub-batches (MODEL.md
+    9.7). NaN-free R >= 2 needed; otherwise the interval is the whole line and the standard error NaN."""
+    v = np.asarray(loo_values, dtype=float)
     r = v.size
     if r < 2 or not math.isfinite(estimate) or not np.all(np.isfinite(v)):
         return Interval(estimate, math.nan, -math.inf, math.inf)
-    se = float(np.std(v, ddof=1)) / math.sqrt(r)
+    se = math.sqrt((r - 1) / r * float(np.sum((v - v.mean()) ** 2)))
     half = t_quantile(r - 1, level) * se
     return Interval(estimate, se, estimate - half, estimate + half)
 
