@@ -183,6 +183,8 @@ impl Helper {
 /// the clock).
 #[inline]
 pub fn tick(work: u64) -> bool {
+    #[cfg(test)]
+    tally::add(work);
     LOCAL.with(|l| {
         let acc = l.work.get().saturating_add(work);
         if acc < TICK_UNITS {
@@ -226,6 +228,88 @@ pub fn tick_check(work: u64) -> CoreResult<()> {
         Err(CoreError::Interrupted)
     } else {
         Ok(())
+    }
+}
+
+/// The tests' tally of the work the kernels tick: the oracle of their work estimates (test builds
+/// only; `tick` pays nothing for it elsewhere). The latency contract is that `work` counts roughly
+/// floating-point operations, so that [`POLL_PERIOD`] holds whatever the kernel; a test runs a kernel
+/// of known size with [`tally::measure`] and compares the total with a flop count it writes out.
+#[cfg(test)]
+pub(crate) mod tally {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// (work ticked, calls of `tick`) on this thread
+        static TALLY: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+
+    pub(super) fn add(work: u64) {
+        let _ = TALLY.try_with(|t| {
+            let (w, c) = t.get();
+            t.set((w.saturating_add(work), c + 1));
+        });
+    }
+
+    /// What `f` ticked, on one rayon pool of one thread (so [`crate::par`] runs every item on that
+    /// thread and every tick lands in its tally).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Tally {
+        /// the sum of the `work` passed to `tick`
+        pub work: u64,
+        /// how many times `tick` was called
+        pub ticks: u64,
+    }
+
+    /// `(f(), what f ticked)`, `f` run on a one-thread rayon pool.
+    pub fn measure<R: Send>(f: impl FnOnce() -> R + Send) -> (R, Tally) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            TALLY.with(|t| t.set((0, 0)));
+            let r = f();
+            let (work, ticks) = TALLY.with(|t| t.get());
+            (r, Tally { work, ticks })
+        })
+    }
+
+    /// The work a kernel ticked against the floating-point operations it does (`flops`, counted in
+    /// the test from the kernel's sizes): within a factor 1.5 either way. With work in flops, the
+    /// calling thread reads the clock every `TICK_UNITS` of work (~10-30 us at 1-3 Gflop/s), so its
+    /// polls come every [`super::POLL_PERIOD`]; 1.5x keeps them within 7-15 ms. The kernels count a
+    /// multiply-add as 2 like the tests, so they differ from the tests' counts only in lower-order
+    /// terms (index arithmetic, a square root), which the tests' sizes keep well inside the factor;
+    /// a term left out, or counted in the wrong unit (a product read as a sum: `2 n^2` as
+    /// `2 + n^2`), is off by 2x or more at the sizes where that term dominates, which the tests
+    /// choose.
+    pub fn check_work(what: &str, tally: Tally, flops: f64) {
+        check_work_within(what, tally, flops, 1.5);
+    }
+
+    /// [`check_work`] with another factor, for work that is not floating-point arithmetic (the
+    /// tests say why).
+    pub fn check_work_within(what: &str, tally: Tally, ops: f64, factor: f64) {
+        let w = tally.work as f64;
+        assert!(
+            w >= ops / factor && w <= factor * ops,
+            "{what}: ticked {w} units of work for about {ops} operations (ratio {:.3}, allowed \
+             1/{factor} to {factor})",
+            w / ops
+        );
+    }
+
+    /// Kernels that accumulate small steps' work before ticking (so that a small problem's step
+    /// pays no tick): at most one tick per `TICK_UNITS` of work, plus one.
+    pub fn check_batched(what: &str, tally: Tally) {
+        let most = tally.work / super::TICK_UNITS + 1;
+        assert!(
+            tally.ticks <= most,
+            "{what}: {} ticks for {} units of work (at most {most} expected)",
+            tally.ticks,
+            tally.work
+        );
     }
 }
 
@@ -306,5 +390,29 @@ mod tests {
             });
             assert!(check().is_ok());
         });
+    }
+
+    #[test]
+    fn the_tally_counts_the_work_of_its_own_thread_only() {
+        let ((), t) = tally::measure(|| {
+            for w in [1, 2, 3, TICK_UNITS] {
+                tick(w);
+            }
+            // another thread's ticks are not this thread's
+            std::thread::scope(|s| {
+                s.spawn(|| tick(1000)).join().unwrap();
+            });
+        });
+        assert_eq!((t.work, t.ticks), (6 + TICK_UNITS, 4));
+        // a new measurement starts from zero
+        let (_, t) = tally::measure(|| tick(5));
+        assert_eq!((t.work, t.ticks), (5, 1));
+        tally::check_work("exact", t, 5.0);
+        tally::check_work("a third less", t, 7.5);
+        tally::check_work("a third more", t, 5.0 / 1.5);
+        assert!(std::panic::catch_unwind(|| tally::check_work("under", t, 7.6)).is_err());
+        assert!(std::panic::catch_unwind(|| tally::check_work("over", t, 3.3)).is_err());
+        tally::check_work_within("4x", t, 20.0, 4.0);
+        assert!(std::panic::catch_unwind(|| tally::check_work_within("4x", t, 20.1, 4.0)).is_err());
     }
 }

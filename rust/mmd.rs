@@ -778,4 +778,107 @@ mod tests {
             }
         }
     }
+
+    /// The work the passes over the pairs tick is their floating-point operations (the latency
+    /// contract of `crate::interrupt`). A pair's squared distance is `dim` differences, products
+    /// and sums (3 dim flops); each pass does a few more per pair: keeping and storing it (~2) and
+    /// the selection among the kept values (~3 comparisons a value) in the direct selection, the
+    /// bucket (a comparison pair, a product and a quotient, ~5) in a histogram pass, the kernel
+    /// value `exp(-d2 / den)` (a quotient and an exp, ~12 flops of polynomial) and its sum in the
+    /// kernel sums and mmd2's second pass. dim = 2 makes those per-pair terms a third or more of
+    /// it, dim = 30 leaves the distance.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        let m = 60;
+        let z = 2 * m;
+        let pairs = (m * (z - 1)) as f64;
+        for dim in [2usize, 30] {
+            let d = dim as f64;
+            let x: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
+                .collect();
+            let y: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
+                .collect();
+            let rank = m * (z - 1) / 2;
+            let want = all_sq(&x, &y, m, dim)[rank];
+            // the direct selection: one pass over the pairs
+            let (v, t) = tally::measure(|| select_sq_distance(&x, &y, m, dim, rank).unwrap());
+            assert_eq!(v, want);
+            tally::check_work(
+                &format!("direct selection dim {dim}"),
+                t,
+                pairs * (3.0 * d + 5.0),
+            );
+            // the histogram passes (a cap of 100 values): every pass, the last one a direct
+            // selection, visits each row once and ticks it, so the passes are the ticks / z
+            let (v, t) =
+                tally::measure(|| select_sq_distance_capped(&x, &y, m, dim, rank, 100).unwrap());
+            assert_eq!(v, want);
+            assert!(t.ticks >= 2 * z as u64 && t.ticks % z as u64 == 0, "{t:?}");
+            let passes = (t.ticks / z as u64) as f64;
+            let flops = (passes - 1.0) * pairs * (3.0 * d + 5.0) + pairs * (3.0 * d + 2.0);
+            tally::check_work(&format!("histogram passes dim {dim}"), t, flops);
+            if dim == 30 {
+                // one kernel sum: m^2 pairs (the m diagonal ones are computed too, then skipped)
+                let (_, t) = tally::measure(|| kernel_sum(&x, &y, m, dim, 3.0).unwrap());
+                let mm = (m * m) as f64;
+                tally::check_work("kernel_sum dim 30", t, mm * (3.0 * d + 12.0 + 1.0));
+                // mmd2 (materialized at this size): the distances, their selection, the kernel
+                // values and the three sums over m (m - 1) pairs each
+                let (_, t) = tally::measure(|| mmd2(&x, &y, dim).unwrap());
+                let flops = pairs * (3.0 * d + 3.0 + 12.0) + 3.0 * (m * (m - 1)) as f64;
+                tally::check_work("mmd2 dim 30", t, flops);
+            }
+        }
+    }
+
+    /// `mmd2_bytes` against the layout of what `mmd2` holds. Materialized (up to MATERIALIZE_CAP
+    /// pairs): the triangle and its bit patterns, 16 bytes a pair, and the row items (at most one a
+    /// row); measured with the counting allocator, the estimate must cover it to the byte even
+    /// where the items outweigh the pairs (m = 1, 2: the list of items is allocated for 4). Streaming
+    /// (pure, evaluated at sizes that are never allocated): the median's selection holds at most
+    /// 2 DIRECT_CAP distances (the kept values per item and concatenated) or the HIST_ITEMS
+    /// histograms of a pass (24 bytes a bucket, never both at once), the kernel sums ROW_GROUP rows
+    /// of m values; the estimate adds the two phases (deliberately: no phase is undercounted) and
+    /// 64 bytes per work item (ROW_GROUP rows or a histogram item), and the test asserts at least
+    /// what one phase holds and at most that sum.
+    #[test]
+    fn mmd2_bytes_follows_the_layout() {
+        for (m, dim) in [(1usize, 1usize), (2, 1), (3, 2), (10, 2)] {
+            let x: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
+                .collect();
+            let y: Vec<f64> = (0..m * dim)
+                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
+                .collect();
+            let (est, out, peak) =
+                crate::mem::counting::measure(|| mmd2_bytes(m), || mmd2(&x, &y, dim).unwrap());
+            assert!(out.1 > 0.0);
+            assert!(
+                peak <= est,
+                "mmd2 m {m}: holds {peak} bytes, estimate {est}"
+            );
+            let (pairs, z) = ((m * (2 * m - 1)) as u128, 2 * m as u128);
+            assert!(
+                est >= 16 * pairs && est <= 16 * pairs + 64 * z,
+                "m {m}: {est}"
+            );
+        }
+        let direct = 16 * DIRECT_CAP as u128;
+        let hists = (HIST_ITEMS * BUCKETS * std::mem::size_of::<(usize, u64, u64)>()) as u128;
+        // from the first streaming size to one where the kernel sums' rows outweigh the selection
+        for m in [1025usize, 1448, 1449, 1 << 17, 1 << 20, 1 << 30] {
+            let (mu, z) = (m as u128, 2 * m as u128);
+            let rows = 8 * ROW_GROUP as u128 * mu;
+            let items = z / ROW_GROUP as u128 + HIST_ITEMS as u128;
+            let est = mmd2_bytes(m);
+            let one_phase = direct.max(hists).max(rows);
+            assert!(
+                est >= one_phase && est <= direct.max(hists) + rows + 64 * items,
+                "mmd2_bytes({m}) = {est}: one phase holds {one_phase}"
+            );
+        }
+    }
 }

@@ -19,8 +19,8 @@
 //! The order of operations is the reference's up to the association inside the contractions (numpy's
 //! `einsum` chooses its own), so the two backends agree to rounding, not to the bit.
 
-use crate::error::{CoreError, CoreResult};
 use crate::checks::{check_finite, check_finite_scalar};
+use crate::error::{CoreError, CoreResult};
 use crate::{interrupt, mem};
 
 /// `(mean_h M2_h, mean_h M4_h)`, row-major `(n, n)` and `(n, n, n, n)`.
@@ -127,6 +127,39 @@ fn apply_mode(
     Ok(())
 }
 
+/// `new4 += w * ((y + cross6(u, s)) + iss)`, all (n, n, n, n) but `u = L M2 L^T` and `s` (n, n):
+/// one component's share of the next fourth moment. Ticks the interruption row by row.
+fn add_fourth(
+    new4: &mut [f64],
+    w: f64,
+    y: &[f64],
+    u: &[f64],
+    s: &[f64],
+    iss: &[f64],
+    n: usize,
+) -> CoreResult<()> {
+    let mut idx = 0;
+    for i in 0..n {
+        // per element: 6 products and 5 sums of cross6, then + y, + iss, * w, +=
+        interrupt::tick_check((15 * n * n * n) as u64)?;
+        for j in 0..n {
+            for k in 0..n {
+                for q in 0..n {
+                    let cross = u[i * n + j] * s[k * n + q]
+                        + u[i * n + k] * s[j * n + q]
+                        + u[i * n + q] * s[j * n + k]
+                        + u[j * n + k] * s[i * n + q]
+                        + u[j * n + q] * s[i * n + k]
+                        + u[k * n + q] * s[i * n + j];
+                    new4[idx] += w * ((y[idx] + cross) + iss[idx]);
+                    idx += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The recursion's state: the current moments, their running sums and scratch space. One call of
 /// [`Recursion::step`] is one step `h -> h + 1`.
 struct Recursion {
@@ -219,26 +252,7 @@ impl Recursion {
             for (i, o) in self.new2.iter_mut().enumerate() {
                 *o += w * (self.s2[i] + s[i]);
             }
-            // new4 += w * ((y + cross6(s2, S)) + Isserlis(S))
-            let u = &self.s2;
-            let mut idx = 0;
-            for i in 0..n {
-                interrupt::tick_check((24 * n * n * n) as u64)?;
-                for j in 0..n {
-                    for k in 0..n {
-                        for q in 0..n {
-                            let cross = u[i * n + j] * s[k * n + q]
-                                + u[i * n + k] * s[j * n + q]
-                                + u[i * n + q] * s[j * n + k]
-                                + u[j * n + k] * s[i * n + q]
-                                + u[j * n + q] * s[i * n + k]
-                                + u[k * n + q] * s[i * n + j];
-                            self.new4[idx] += w * ((self.t2[idx] + cross) + comp.iss[idx]);
-                            idx += 1;
-                        }
-                    }
-                }
-            }
+            add_fourth(&mut self.new4, w, &self.t2, &self.s2, s, &comp.iss, n)?;
         }
         std::mem::swap(&mut self.m2, &mut self.new2);
         std::mem::swap(&mut self.m4, &mut self.new4);
@@ -698,6 +712,65 @@ mod tests {
                 );
                 drop(out);
             }
+        }
+    }
+
+    /// The work the recursion ticks is its floating-point operations (the latency contract of
+    /// `crate::interrupt`), part by part and for whole calls. One mode's contraction `L x_mode`
+    /// of an (n, n, n, n) tensor: n^4 outputs of n multiply-adds each, 2 n^5 flops, whatever the
+    /// mode (each has its own loop and tick). One component's fourth-moment update: per element,
+    /// the six products and five sums of cross6 and four more (+ y, + Isserlis, * w, +=), 15 n^4.
+    /// A step then adds per component four contractions, that update, `L M2 L^T` (4 n^3) and
+    /// `M2'` (3 n^2), and the running sums (n^4 + n^2); the kernel ticks the first two, which are
+    /// all but a few percent of it from n = 3 on.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        let mut next = lcg(17);
+        for n in [3usize, 6] {
+            let nf = n as f64;
+            let n4 = n * n * n * n;
+            let l = rand_vec(&mut next, n * n, 1.0);
+            let lt: Vec<f64> = (0..n * n).map(|i| l[(i % n) * n + i / n]).collect();
+            let src = rand_vec(&mut next, n4, 1.0);
+            let mut dst = vec![0.0; n4];
+            for (mode, (outer, inner)) in [(1, n * n * n), (n, n * n), (n * n, n), (n * n * n, 1)]
+                .into_iter()
+                .enumerate()
+            {
+                let (r, t) =
+                    tally::measure(|| apply_mode(&l, &lt, &src, &mut dst, n, outer, inner));
+                r.unwrap();
+                tally::check_work(
+                    &format!("apply_mode n {n} mode {}", mode + 1),
+                    t,
+                    2.0 * nf.powi(5),
+                );
+            }
+            let (u, s) = (
+                rand_vec(&mut next, n * n, 1.0),
+                rand_vec(&mut next, n * n, 1.0),
+            );
+            let (y, iss) = (rand_vec(&mut next, n4, 1.0), rand_vec(&mut next, n4, 1.0));
+            let mut new4 = vec![0.0; n4];
+            let (r, t) = tally::measure(|| add_fourth(&mut new4, 0.5, &y, &u, &s, &iss, n));
+            r.unwrap();
+            tally::check_work(&format!("add_fourth n {n}"), t, 15.0 * nf.powi(4));
+        }
+        for (n, m, p_mix, horizon) in [(3usize, 1usize, 0.3, 4usize), (5, 2, 1.0, 3)] {
+            let a: Vec<f64> = (0..n * n)
+                .map(|i| if i % (n + 1) == 0 { 0.5 } else { 0.05 })
+                .collect();
+            let (b, k) = (vec![0.2; n * m], vec![0.1; m * n]);
+            let (r, t) = tally::measure(|| {
+                state_moments(n, m, &a, &b, &k, &k, 0.4, 0.5, 0.1, 1.0, p_mix, horizon)
+            });
+            r.unwrap();
+            let comps = if p_mix < 1.0 { 2.0 } else { 1.0 };
+            let nf = n as f64;
+            let per_comp = 8.0 * nf.powi(5) + 15.0 * nf.powi(4) + 4.0 * nf.powi(3) + 3.0 * nf * nf;
+            let flops = horizon as f64 * (comps * per_comp + nf.powi(4) + nf * nf);
+            tally::check_work(&format!("state_moments n {n} p_mix {p_mix}"), t, flops);
         }
     }
 }

@@ -379,7 +379,8 @@ pub fn try_blocks(stream: Stream, start: u64, count: usize) -> CoreResult<Vec<u6
 pub fn try_uniforms(stream: Stream, start: u64, count: usize) -> CoreResult<Vec<f64>> {
     let mut u = output(count)?;
     for (c, chunk) in u.chunks_mut(FILL_CHUNK).enumerate() {
-        interrupt::tick_check(4 * chunk.len() as u64)?;
+        // the words of try_blocks, and a conversion each
+        interrupt::tick_check(8 * chunk.len() as u64)?;
         fill_uniforms(&stream, start + (c * FILL_CHUNK) as u64, chunk);
     }
     Ok(u)
@@ -643,5 +644,45 @@ mod tests {
         let (a, _) = box_muller(u64::MAX, 0);
         assert!(a.is_finite() && a > 8.0);
         assert_eq!(word_to_uniform(u64::MAX), 1.0 - 2f64.powi(-53));
+    }
+
+    /// The work the array functions tick against the operations they do (the latency contract of
+    /// `crate::interrupt`, work roughly in floating-point operations). A Philox4x64-10 block is 10
+    /// rounds of 2 wide products and 4 xors and 9 key steps of 2 additions: 78 integer operations
+    /// for 4 words. A uniform adds a shift, a conversion and a product; a Box-Muller pair of
+    /// normals adds 7 for its two uniforms, a logarithm (~20 flops of polynomial), a square root
+    /// and 2 products, a sincos (~30) and 2 products. Integer and transcendental operations are not
+    /// flops, so the kernels' units are only roughly these counts: within a factor 4 (polls every
+    /// 2.5-40 ms), which still sees a per-chunk count replaced by a constant or a product read as
+    /// a sum (off by the chunk's 16,384 values). Sizes: one partial chunk, and several chunks and
+    /// a partial one.
+    #[test]
+    fn ticked_work_counts_the_operations() {
+        use crate::interrupt::tally;
+        let stream = Stream {
+            seed: 5,
+            purpose: 1,
+            iteration: 2,
+            substream: 3,
+        };
+        let block = 78.0 / 4.0;
+        for count in [1000usize, 3 * FILL_CHUNK + 123] {
+            let c = count as f64;
+            let (r, t) = tally::measure(|| try_blocks(stream, 7, count));
+            assert_eq!(r.unwrap().len(), 4 * count);
+            tally::check_work_within(&format!("try_blocks {count}"), t, 4.0 * c * block, 4.0);
+            let (r, t) = tally::measure(|| try_uniforms(stream, 7, count));
+            assert_eq!(r.unwrap().len(), count);
+            tally::check_work_within(&format!("try_uniforms {count}"), t, c * (block + 3.0), 4.0);
+            let (r, t) = tally::measure(|| try_normals(stream, 7, count));
+            assert_eq!(r.unwrap().len(), count);
+            let pair = 7.0 + 20.0 + 1.0 + 2.0 + 30.0 + 2.0;
+            tally::check_work_within(
+                &format!("try_normals {count}"),
+                t,
+                c * (block + pair / 2.0),
+                4.0,
+            );
+        }
     }
 }

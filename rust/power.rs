@@ -1,8 +1,8 @@
 //! Power iteration (MODEL.md section 6): `v = v0/||v0||`; `iters` times `x = M v`, `lam = ||x||`,
 //! stop with 0 if `lam == 0`, `v = x/lam`; the estimate is the last `lam`.
 
-use crate::error::{CoreError, CoreResult};
 use crate::checks::check_finite;
+use crate::error::{CoreError, CoreResult};
 use crate::linalg::{dot, matvec_rows};
 use crate::{interrupt, mem};
 
@@ -88,5 +88,29 @@ mod tests {
         let v: [f64; 2] = [3.0 / 5.0, 4.0 / 5.0];
         let x = [1.0 * v[0] + 2.0 * v[1], 3.0 * v[0] + 4.0 * v[1]];
         assert_eq!(lam, (x[0] * x[0] + x[1] * x[1]).sqrt());
+    }
+
+    /// The work each step ticks is its floating-point operations (the latency contract of
+    /// `crate::interrupt`): `x = M v` is d^2 multiply-adds, `||x||` d more and a square root, `v =
+    /// x / lam` d divisions. At d = 1 the vector terms are most of it, at d = 96 the product. The
+    /// work of the last steps, below one tick, is not ticked (at most TICK_UNITS of the >= 400,000
+    /// here, so within the tolerance), and steps are batched: one tick per TICK_UNITS of work.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        for (d, iters) in [(1usize, 100_000u64), (2, 30_000), (7, 3_000), (96, 30)] {
+            // a positive matrix: x never vanishes, so every step runs
+            let m: Vec<f64> = (0..d * d)
+                .map(|i| 1.0 / (1 + i % d + i / d) as f64)
+                .collect();
+            let v0 = vec![1.0; d];
+            let (lam, t) = tally::measure(|| power_iteration(&m, &v0, iters).unwrap());
+            assert!(lam > 0.0);
+            let d = d as f64;
+            let flops = iters as f64 * (2.0 * d * d + (2.0 * d + 1.0) + d);
+            let what = format!("power_iteration d {d} iters {iters}");
+            tally::check_work(&what, t, flops);
+            tally::check_batched(&what, t);
+        }
     }
 }

@@ -11,8 +11,8 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use crate::error::{CoreError, CoreResult};
 use crate::checks::check_finite;
+use crate::error::{CoreError, CoreResult};
 use crate::linalg::{dot, matvec_rows};
 use crate::{interrupt, mem};
 
@@ -222,12 +222,19 @@ pub fn gmres(a: &[f64], b: &[f64], max_iters: u64, tol: f64) -> CoreResult<Solve
     })
 }
 
+/// The bytes [`lu_solve`] holds at once for a (d, d) system: the matrix copy, the right-hand side
+/// copy, the pivots (d pairs of indices), the solution and the returned copy of it.
+pub fn lu_solve_bytes(d: usize) -> u128 {
+    let d = d as u128;
+    8 * (d * d + 5 * d)
+}
+
 /// Direct solve with LU and partial pivoting (nalgebra); for checking GMRES. Its matrix copy is
 /// planned against the available memory (nalgebra's own allocations are not fallible), and the
 /// factorisation, a single nalgebra call, is not interruptible.
 pub fn lu_solve(a: &[f64], b: &[f64]) -> CoreResult<Vec<f64>> {
     let d = check_system(a, b)?;
-    mem::plan("a", 8 * (d as u128 * d as u128 + 4 * d as u128))?;
+    mem::plan("a", lu_solve_bytes(d))?;
     let m = DMatrix::from_row_slice(d, d, a);
     let rhs = DVector::from_column_slice(b);
     match m.lu().solve(&rhs) {
@@ -549,6 +556,92 @@ mod tests {
             );
             crate::mem::counting::check_estimate(&format!("gmres d {d}"), est, peak);
             drop(out);
+        }
+    }
+
+    /// The work GMRES ticks is its floating-point operations (the latency contract of
+    /// `crate::interrupt`). Inner iteration k of a cycle: `w = A v_k` (d^2 multiply-adds), the
+    /// modified Gram-Schmidt against v_0..v_k (k + 1 dots and axpys, 4 (k + 1) d flops), `||w||`
+    /// and `v_{k+1} = w / ||w||` (3d), the k previous rotations on column k (6 each) and the new
+    /// one (~13, a square root counted as one). Each cycle also forms the residual (2 d^2 + 4d)
+    /// and ends with a back substitution and `x += V y` (~k^2 + 2dk). Sizes: d = 200 for 8
+    /// iterations (the product dominates), d = 48 for three whole cycles (the product and the
+    /// orthogonalisation are even), d = 8 for 200 cycles (the vector and rotation terms count more).
+    /// The last iterations' work, below one tick, is not ticked (under 5% here), and iterations
+    /// are batched: one tick per TICK_UNITS of work.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        for (d, iters) in [(200usize, 8u64), (48, 144), (8, 1600)] {
+            // diagonally dominant with irregular off-diagonal values: no exact convergence or
+            // breakdown with tol = 0, so every cycle but the last runs its d iterations
+            let a: Vec<f64> = (0..d * d)
+                .map(|i| {
+                    if i % (d + 1) == 0 {
+                        3.0 + (i as f64).sin()
+                    } else {
+                        ((i * 7 % 13) as f64 - 6.0) / (9.0 * d as f64)
+                    }
+                })
+                .collect();
+            let b: Vec<f64> = (0..d).map(|i| 1.0 + (i as f64).cos()).collect();
+            let (out, t) = tally::measure(|| gmres(&a, &b, iters, 0.0).unwrap());
+            assert_eq!(out.iterations, iters);
+            let df = d as f64;
+            let mut flops = 0.0;
+            for it in 0..iters {
+                let k = (it % d as u64) as f64;
+                flops += 2.0 * df * df + 4.0 * (k + 1.0) * df + 3.0 * df + 6.0 * k + 13.0;
+                if k == 0.0 {
+                    // the cycle's residual, back substitution and update (kc iterations)
+                    let kc = (iters - it).min(d as u64) as f64;
+                    flops += 2.0 * df * df + 4.0 * df + kc * kc + 2.0 * df * kc;
+                }
+            }
+            let what = format!("gmres d {d} iterations {iters}");
+            tally::check_work(&what, t, flops);
+            tally::check_batched(&what, t);
+        }
+    }
+
+    /// `lu_solve_bytes` against what `lu_solve` really holds at once (a counting allocator), and
+    /// both estimates against the layout they document, at sizes where the vector terms matter
+    /// (d = 1, 2) and where the matrices dominate. GMRES holds x (d), and in one scratch the
+    /// residual, w and y (d each), the Krylov basis ((d + 1) d), the Hessenberg matrix
+    /// ((d + 1) d), the rotations (2d) and the rhs g (d + 1): gmres_bytes may add a margin of at
+    /// most one vector and 8 values (the counting test above allows 25% + 48 KiB, too loose to see
+    /// a term of d values). lu_solve's layout is the one its docs list, d^2 + 5d values.
+    #[test]
+    fn lu_solve_bytes_bounds_what_it_holds() {
+        for d in [1usize, 2, 5, 30, 100] {
+            let a: Vec<f64> = (0..d * d)
+                .map(|i| {
+                    if i % (d + 1) == 0 {
+                        2.0
+                    } else {
+                        ((i * 7 % 11) as f64 - 5.0) / 50.0
+                    }
+                })
+                .collect();
+            let b: Vec<f64> = (0..d).map(|i| 1.0 + i as f64).collect();
+            let (est, out, peak) =
+                crate::mem::counting::measure(|| lu_solve_bytes(d), || lu_solve(&a, &b).unwrap());
+            crate::mem::counting::check_estimate(&format!("lu_solve d {d}"), est, peak);
+            drop(out);
+        }
+        for d in [1usize, 2, 3, 100, 1 << 20] {
+            let dd = d as u128;
+            let gmres_layout = 8 * (dd + (3 * dd + 2 * (dd + 1) * dd + 2 * dd + dd + 1));
+            let est = gmres_bytes(d);
+            assert!(
+                est >= gmres_layout && est <= gmres_layout + 8 * (dd + 8),
+                "gmres d {d}: estimate {est}, layout {gmres_layout}"
+            );
+            assert_eq!(
+                lu_solve_bytes(d),
+                8 * (dd * dd + dd + 2 * dd + dd + dd),
+                "lu d {d}"
+            );
         }
     }
 }
