@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -64,3 +65,22 @@ def test_other_critics_are_offered_with_their_exact_radius_at_the_offered_step()
         else:
             assert abs(step - 0.5 * want_crit) <= 5e-4 * step, line
     assert algs and spec.critic.algorithm not in algs and algs == sorted(set(algs), key=algs.index)
+
+
+def test_a_step_at_the_critical_step_is_halved(monkeypatch):
+    """At alpha_w = alpha_w* exactly the expected update does not contract (radius 1): the remedy offers
+    half the critical step. A stand-in matrix G = diag(2, 4): alpha_w* = min 2 Re/|lambda|^2 = 0.5, and
+    the radius max |1 - alpha lambda| is 1 at alpha = 0.5, 0.5 at 0.25 and 0.9996 at 0.4999."""
+    g = np.diag([2.0, 4.0])
+    pop = SimpleNamespace(min_re=2.0, alpha_crit=0.5)
+    monkeypatch.setattr(advice._Exact, "td", lambda _ex, alpha_w=None, critic=None, **_: SimpleNamespace(pop=pop, critic_pop=g))
+    for alpha_w, setting, radius in ((0.5, ", critic.alpha_w = 0.25", "0.5"), (0.4999, "", "0.9996")):
+        spec = load_spec(None, {"critic.alpha_w": alpha_w})
+        lines = advice._critic_remedies(spec, advice._Exact(spec, make_result(), None))
+        assert [line.split(" (")[0].split(",")[0] for line in lines] == [
+            'critic.algorithm = "tdc"',
+            'critic.algorithm = "gtd2"',
+            'critic.algorithm = "etd"',
+        ]
+        for line in lines:
+            assert line.endswith(f"{setting} (exact min Re eig 2, stable for alpha_w < 0.5, exact radius {radius})"), line

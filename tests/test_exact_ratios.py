@@ -69,6 +69,9 @@ CASES = [
     (2, 0.5, 0.5, 0.0, 0.5),  # equal policies: rho == 1, clipped everywhere
     (2, 0.6, 0.2, 0.3, math.inf),  # unclipped
     (2, 0.4, 0.5, 0.1, math.inf),  # the default spec
+    # (1 - p) mu = p pi at the origin ((1 - p)/p = (sigma_mu/sigma_pi)^m = 4 exactly): the densities cross at radius 0
+    (2, 0.5, 1.0, 0.2, math.inf),
+    (2, 0.5, 1.0, 0.2, 1.5),
 ]
 
 
@@ -82,6 +85,20 @@ def test_ratio_moments_equal_scipy_quadrature(m, sp, sm, p, c):
         assert getattr(got, key) == pytest.approx(want[key], rel=1e-9, abs=1e-13), key
     if p > 0:
         assert got.e_rho2 == pytest.approx(want["e_rho2"], rel=1e-9)
+
+
+@pytest.mark.parametrize("m,sp,sm", [(2, 0.6, 0.5), (3, 0.6, 0.9)])
+@pytest.mark.parametrize("c", [math.inf, 2.0, 1.0, 0.5])
+def test_a_behaviour_that_is_the_target_gives_unit_ratios(m, sp, sm, c):
+    """p_mix = 1: the behaviour mixture is pi itself, rho = 1 everywhere, so rho_bar = min(1, c) and the
+    pi-weighted second moment of the action is sigma_pi^2 (sigma_mu plays no part)."""
+    got = ratio_moments(m, sp, sm, 1.0, c)
+    bar = min(1.0, c)
+    assert got.e_rho2 == 1.0
+    assert got.e_rho_bar == pytest.approx(bar, rel=1e-12)
+    assert got.e_rho_bar2 == pytest.approx(bar * bar, rel=1e-12)
+    assert got.kappa2 == pytest.approx(bar * sp * sp, rel=1e-12)
+    assert got.clip_prob == (1.0 if c < 1.0 else 0.0)
 
 
 def test_example_spec_moments_against_monte_carlo():

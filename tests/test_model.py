@@ -206,6 +206,14 @@ def test_kernel_form_equals_features(n, seed, scale):
     assert np.allclose(model.weights_from_kernel(p, q, c), w, rtol=1e-15, atol=0)
 
 
+def test_features_of_integer_states_are_float_products():
+    """phi(s) = [s_i s_j (i <= j); s; 1] (MODEL.md 3.2) in floating point whatever the states' type: an
+    integer state of 4e9 gives 1.6e19, past int64 (an integer product would wrap around)."""
+    got = model.features([4_000_000_000, 3])
+    assert got.dtype == np.float64
+    assert got.tolist() == [1.6e19, 1.2e10, 9.0, 4e9, 3.0, 1.0]
+
+
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4), gamma=st.floats(0.0, 0.999))
 def test_q_kernel_td_loss_matches_feature_td_loss(seed, n, gamma):
     # td consistency (MODEL.md 4.5): the kernel-form TD loss equals the feature TD loss to rounding.
