@@ -223,6 +223,15 @@ fn add_weighted_fixed<const D: usize>(
     }
 }
 
+/// The interruption work of one step ([`crate::interrupt`], roughly its flops): the sums' d x d
+/// updates (A 2 d^2, the Gram matrix d^2; C_rho d^2 and A_e 2 d^2 when asked), and the draws and
+/// dynamics, bounded by `8 (n + m)^2 + 64`. The fixed-size kernel ticks the same per step.
+#[inline(always)]
+fn step_work(n: usize, m: usize, d: usize, lay: &Layout) -> u64 {
+    let squares = 3 + lay.cross as usize + 2 * lay.emph as usize;
+    (squares * d * d + 8 * (n + m) * (n + m) + 64) as u64
+}
+
 /// One trajectory: writes its states, rewards and ratios, and its partial sums into `part`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -261,7 +270,7 @@ fn trajectory(
     let (ga, gb, gc, gae, gbe) = (lay.a(), lay.b(), lay.c_rho(), lay.a_e(), lay.b_e());
     let mut trace = 1.0; // the follow-on trace F_h: F_0 = 1, F_{h+1} = 1 + (gamma*rho_bar_h)*F_h
     let horizon = rewards.len();
-    let work = (d * d + 8 * (n + m) * (n + m) + 64) as u64;
+    let work = step_work(n, m, d, lay);
     for h in 0..horizon {
         if interrupt::tick(work) {
             return; // the kernel is being stopped: its result is discarded
@@ -446,7 +455,7 @@ fn trajectory_fixed<const N: usize, const M: usize, const D: usize>(
     let mut h0 = 0;
     while h0 < horizon {
         let len = CHUNK.min(horizon - h0);
-        if interrupt::tick((len * (D * D + 8 * (N + M) * (N + M) + 64)) as u64) {
+        if interrupt::tick(len as u64 * step_work(N, M, D, lay)) {
             return; // the kernel is being stopped: its result is discarded
         }
         // (1) draws
@@ -1328,5 +1337,75 @@ mod tests {
             matches!(e, CoreError::InvalidArgument { arg: "batch", .. }),
             "{e:?}"
         );
+    }
+
+    /// The work a rollout ticks is its floating-point operations (the latency contract of
+    /// `crate::interrupt`), counted per step: the draws (a uniform ~22 operations, a normal ~50:
+    /// `philox::tests::ticked_work_counts_the_operations`), the transition (`K_pi s`, `K_mu s`,
+    /// the action and both log densities, the ratio's exp ~15, `A s + B a`, the two quadratic
+    /// forms of the reward), the features and values, and the sums: A and b (2 d^2 + 3d), the
+    /// Gram matrix's triangle (d^2 + d), grad_k (m (2n + 1)), C_rho's triangle (d^2 + 2d) and A_e,
+    /// b_e (2 d^2 + 3d + 4) when asked. n = 12 (d = 91) makes the d^2 sums most of it, m = 12 at
+    /// n = 1 the draws and the transition. And the fixed-size kernels do the same operations as
+    /// the dynamic one, so they must tick the same total, to the unit.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        let eye = |k: usize, v: f64| -> Vec<f64> {
+            (0..k * k)
+                .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
+                .collect()
+        };
+        let run = |n: usize, m: usize, stats: u32, allow_fixed: bool, horizon: usize| {
+            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 0.3));
+            let b: Vec<f64> = (0..n * m).map(|i| 0.1 + 0.01 * i as f64).collect();
+            let p = Problem {
+                n,
+                m,
+                ..problem(&a, &b, &q, &r, 0.4, 2.0)
+            };
+            let w: Vec<f64> = (0..feature_dim(n))
+                .map(|i| 0.01 * (i as f64).sin())
+                .collect();
+            let k: Vec<f64> = (0..m * n).map(|i| -0.02 * (i % 3) as f64).collect();
+            let (out, t) = tally::measure(|| {
+                rollout_impl(&p, &w, &k, &k, 1, 3, horizon, stats, allow_fixed).unwrap()
+            });
+            assert_eq!(out.count, (3 * horizon) as u64);
+            t
+        };
+        let steps = |horizon: usize| (3 * horizon) as f64;
+        for (n, m, stats) in [(12usize, 2usize, 0u32), (12, 2, 3), (1, 12, 0), (1, 12, 3)] {
+            let horizon = 20;
+            let t = run(n, m, stats, true, horizon);
+            let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);
+            let draws = 22.5 + 50.5 * (nf + mf);
+            let transition = 4.0 * mf * nf
+                + 8.0 * mf
+                + 4.0
+                + 15.0
+                + (2.0 * nf * nf + 2.0 * nf * mf + 2.0 * nf)
+                + (2.0 * nf * nf + 2.0 * nf)
+                + (2.0 * mf * mf + 2.0 * mf)
+                + 3.0;
+            let values = nf * (nf + 1.0) / 2.0 + 2.0 * d + 10.0 + 2.0 * d;
+            let mut sums = (2.0 * d * d + 3.0 * d) + (d * d + d) + mf * (2.0 * nf + 1.0);
+            if stats & STATS_CROSS != 0 {
+                sums += d * d + 2.0 * d;
+            }
+            if stats & STATS_EMPHASIS != 0 {
+                sums += 2.0 * d * d + 3.0 * d + 4.0;
+            }
+            let flops = steps(horizon) * (draws + transition + values + sums);
+            tally::check_work(&format!("rollout n {n} m {m} stats {stats}"), t, flops);
+        }
+        // sizes of the fixed-size kernels, with and without the optional sums, across a chunk
+        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+            for stats in [0, STATS_CROSS, STATS_EMPHASIS, 3] {
+                let fixed = run(n, m, stats, true, CHUNK + 3);
+                let dynamic = run(n, m, stats, false, CHUNK + 3);
+                assert_eq!(fixed.work, dynamic.work, "n {n} m {m} stats {stats}");
+            }
+        }
     }
 }

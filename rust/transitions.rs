@@ -133,6 +133,14 @@ impl<const N: usize, const M: usize> SubBuf<N, M> {
     }
 }
 
+/// The interruption work of one sample ([`crate::interrupt`], roughly its flops): A's update
+/// (2 d^2), and the draws and dynamics, bounded by `8 (n + m)^2 + 64`. The fixed-size kernel ticks
+/// the same per sample.
+#[inline(always)]
+fn sample_work(n: usize, m: usize, d: usize) -> u64 {
+    (2 * d * d + 8 * (n + m) * (n + m) + 64) as u64
+}
+
 /// One block of probe transitions with compile-time sizes: the same operations, in the same order,
 /// as the dynamic closure in [`transitions_impl`], arranged in passes over sub-chunks of `SUB`
 /// samples (draws; dynamics; ratios; sums in sample order), as in the rollout.
@@ -159,7 +167,7 @@ fn block_fixed<const N: usize, const M: usize, const D: usize>(
     let mut k0 = task.start;
     while k0 < task.end {
         let len = SUB.min(task.end - k0);
-        if interrupt::tick((len * (2 * D * D + 8 * (N + M) * (N + M) + 64)) as u64) {
+        if interrupt::tick(len as u64 * sample_work(N, M, D)) {
             return; // the kernel is being stopped: its result is discarded
         }
         let slot0 = k0 - task.start;
@@ -383,7 +391,7 @@ fn transitions_windowed(
                         Normals::new(Stream::new(seed, base + streams::PROBE_ENV, iteration, 0));
                     part.fill(0.0); // the window's buffer holds an earlier block's sums
                     let (a_part, b_part) = part.split_at_mut(d * d);
-                    let work = (2 * d * d + 8 * (n + m) * (n + m) + 64) as u64;
+                    let work = sample_work(n, m, d);
                     for (slot, k) in (task.start..task.end).enumerate() {
                         if interrupt::tick(work) {
                             return; // the kernel is being stopped: its result is discarded
@@ -823,5 +831,68 @@ mod tests {
         assert_eq!(oom(1 << 40, 1), "count");
         assert_eq!(oom(1 << 40, 1 << 30), "count"); // 2^40 / BLOCK = 2^30 blocks: a tie
         assert_eq!(oom(1 << 40, (1 << 30) + 1), "repeats");
+    }
+
+    /// The work the probe transitions tick is their floating-point operations (the latency
+    /// contract of `crate::interrupt`), counted per sample: the draws (2 uniforms ~22 operations
+    /// each, n + m normals ~50: `philox::tests::ticked_work_counts_the_operations`), the pick of a
+    /// pool state, the transition (`K_pi s`, `K_mu s`, the action and both log densities, the
+    /// ratio's exp ~15, `A s + B a`, the reward's two quadratic forms), both states' features,
+    /// `e = phi - gamma phi'` and the sums A (2 d^2 + d) and b (2d + 1). n = 12 (d = 91) makes A's
+    /// update most of it, m = 12 at n = 1 the draws and the transition. The fixed-size kernels do
+    /// the same operations as the dynamic one, so they must tick the same total, to the unit.
+    #[test]
+    fn ticked_work_counts_the_flops() {
+        use crate::interrupt::tally;
+        let eye = |k: usize, v: f64| -> Vec<f64> {
+            (0..k * k)
+                .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
+                .collect()
+        };
+        let run = |n: usize, m: usize, count: usize, allow_fixed: bool| {
+            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 0.3));
+            let b: Vec<f64> = (0..n * m).map(|i| 0.1 + 0.01 * i as f64).collect();
+            let p = Problem {
+                n,
+                m,
+                a: &a,
+                b: &b,
+                q: &q,
+                r: &r,
+                ..problem(0.4)
+            };
+            let k: Vec<f64> = (0..m * n).map(|i| -0.02 * (i % 3) as f64).collect();
+            let pool: Vec<f64> = (0..7 * n)
+                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
+                .collect();
+            let (out, t) = tally::measure(|| {
+                transitions_impl(&p, &k, &k, &pool, count, 3, 20, 1, allow_fixed).unwrap()
+            });
+            assert_eq!(out.rho.len(), count);
+            t
+        };
+        for (n, m) in [(12usize, 2usize), (1, 12)] {
+            let count = 200;
+            let t = run(n, m, count, true);
+            let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);
+            let draws = 2.0 * 22.5 + 50.5 * (nf + mf) + 3.0;
+            let transition = 4.0 * mf * nf
+                + 8.0 * mf
+                + 4.0
+                + 15.0
+                + (2.0 * nf * nf + 2.0 * nf * mf + 2.0 * nf)
+                + (2.0 * nf * nf + 2.0 * nf)
+                + (2.0 * mf * mf + 2.0 * mf)
+                + 3.0;
+            let sums = nf * (nf + 1.0) + 2.0 * d + (2.0 * d * d + d) + (2.0 * d + 1.0);
+            let flops = count as f64 * (draws + transition + sums);
+            tally::check_work(&format!("transitions n {n} m {m}"), t, flops);
+        }
+        // sizes of the fixed-size kernels, across a sub-chunk of samples
+        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+            let count = 2 * SUB + 5;
+            let (fixed, dynamic) = (run(n, m, count, true), run(n, m, count, false));
+            assert_eq!(fixed.work, dynamic.work, "n {n} m {m}");
+        }
     }
 }
