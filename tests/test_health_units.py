@@ -350,7 +350,7 @@ def test_tail_thresholds():
     c_ = Z95 / math.sqrt(192)
     k_star = (0.75 + c_) / (1 - c_)  # 1.0383
     c = _tail(spec, st_khat=k_star + 1e-9)
-    assert (c.status, c.kind) == ("FAIL", "rho_tail") and "in stability_probe" in c.reason and "beyond its noise" in c.reason
+    assert (c.name, c.status, c.kind) == ("rho_sane", "FAIL", "rho_tail") and "in stability_probe" in c.reason and "beyond its noise" in c.reason
     c = _tail(spec, st_khat=k_star - 1e-9)
     assert (c.status, c.kind) == ("WARN", "rho_tail") and "undetermined" in c.reason
     assert f"+- {se:.4g}" in _tail(spec, fp_khat=0.75).reason

@@ -219,3 +219,28 @@ def test_computing_is_per_thread():
         assert loop.computing()
         guard.end()
     assert seen == [False]
+
+
+def test_should_stop_ends_the_run_between_iterations_with_the_completed_ones_kept():
+    """should_stop is asked before each iteration: asked True before iteration 2, the run ends
+    interrupted with iterations 0 and 1 recorded, the same numbers and final parameters as a 2-iteration
+    run (iteration t's streams do not depend on the run length), and nothing recorded after."""
+    from offtd.backend import get_backend
+    from offtd.loop import run_loop
+
+    over = {"run.outer_iters": 5, "run.batch": 8, "run.horizon": 5, "run.probe_every": 100, "run.last_k": 1}
+    be = get_backend("rust")
+    asked = []
+
+    def stop() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 2
+
+    res = run_loop(load_spec(None, over), be, should_stop=stop)
+    short = run_loop(load_spec(None, {**over, "run.outer_iters": 2}), be)
+    assert res.interrupted and not short.interrupted
+    assert res.completed == 2 and len(asked) == 3
+    assert np.array_equal(res.final_w, short.final_w) and np.array_equal(res.final_k_pi, short.final_k_pi)
+    for name, values in res.series.items():
+        assert np.array_equal(values[:2], short.series[name][:2], equal_nan=True), name
+        assert np.all(np.isnan(values[2:])), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -204,6 +205,21 @@ def test_kernel_form_equals_features(n, seed, scale):
     p, q, c = model.kernel_form(w, n)
     assert np.array_equal(p, p.T)
     assert np.allclose(model.weights_from_kernel(p, q, c), w, rtol=1e-15, atol=0)
+
+
+def test_teacher_is_undefined_when_only_its_constant_overflows():
+    """With A = 0 and K = 0 the closed loop is L = 0, so P = Q exactly (MODEL.md 3.7: P = Q_K + gamma L^T P L),
+    here 1e300 I: finite. c0 = [sigma_pi^2 tr R + gamma (sigma_pi^2 tr(B^T P B) + sigma_eps^2 tr P)] / (1 - gamma)
+    has sigma_eps^2 tr P = 1e10 * 2e300, past the largest double (1.8e308): the teacher exists in exact arithmetic
+    but is not representable, so it is undefined (NaN), and teacher_overflows says so."""
+    problem = dataclasses.replace(_problem(gamma=0.5, sigma_eps=1e5, a=np.zeros((2, 2))), q=1e300 * np.eye(2))
+    tch = model.teacher(problem, np.zeros((2, 2)))
+    assert tch.closed_loop_radius == 0.0
+    assert not tch.defined and math.isnan(tch.c0) and np.all(np.isnan(tch.p)) and np.all(np.isnan(tch.w))
+    assert model.teacher_overflows(problem, tch)
+    # the same with sigma_eps = 1 (tr P sigma_eps^2 = 2e300, c0 finite): defined, P = Q
+    ok = model.teacher(dataclasses.replace(problem, sigma_eps=1.0), np.zeros((2, 2)))
+    assert ok.defined and np.array_equal(ok.p, 1e300 * np.eye(2)) and math.isfinite(ok.c0)
 
 
 def test_features_of_integer_states_are_float_products():
