@@ -96,8 +96,9 @@ def test_one_compiled_core_beside_the_package():
     assert offtd._core.__file__.endswith(".abi3.so") or offtd._core.__file__.endswith(".pyd")
 
 
-# Every module-level name offtd.spec had before it was split into spec_schema (schema, defaults,
-# validation) and spec_io (TOML, overrides); other code and old notebooks import them from offtd.spec.
+# Every module-level name offtd.spec had before it was split into spec_schema (schema, defaults, key
+# validation), spec_resolve (the whole-spec checks: shapes, the teacher, the budget) and spec_io (TOML,
+# overrides); other code and old notebooks import them from offtd.spec.
 SPEC_NAMES = [
     "ActorCfg", "CriticCfg", "DistributionProbeCfg", "EnvCfg", "FixedPointProbeCfg", "HealthCfg", "INT_MAX",
     "MAX_SPEC_BYTES", "Matrix", "PolicyCfg", "ProbesCfg", "QKernelProbeCfg", "REMOVED_KEYS", "RhoCfg",
@@ -115,12 +116,14 @@ def test_spec_names_survive_the_split(tmp_path):
     import offtd.report
     import offtd.spec
     import offtd.spec_io
+    import offtd.spec_resolve
     import offtd.spec_schema
 
     for name in SPEC_NAMES:
         here = getattr(offtd.spec, name)
         if name != "key_hparams":
-            home = offtd.spec_schema if hasattr(offtd.spec_schema, name) else offtd.spec_io
+            homes = [m for m in (offtd.spec_schema, offtd.spec_resolve, offtd.spec_io) if hasattr(m, name)]
+            home = homes[0]
             assert here is getattr(home, name), name
     spec = offtd.load_spec(None)
     assert offtd.spec.key_hparams(spec) == offtd.report.key_hparams(spec)

@@ -625,7 +625,7 @@ def test_numpy_values_are_stored_as_python_values():
 
 SLOW_VALIDATION = """
 import sys, time
-import offtd.spec_schema as spec  # validation; offtd.spec_io's load_spec looks it up there at each call
+import offtd.spec_resolve as spec  # validation; offtd.spec_io's load_spec looks it up there at each call
 real = spec.spec_from_dict
 def slow(data):
     sys.stderr.write("validating\\n")

@@ -31,8 +31,10 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from .spec_schema import SpecError
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .spec import FixedPointProbeCfg, Spec, StabilityProbeCfg
+    from .spec_schema import FixedPointProbeCfg, Spec, StabilityProbeCfg
 
 # ---------------------------------------------------------------------------------------------- shapes
 
@@ -195,8 +197,6 @@ def _dominant(terms: dict[str, int] | dict[str, float]) -> str:
 
 def check_memory(spec: Spec) -> None:
     """SpecError naming the largest term when the memory estimate exceeds the limit."""
-    from .spec import SpecError
-
     need = memory_estimate_bytes(spec)
     limit = memory_limit_bytes(spec)
     if need > limit:
@@ -296,8 +296,6 @@ def _duration(seconds: float) -> str:
 
 def check_work(spec: Spec) -> None:
     """SpecError naming the dominant key when the work estimate exceeds `run.max_work_seconds`."""
-    from .spec import SpecError
-
     need = work_estimate_seconds(spec)
     limit = spec.run.max_work_seconds
     if need > limit:

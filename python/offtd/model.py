@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import Problem, clip_value
-from .spec import Spec
+from .spec_schema import Spec
 
 
 def problem_from_spec(spec: Spec) -> Problem:

@@ -1,4 +1,5 @@
-"""Experiment specs under one name: the schema, defaults and validation (offtd.spec_schema) and the
+"""Experiment specs under one name: the schema, defaults and key validation (offtd.spec_schema), the
+whole-spec checks (offtd.spec_resolve: shapes, the initial teacher, the memory and work budget) and the
 I/O, TOML loading, `--set` overrides and writing back (offtd.spec_io). Every name offtd.spec had before
 the split is importable from here.
 
@@ -44,11 +45,32 @@ from .spec_io import (
 from .spec_io import (
     to_toml as to_toml,
 )
-from .spec_schema import (
-    _MATRIX_KEYS as _MATRIX_KEYS,
+from .spec_resolve import (
+    _MAX_NORMAL as _MAX_NORMAL,
+)
+from .spec_resolve import (
+    _TEACHER_INPUTS as _TEACHER_INPUTS,
+)
+from .spec_resolve import (
+    _check_initial_teacher as _check_initial_teacher,
+)
+from .spec_resolve import (
+    _check_memory as _check_memory,
+)
+from .spec_resolve import (
+    _resolve as _resolve,
+)
+from .spec_resolve import (
+    memory_estimate_bytes as memory_estimate_bytes,
+)
+from .spec_resolve import (
+    memory_terms as memory_terms,
+)
+from .spec_resolve import (
+    spec_from_dict as spec_from_dict,
 )
 from .spec_schema import (
-    _MAX_NORMAL as _MAX_NORMAL,
+    _MATRIX_KEYS as _MATRIX_KEYS,
 )
 from .spec_schema import (
     _PSD_KEYS as _PSD_KEYS,
@@ -58,9 +80,6 @@ from .spec_schema import (
 )
 from .spec_schema import (
     _SUBTABLES as _SUBTABLES,
-)
-from .spec_schema import (
-    _TEACHER_INPUTS as _TEACHER_INPUTS,
 )
 from .spec_schema import (
     INT_MAX as INT_MAX,
@@ -120,13 +139,7 @@ from .spec_schema import (
     _build as _build,
 )
 from .spec_schema import (
-    _check_initial_teacher as _check_initial_teacher,
-)
-from .spec_schema import (
     _check_matrix as _check_matrix,
-)
-from .spec_schema import (
-    _check_memory as _check_memory,
 )
 from .spec_schema import (
     _check_scalar as _check_scalar,
@@ -156,9 +169,6 @@ from .spec_schema import (
     _printable as _printable,
 )
 from .spec_schema import (
-    _resolve as _resolve,
-)
-from .spec_schema import (
     _short as _short,
 )
 from .spec_schema import (
@@ -166,15 +176,6 @@ from .spec_schema import (
 )
 from .spec_schema import (
     _to_plain as _to_plain,
-)
-from .spec_schema import (
-    memory_estimate_bytes as memory_estimate_bytes,
-)
-from .spec_schema import (
-    memory_terms as memory_terms,
-)
-from .spec_schema import (
-    spec_from_dict as spec_from_dict,
 )
 from .spec_schema import (
     sub_batches as sub_batches,

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import spec_schema
+from . import spec_resolve
 from .spec_schema import _SUBTABLES, Spec, SpecError, _suggest
 
 if sys.version_info >= (3, 11):
@@ -72,7 +72,7 @@ def apply_overrides(spec: Spec | Mapping[str, Any], overrides: Mapping[str, Any]
     data = _drop_none(spec.to_dict()) if isinstance(spec, Spec) else _deep_copy(spec)
     for key, value in overrides.items():
         _set_dotted(data, key, value)
-    return spec_schema.spec_from_dict(data)  # looked up at call time (tests patch it)
+    return spec_resolve.spec_from_dict(data)  # looked up at call time (tests patch it)
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def load_spec(
             data = read_toml(source)
         for key, value in (overrides or {}).items():
             _set_dotted(data, key, value)
-        return spec_schema.spec_from_dict(data)  # looked up at call time (tests patch it)
+        return spec_resolve.spec_from_dict(data)  # looked up at call time (tests patch it)
     except RecursionError:  # a dict nested thousands deep from the Python API
         raise SpecError("spec", "tables nested too deeply") from None
 
