@@ -21,7 +21,8 @@ use numpy::{
     PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError,
+    PyAttributeError, PyKeyboardInterrupt, PyMemoryError, PyOverflowError, PyRuntimeError,
+    PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -301,13 +302,35 @@ fn record_dict<'py>(
     Ok(dict)
 }
 
-/// The LQG problem's arrays and scalars shared by `rollout` and `transitions`, checked.
+/// The `problem` argument of `rollout`, `transitions` and `policy_samples`: any object with the
+/// attributes of `backend.Problem` (this struct is the list of them), each read as it is (checked by
+/// [`ProblemArgs::new`], whose errors name the attribute).
+#[derive(FromPyObject)]
+struct ProblemAttrs<'py> {
+    a: Bound<'py, PyAny>,
+    b: Bound<'py, PyAny>,
+    q: Bound<'py, PyAny>,
+    r: Bound<'py, PyAny>,
+    sigma_eps: Bound<'py, PyAny>,
+    sigma_0: Bound<'py, PyAny>,
+    reward_scale: Bound<'py, PyAny>,
+    sigma_pi: Bound<'py, PyAny>,
+    sigma_mu: Bound<'py, PyAny>,
+    p_mix: Bound<'py, PyAny>,
+    gamma: Bound<'py, PyAny>,
+    rho_clip: Bound<'py, PyAny>,
+    seed: Bound<'py, PyAny>,
+}
+
+/// The problem's arrays, checked (types, shapes, finiteness), and its scalars converted: the core's
+/// [`Problem`] borrows from it. The scalars' domains are [`Problem::validate`]'s to check.
 struct ProblemArgs<'py> {
     a: F64Array<'py>,
     b: F64Array<'py>,
     q: F64Array<'py>,
     r: F64Array<'py>,
     sigma_eps: f64,
+    sigma_0: f64,
     reward_scale: f64,
     sigma_pi: f64,
     sigma_mu: f64,
@@ -318,29 +341,30 @@ struct ProblemArgs<'py> {
 }
 
 impl<'py> ProblemArgs<'py> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        a: &Bound<'py, PyAny>,
-        b: &Bound<'py, PyAny>,
-        q: &Bound<'py, PyAny>,
-        r: &Bound<'py, PyAny>,
-        sigma_eps: &Bound<'py, PyAny>,
-        reward_scale: &Bound<'py, PyAny>,
-        sigma_pi: &Bound<'py, PyAny>,
-        sigma_mu: &Bound<'py, PyAny>,
-        p_mix: &Bound<'py, PyAny>,
-        gamma: &Bound<'py, PyAny>,
-        rho_clip: &Bound<'py, PyAny>,
-        seed: &Bound<'py, PyAny>,
-    ) -> PyResult<Self> {
-        let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
-        let reward_scale = f64_arg(reward_scale, "reward_scale")?;
-        let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
-        let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
-        let p_mix = f64_arg(p_mix, "p_mix")?;
-        let gamma = f64_arg(gamma, "gamma")?;
-        let rho_clip = f64_arg(rho_clip, "rho_clip")?;
-        let a = array_arg(a, "a", 2)?;
+    /// Reads and checks the `problem` argument; an attribute it lacks is a `TypeError` naming
+    /// `problem`.
+    fn from_py(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = obj.py();
+        let attrs: ProblemAttrs<'py> = obj.extract().map_err(|e: PyErr| {
+            if e.is_instance_of::<PyAttributeError>(py) {
+                PyTypeError::new_err(format!("problem: {}", e.value(py)))
+            } else {
+                e
+            }
+        })?;
+        Self::new(&attrs)
+    }
+
+    fn new(p: &ProblemAttrs<'py>) -> PyResult<Self> {
+        let sigma_eps = f64_arg(&p.sigma_eps, "sigma_eps")?;
+        let sigma_0 = f64_arg(&p.sigma_0, "sigma_0")?;
+        let reward_scale = f64_arg(&p.reward_scale, "reward_scale")?;
+        let sigma_pi = f64_arg(&p.sigma_pi, "sigma_pi")?;
+        let sigma_mu = f64_arg(&p.sigma_mu, "sigma_mu")?;
+        let p_mix = f64_arg(&p.p_mix, "p_mix")?;
+        let gamma = f64_arg(&p.gamma, "gamma")?;
+        let rho_clip = f64_arg(&p.rho_clip, "rho_clip")?;
+        let a = array_arg(&p.a, "a", 2)?;
         let n = a.shape[0];
         if n == 0 {
             return Err(value_err("a", "state dimension n must be >= 1"));
@@ -353,20 +377,21 @@ impl<'py> ProblemArgs<'py> {
             check_finite("a", a.slice()).map_err(to_py_err)?;
             a
         };
-        let b = array_shaped(b, "b", &[Some(n), None], true)?;
+        let b = array_shaped(&p.b, "b", &[Some(n), None], true)?;
         let m = b.shape[1];
         if m == 0 {
             return Err(value_err("b", "action dimension m must be >= 1"));
         }
-        let q = array_shaped(q, "q", &[Some(n), Some(n)], true)?;
-        let r = array_shaped(r, "r", &[Some(m), Some(m)], true)?;
-        let seed = u64_arg(seed, "seed")?;
+        let q = array_shaped(&p.q, "q", &[Some(n), Some(n)], true)?;
+        let r = array_shaped(&p.r, "r", &[Some(m), Some(m)], true)?;
+        let seed = u64_arg(&p.seed, "seed")?;
         Ok(ProblemArgs {
             a,
             b,
             q,
             r,
             sigma_eps,
+            sigma_0,
             reward_scale,
             sigma_pi,
             sigma_mu,
@@ -376,8 +401,8 @@ impl<'py> ProblemArgs<'py> {
             seed,
         })
     }
-    /// The core's view; `sigma_0` only matters to rollouts (start states).
-    fn problem(&self, sigma_0: f64) -> Problem<'_> {
+    /// The core's view.
+    fn problem(&self) -> Problem<'_> {
         Problem {
             n: self.n(),
             m: self.m(),
@@ -386,7 +411,7 @@ impl<'py> ProblemArgs<'py> {
             q: self.q.slice(),
             r: self.r.slice(),
             sigma_eps: self.sigma_eps,
-            sigma_0,
+            sigma_0: self.sigma_0,
             reward_scale: self.reward_scale,
             sigma_pi: self.sigma_pi,
             sigma_mu: self.sigma_mu,
@@ -395,6 +420,26 @@ impl<'py> ProblemArgs<'py> {
             rho_clip: self.rho_clip,
             seed: self.seed,
         }
+    }
+    /// The gain pair, (m, n) each, checked.
+    fn gains(
+        &self,
+        k_pi: &Bound<'py, PyAny>,
+        k_mu: &Bound<'py, PyAny>,
+    ) -> PyResult<(F64Array<'py>, F64Array<'py>)> {
+        let shape = [Some(self.m()), Some(self.n())];
+        Ok((
+            array_shaped(k_pi, "k_pi", &shape, true)?,
+            array_shaped(k_mu, "k_mu", &shape, true)?,
+        ))
+    }
+    /// A state pool: rows of n, at least one (its values may be non-finite: a diverged run's states).
+    fn pool(&self, pool: &Bound<'py, PyAny>) -> PyResult<F64Array<'py>> {
+        let pool = array_shaped(pool, "pool", &[None, Some(self.n())], false)?;
+        if pool.shape[0] == 0 {
+            return Err(value_err("pool", "must hold at least one state"));
+        }
+        Ok(pool)
     }
     fn n(&self) -> usize {
         self.a.shape[0]
@@ -537,27 +582,17 @@ fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bou
     to_numpy(py, out, &[rows, d])
 }
 
-/// `rollout(...)`: one iteration's rollout (MODEL.md section 3) as a dict with keys `states`
-/// (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`, `grad_k` (m, n),
-/// `gram` (d, d), `a` (d, d), `b` (d,), and `c_rho`, `a_e`, `b_e` (None unless `stats` asks for them).
+/// `rollout(problem, w, k_pi, k_mu, iteration, batch, horizon, stats)`: one iteration's rollout
+/// (MODEL.md section 3) of `problem` (a `backend.Problem`, [`ProblemAttrs`]) as a dict with keys
+/// `states` (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`,
+/// `grad_k` (m, n), `gram` (d, d), `a` (d, d), `b` (d,), and `c_rho`, `a_e`, `b_e` (None unless
+/// `stats` asks for them).
 #[pyfunction]
 #[pyo3(name = "rollout")]
 #[allow(clippy::too_many_arguments)]
 fn rollout_py<'py>(
     py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
-    q: &Bound<'py, PyAny>,
-    r: &Bound<'py, PyAny>,
-    sigma_eps: &Bound<'py, PyAny>,
-    sigma_0: &Bound<'py, PyAny>,
-    reward_scale: &Bound<'py, PyAny>,
-    sigma_pi: &Bound<'py, PyAny>,
-    sigma_mu: &Bound<'py, PyAny>,
-    p_mix: &Bound<'py, PyAny>,
-    gamma: &Bound<'py, PyAny>,
-    rho_clip: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
+    problem: &Bound<'py, PyAny>,
     w: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
@@ -566,26 +601,11 @@ fn rollout_py<'py>(
     horizon: &Bound<'py, PyAny>,
     stats: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
-    let pa = ProblemArgs::new(
-        a,
-        b,
-        q,
-        r,
-        sigma_eps,
-        reward_scale,
-        sigma_pi,
-        sigma_mu,
-        p_mix,
-        gamma,
-        rho_clip,
-        seed,
-    )?;
+    let pa = ProblemArgs::from_py(problem)?;
     let (n, m) = (pa.n(), pa.m());
     let d = feature_dim(n);
     let w = array_shaped(w, "w", &[Some(d)], true)?;
-    let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
-    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
+    let (k_pi, k_mu) = pa.gains(k_pi, k_mu)?;
     let iteration = u64_arg(iteration, "iteration")?;
     let batch = size_arg(batch, "batch", 1)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
@@ -597,7 +617,7 @@ fn rollout_py<'py>(
         )));
     }
     let stats = stats as u32;
-    let p = pa.problem(sigma_0);
+    let p = pa.problem();
     let (ws, kp, km) = (w.slice(), k_pi.slice(), k_mu.slice());
     let out = run_detached(py, || {
         rollout::rollout(&p, ws, kp, km, iteration, batch, horizon, stats)
@@ -629,25 +649,15 @@ fn rollout_py<'py>(
     Ok(dict)
 }
 
-/// `transitions(...)`: probe transitions (MODEL.md 4.2) as a dict with keys `a_sums` (R, d, d),
-/// `b_sums` (R, d), `counts` (R,) int64, `rho` (count,).
+/// `transitions(problem, k_pi, k_mu, pool, count, repeats, base, iteration)`: probe transitions
+/// (MODEL.md 4.2) as a dict with keys `a_sums` (R, d, d), `b_sums` (R, d), `counts` (R,) int64, `rho`
+/// (count,).
 #[pyfunction]
 #[pyo3(name = "transitions")]
 #[allow(clippy::too_many_arguments)]
 fn transitions_py<'py>(
     py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
-    q: &Bound<'py, PyAny>,
-    r: &Bound<'py, PyAny>,
-    sigma_eps: &Bound<'py, PyAny>,
-    reward_scale: &Bound<'py, PyAny>,
-    sigma_pi: &Bound<'py, PyAny>,
-    sigma_mu: &Bound<'py, PyAny>,
-    p_mix: &Bound<'py, PyAny>,
-    gamma: &Bound<'py, PyAny>,
-    rho_clip: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
+    problem: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
     pool: &Bound<'py, PyAny>,
@@ -656,33 +666,16 @@ fn transitions_py<'py>(
     base: &Bound<'py, PyAny>,
     iteration: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let pa = ProblemArgs::new(
-        a,
-        b,
-        q,
-        r,
-        sigma_eps,
-        reward_scale,
-        sigma_pi,
-        sigma_mu,
-        p_mix,
-        gamma,
-        rho_clip,
-        seed,
-    )?;
-    let (n, m) = (pa.n(), pa.m());
+    let pa = ProblemArgs::from_py(problem)?;
+    let n = pa.n();
     let d = feature_dim(n);
-    let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
-    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
-    let pool = array_shaped(pool, "pool", &[None, Some(n)], false)?;
-    if pool.shape[0] == 0 {
-        return Err(value_err("pool", "must hold at least one state"));
-    }
+    let (k_pi, k_mu) = pa.gains(k_pi, k_mu)?;
+    let pool = pa.pool(pool)?;
     let count = size_arg(count, "count", 0)?;
     let repeats = size_arg(repeats, "repeats", 1)?;
     let base = u64_arg(base, "base")?;
     let iteration = u64_arg(iteration, "iteration")?;
-    let p = pa.problem(0.0);
+    let p = pa.problem();
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
     let out = run_detached(py, || {
         transitions::transitions(&p, kp, km, pl, count, repeats, base, iteration)
@@ -697,16 +690,15 @@ fn transitions_py<'py>(
     Ok(dict)
 }
 
-/// `policy_samples(...)`: the distribution probe's draws (MODEL.md 4.1) as a dict with keys `rho`
-/// (count,), `tv_sum`, `state_moment` (n, n), `mmd_s` (M, n), `mmd_a_pi`, `mmd_a_mu` (M, m).
+/// `policy_samples(problem, k_pi, k_mu, pool, count, mmd_count, iteration)`: the distribution
+/// probe's draws (MODEL.md 4.1) as a dict with keys `rho` (count,), `tv_sum`, `state_moment` (n, n),
+/// `mmd_s` (M, n), `mmd_a_pi`, `mmd_a_mu` (M, m).
 #[pyfunction]
 #[pyo3(name = "policy_samples")]
 #[allow(clippy::too_many_arguments)]
 fn policy_samples_py<'py>(
     py: Python<'py>,
-    sigma_pi: &Bound<'py, PyAny>,
-    sigma_mu: &Bound<'py, PyAny>,
-    seed: &Bound<'py, PyAny>,
+    problem: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
     pool: &Bound<'py, PyAny>,
@@ -714,34 +706,17 @@ fn policy_samples_py<'py>(
     mmd_count: &Bound<'py, PyAny>,
     iteration: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
-    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
-    let seed = u64_arg(seed, "seed")?;
-    let k_pi = array_arg(k_pi, "k_pi", 2)?;
-    let (m, n) = (k_pi.shape[0], k_pi.shape[1]);
-    if m == 0 || n == 0 {
-        return Err(value_err(
-            "k_pi",
-            format!(
-                "needs m >= 1 and n >= 1, got shape {}",
-                fmt_shape(&k_pi.shape)
-            ),
-        ));
-    }
-    check_finite("k_pi", k_pi.slice()).map_err(to_py_err)?;
-    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
-    let pool = array_shaped(pool, "pool", &[None, Some(n)], false)?;
-    if pool.shape[0] == 0 {
-        return Err(value_err("pool", "must hold at least one state"));
-    }
+    let pa = ProblemArgs::from_py(problem)?;
+    let (n, m) = (pa.n(), pa.m());
+    let (k_pi, k_mu) = pa.gains(k_pi, k_mu)?;
+    let pool = pa.pool(pool)?;
     let count = size_arg(count, "count", 0)?;
     let mmd_count = size_arg(mmd_count, "mmd_count", 0)?;
     let iteration = u64_arg(iteration, "iteration")?;
+    let p = pa.problem();
     let (kp, km, pl) = (k_pi.slice(), k_mu.slice(), pool.slice());
     let out = run_detached(py, || {
-        policy_samples::policy_samples(
-            n, m, sigma_pi, sigma_mu, seed, kp, km, pl, count, mmd_count, iteration,
-        )
+        policy_samples::policy_samples(&p, kp, km, pl, count, mmd_count, iteration)
     })?;
     let dict = PyDict::new(py);
     dict.set_item("rho", to_numpy(py, out.rho, &[count])?)?;

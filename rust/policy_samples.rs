@@ -14,6 +14,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::linalg::{matvec, matvec_fixed, to_rows, BLOCK};
 use crate::philox::{fill_normals, fill_uniforms, Normals, Stream, Uniforms};
 use crate::pool::{check_pool, pick};
+use crate::problem::Problem;
 use crate::transitions::{PAR_MIN_SAMPLES, SUB};
 use crate::{interrupt, mem, par};
 
@@ -41,13 +42,10 @@ pub struct PolicySamplesOut {
 
 /// The distribution probe's draws (4.1): `count` samples with states picked from `pool`, actions
 /// from mu, ratios pi/mu; the first `mmd_count` samples also get a pi action (the MMD set).
-#[allow(clippy::too_many_arguments)]
+/// Of the problem it reads the sizes, `sigma_pi`, `sigma_mu` and `seed` (the ratio is pi/mu whatever
+/// `p_mix`), and checks it whole.
 pub fn policy_samples(
-    n: usize,
-    m: usize,
-    sigma_pi: f64,
-    sigma_mu: f64,
-    seed: u64,
+    p: &Problem,
     k_pi: &[f64],
     k_mu: &[f64],
     pool: &[f64],
@@ -55,9 +53,7 @@ pub fn policy_samples(
     mmd_count: usize,
     iteration: u64,
 ) -> CoreResult<PolicySamplesOut> {
-    policy_samples_impl(
-        n, m, sigma_pi, sigma_mu, seed, k_pi, k_mu, pool, count, mmd_count, iteration, true,
-    )
+    policy_samples_impl(p, k_pi, k_mu, pool, count, mmd_count, iteration, true)
 }
 
 /// The bytes [`policy_samples`] holds at once for `count` samples, `mmd_count` of them in the MMD
@@ -80,11 +76,7 @@ pub fn policy_samples_bytes(n: usize, m: usize, count: usize, mmd_count: usize) 
 /// `policy_samples`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
 #[allow(clippy::too_many_arguments)]
 fn policy_samples_impl(
-    n: usize,
-    m: usize,
-    sigma_pi: f64,
-    sigma_mu: f64,
-    seed: u64,
+    p: &Problem,
     k_pi: &[f64],
     k_mu: &[f64],
     pool: &[f64],
@@ -93,20 +85,9 @@ fn policy_samples_impl(
     iteration: u64,
     allow_fixed: bool,
 ) -> CoreResult<PolicySamplesOut> {
-    for (arg, x) in [("sigma_pi", sigma_pi), ("sigma_mu", sigma_mu)] {
-        if !(x.is_finite() && x > 0.0) {
-            return Err(CoreError::invalid(
-                arg,
-                format!("must be finite and > 0, got {x}"),
-            ));
-        }
-    }
-    if m == 0 {
-        return Err(CoreError::invalid(
-            "k_pi",
-            "action dimension m must be >= 1",
-        ));
-    }
+    p.validate()?;
+    let (n, m) = (p.n, p.m);
+    let (sigma_pi, sigma_mu, seed) = (p.sigma_pi, p.sigma_mu, p.seed);
     check_gain("k_pi", k_pi, m, n)?;
     check_gain("k_mu", k_mu, m, n)?;
     let pool_len = check_pool(pool, n)?;
@@ -414,6 +395,34 @@ fn mmd_rows(b: usize, mmd_count: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A problem with n states and m actions whose policy noise levels and seed are given (the
+    /// matrices, which the policy samples do not read, are zeros and identities).
+    fn problem(n: usize, m: usize, sigma_pi: f64, sigma_mu: f64, seed: u64) -> Problem<'static> {
+        let eye = |k: usize| -> &'static [f64] {
+            let v: Vec<f64> = (0..k * k)
+                .map(|i| if i % (k + 1) == 0 { 1.0 } else { 0.0 })
+                .collect();
+            Box::leak(v.into_boxed_slice())
+        };
+        Problem {
+            n,
+            m,
+            a: eye(n),
+            b: Box::leak(vec![0.0; n * m].into_boxed_slice()),
+            q: eye(n),
+            r: eye(m),
+            sigma_eps: 0.1,
+            sigma_0: 1.0,
+            reward_scale: 1.0,
+            sigma_pi,
+            sigma_mu,
+            p_mix: 0.3,
+            gamma: 0.9,
+            rho_clip: 2.0,
+            seed,
+        }
+    }
+
     fn pool() -> Vec<f64> {
         (0..40)
             .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
@@ -510,11 +519,7 @@ mod tests {
                 let want = policy_samples_oracle(n, m, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2);
                 for allow_fixed in [true, false] {
                     let got = policy_samples_impl(
-                        n,
-                        m,
-                        0.3,
-                        0.5,
-                        5,
+                        &problem(n, m, 0.3, 0.5, 5),
                         &kp,
                         &km,
                         &pool,
@@ -535,7 +540,7 @@ mod tests {
         let k = [0.0, 0.0];
         let pool = [1.0, 2.0, 3.0, 4.0];
         let ps = |sp: f64, sm: f64, m: usize, kp: &[f64], pool: &[f64], c: usize, mm: usize| {
-            policy_samples(2, m, sp, sm, 1, kp, &k, pool, c, mm, 0)
+            policy_samples(&problem(2, m, sp, sm, 1), kp, &k, pool, c, mm, 0)
         };
         assert!(ps(0.3, 0.5, 1, &k, &pool, 4, 4).is_ok());
         assert_eq!(
@@ -556,7 +561,7 @@ mod tests {
             ps(0.3, f64::NAN, 1, &k, &pool, 4, 4).unwrap_err().arg(),
             "sigma_mu"
         );
-        assert_eq!(ps(0.3, 0.5, 0, &[], &pool, 4, 4).unwrap_err().arg(), "k_pi");
+        assert_eq!(ps(0.3, 0.5, 0, &[], &pool, 4, 4).unwrap_err().arg(), "b");
         assert_eq!(
             ps(0.3, 0.5, 1, &k[..1], &pool, 4, 4).unwrap_err().arg(),
             "k_pi"
@@ -569,7 +574,15 @@ mod tests {
             ps(0.3, 0.5, 1, &k, &pool, 4, 5).unwrap_err().arg(),
             "mmd_count"
         );
-        let bad_mu = policy_samples(2, 1, 0.3, 0.5, 1, &k, &[0.0, f64::NAN], &pool, 4, 4, 0);
+        let bad_mu = policy_samples(
+            &problem(2, 1, 0.3, 0.5, 1),
+            &k,
+            &[0.0, f64::NAN],
+            &pool,
+            4,
+            4,
+            0,
+        );
         assert_eq!(bad_mu.unwrap_err().arg(), "k_mu");
     }
 
@@ -588,7 +601,8 @@ mod tests {
         let kp = [-0.1, -0.2];
         let km = [0.0, -0.25];
         let pool = pool();
-        let out = policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 2100, 1030, 2).unwrap();
+        let out =
+            policy_samples(&problem(2, 1, 0.3, 0.5, 5), &kp, &km, &pool, 2100, 1030, 2).unwrap();
         assert_eq!(out.rho.len(), 2100);
         assert_eq!(out.mmd_s.len(), 2060);
         let tv: f64 = out.rho.iter().map(|r| (1.0 - r).max(0.0)).sum();
@@ -598,14 +612,16 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap()
-            .install(|| policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 2100, 1030, 2).unwrap());
+            .install(|| {
+                policy_samples(&problem(2, 1, 0.3, 0.5, 5), &kp, &km, &pool, 2100, 1030, 2).unwrap()
+            });
         assert_eq!(out, other);
         // every MMD state is a pool state
         for row in out.mmd_s.chunks(2) {
             assert!(pool.chunks(2).any(|p| p == row));
         }
         assert_eq!(
-            policy_samples(2, 1, 0.3, 0.5, 5, &kp, &km, &pool, 10, 11, 2)
+            policy_samples(&problem(2, 1, 0.3, 0.5, 5), &kp, &km, &pool, 10, 11, 2)
                 .unwrap_err()
                 .arg(),
             "mmd_count"
@@ -618,12 +634,28 @@ mod tests {
         let km = [0.0, -0.25, 0.1, 0.2];
         let pool = pool();
         for (count, mmd) in [(0, 0), (7, 3), (300, 300), (2100, 1030), (3000, 64)] {
-            let fixed =
-                policy_samples_impl(2, 2, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2, true)
-                    .unwrap();
-            let dynamic =
-                policy_samples_impl(2, 2, 0.3, 0.5, 5, &kp, &km, &pool, count, mmd, 2, false)
-                    .unwrap();
+            let fixed = policy_samples_impl(
+                &problem(2, 2, 0.3, 0.5, 5),
+                &kp,
+                &km,
+                &pool,
+                count,
+                mmd,
+                2,
+                true,
+            )
+            .unwrap();
+            let dynamic = policy_samples_impl(
+                &problem(2, 2, 0.3, 0.5, 5),
+                &kp,
+                &km,
+                &pool,
+                count,
+                mmd,
+                2,
+                false,
+            )
+            .unwrap();
             assert_eq!(fixed, dynamic);
         }
     }
@@ -633,10 +665,11 @@ mod tests {
     fn bytes_estimate_bounds_what_the_kernel_holds() {
         let k = [0.1, -0.2];
         let pool = pool();
+        let p = problem(2, 1, 0.3, 0.5, 7);
         for (count, mmd) in [(2usize, 2usize), (300, 64), (3000, 3000), (5000, 100)] {
             let (est, out, peak) = crate::mem::counting::measure(
                 || policy_samples_bytes(2, 1, count, mmd),
-                || policy_samples(2, 1, 0.3, 0.5, 7, &k, &k, &pool, count, mmd, 0).unwrap(),
+                || policy_samples(&p, &k, &k, &pool, count, mmd, 0).unwrap(),
             );
             crate::mem::counting::check_estimate(
                 &format!("policy_samples count {count} mmd_count {mmd}"),
@@ -654,7 +687,13 @@ mod tests {
         let k = [0.0, 0.0];
         let pool = pool();
         let oom = |count: usize, mmd_count: usize| match policy_samples(
-            2, 1, 0.3, 0.5, 1, &k, &k, &pool, count, mmd_count, 0,
+            &problem(2, 1, 0.3, 0.5, 1),
+            &k,
+            &k,
+            &pool,
+            count,
+            mmd_count,
+            0,
         ) {
             Err(CoreError::OutOfMemory { arg, .. }) => arg,
             other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
@@ -665,7 +704,13 @@ mod tests {
                                                     // m = 2: rows of n + 2m = 6 values (not n 2m = 8): 6 x 2^40 / 7 < 2^40 samples
         let k2 = [0.0; 4];
         let oom2 = |count: usize, mmd_count: usize| match policy_samples(
-            2, 2, 0.3, 0.5, 1, &k2, &k2, &pool, count, mmd_count, 0,
+            &problem(2, 2, 0.3, 0.5, 1),
+            &k2,
+            &k2,
+            &pool,
+            count,
+            mmd_count,
+            0,
         ) {
             Err(CoreError::OutOfMemory { arg, .. }) => arg,
             other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),

@@ -597,23 +597,7 @@ pub fn rollout(
     horizon: usize,
     stats: u32,
 ) -> CoreResult<RolloutOut> {
-    rollout_impl(p, w, k_pi, k_mu, iteration, batch, horizon, stats, true)
-}
-
-/// `rollout`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
-#[allow(clippy::too_many_arguments)]
-fn rollout_impl(
-    p: &Problem,
-    w: &[f64],
-    k_pi: &[f64],
-    k_mu: &[f64],
-    iteration: u64,
-    batch: usize,
-    horizon: usize,
-    stats: u32,
-    allow_fixed: bool,
-) -> CoreResult<RolloutOut> {
-    rollout_windowed(
+    rollout_with(
         p,
         w,
         k_pi,
@@ -622,15 +606,15 @@ fn rollout_impl(
         batch,
         horizon,
         stats,
-        allow_fixed,
+        true,
         WINDOW_BYTES,
     )
 }
 
-/// `rollout_impl` with windows of `window_bytes` of partial sums (tests vary it: the result does
-/// not depend on it).
+/// `rollout`, with the fixed-size kernels (n, m <= 4) allowed or not and windows of `window_bytes`
+/// of partial sums (tests vary both: the result depends on neither).
 #[allow(clippy::too_many_arguments)]
-fn rollout_windowed(
+fn rollout_with(
     p: &Problem,
     w: &[f64],
     k_pi: &[f64],
@@ -942,8 +926,8 @@ mod tests {
             let w: Vec<f64> = (0..10).map(|i| (i as f64 * 0.37).sin()).collect();
             let kp = [0.1, -0.2, 0.05, 0.0, 0.3, -0.1];
             let km = [0.0, -0.1, 0.1, 0.1, 0.2, 0.0];
-            let fixed = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, 3, true).unwrap();
-            let dynamic = rollout_impl(&p, &w, &kp, &km, 5, 9, 13, 3, false).unwrap();
+            let fixed = rollout_with(&p, &w, &kp, &km, 5, 9, 13, 3, true, WINDOW_BYTES).unwrap();
+            let dynamic = rollout_with(&p, &w, &kp, &km, 5, 9, 13, 3, false, WINDOW_BYTES).unwrap();
             assert_eq!(fixed, dynamic);
         }
     }
@@ -1131,7 +1115,7 @@ mod tests {
                     for stats in [0, 3] {
                         let want = rollout_oracle(&p, &w, &kp, &km, 6, batch, horizon, stats);
                         for allow_fixed in [true, false] {
-                            let got = rollout_impl(
+                            let got = rollout_with(
                                 &p,
                                 &w,
                                 &kp,
@@ -1141,6 +1125,7 @@ mod tests {
                                 horizon,
                                 stats,
                                 allow_fixed,
+                                WINDOW_BYTES,
                             )
                             .unwrap();
                             assert_eq!(
@@ -1170,8 +1155,12 @@ mod tests {
         let km = [0.05, -0.3];
         for horizon in [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1] {
             for batch in [1, 2] {
-                let fixed = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, 3, true).unwrap();
-                let dynamic = rollout_impl(&p, &w, &kp, &km, 3, batch, horizon, 3, false).unwrap();
+                let fixed =
+                    rollout_with(&p, &w, &kp, &km, 3, batch, horizon, 3, true, WINDOW_BYTES)
+                        .unwrap();
+                let dynamic =
+                    rollout_with(&p, &w, &kp, &km, 3, batch, horizon, 3, false, WINDOW_BYTES)
+                        .unwrap();
                 assert_eq!(fixed, dynamic, "batch {batch} horizon {horizon}");
             }
         }
@@ -1250,7 +1239,7 @@ mod tests {
         let part = Layout::new(2, 1, 3).len * 8;
         for (batch, horizon) in [(700, 1), (97, 9), (5, 300), (1, 3)] {
             for fixed in [true, false] {
-                let one = rollout_windowed(
+                let one = rollout_with(
                     &p,
                     &w,
                     &kp,
@@ -1265,8 +1254,7 @@ mod tests {
                 .unwrap();
                 for bytes in [1, part, 3 * part, 40 * part, 1000 * part] {
                     let got =
-                        rollout_windowed(&p, &w, &kp, &km, 4, batch, horizon, 3, fixed, bytes)
-                            .unwrap();
+                        rollout_with(&p, &w, &kp, &km, 4, batch, horizon, 3, fixed, bytes).unwrap();
                     assert_eq!(got, one, "batch {batch} horizon {horizon} window {bytes}");
                 }
             }
@@ -1369,7 +1357,19 @@ mod tests {
                 .collect();
             let k: Vec<f64> = (0..m * n).map(|i| -0.02 * (i % 3) as f64).collect();
             let (out, t) = tally::measure(|| {
-                rollout_impl(&p, &w, &k, &k, 1, 3, horizon, stats, allow_fixed).unwrap()
+                rollout_with(
+                    &p,
+                    &w,
+                    &k,
+                    &k,
+                    1,
+                    3,
+                    horizon,
+                    stats,
+                    allow_fixed,
+                    WINDOW_BYTES,
+                )
+                .unwrap()
             });
             assert_eq!(out.count, (3 * horizon) as u64);
             t

@@ -142,7 +142,7 @@ fn sample_work(n: usize, m: usize, d: usize) -> u64 {
 }
 
 /// One block of probe transitions with compile-time sizes: the same operations, in the same order,
-/// as the dynamic closure in [`transitions_impl`], arranged in passes over sub-chunks of `SUB`
+/// as the dynamic closure in [`transitions_with`], arranged in passes over sub-chunks of `SUB`
 /// samples (draws; dynamics; ratios; sums in sample order), as in the rollout.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -238,7 +238,18 @@ pub fn transitions(
     base: u64,
     iteration: u64,
 ) -> CoreResult<TransitionsOut> {
-    transitions_impl(p, k_pi, k_mu, pool, count, repeats, base, iteration, true)
+    transitions_with(
+        p,
+        k_pi,
+        k_mu,
+        pool,
+        count,
+        repeats,
+        base,
+        iteration,
+        true,
+        WINDOW_BYTES,
+    )
 }
 
 /// The bytes [`transitions`] holds at once for `count` samples in `repeats` sub-batches (n states, m
@@ -260,37 +271,10 @@ pub fn transitions_bytes(n: usize, m: usize, count: usize, repeats: usize) -> u1
     ])
 }
 
-/// `transitions`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
+/// `transitions`, with the fixed-size kernels (n, m <= 4) allowed or not and windows of
+/// `window_bytes` of partial sums (tests vary both: the result depends on neither).
 #[allow(clippy::too_many_arguments)]
-fn transitions_impl(
-    p: &Problem,
-    k_pi: &[f64],
-    k_mu: &[f64],
-    pool: &[f64],
-    count: usize,
-    repeats: usize,
-    base: u64,
-    iteration: u64,
-    allow_fixed: bool,
-) -> CoreResult<TransitionsOut> {
-    transitions_windowed(
-        p,
-        k_pi,
-        k_mu,
-        pool,
-        count,
-        repeats,
-        base,
-        iteration,
-        allow_fixed,
-        WINDOW_BYTES,
-    )
-}
-
-/// `transitions_impl` with windows of `window_bytes` of partial sums (tests vary it: the result does
-/// not depend on it).
-#[allow(clippy::too_many_arguments)]
-fn transitions_windowed(
+fn transitions_with(
     p: &Problem,
     k_pi: &[f64],
     k_mu: &[f64],
@@ -620,7 +604,7 @@ mod tests {
                 for (count, repeats) in [(0, 1), (1, 1), (5, 3), (600, 2), (2049, 2), (2050, 5)] {
                     let want = transitions_oracle(&p, &kp, &km, &pool, count, repeats, 30, 7);
                     for allow_fixed in [true, false] {
-                        let got = transitions_impl(
+                        let got = transitions_with(
                             &p,
                             &kp,
                             &km,
@@ -630,6 +614,7 @@ mod tests {
                             30,
                             7,
                             allow_fixed,
+                            WINDOW_BYTES,
                         )
                         .unwrap();
                         assert_eq!(got, want, "n {n} m {m} K {count} R {repeats}");
@@ -737,8 +722,10 @@ mod tests {
             let kp = [-0.1, -0.2];
             let km = [0.0, -0.25];
             let pool = pool();
-            let fixed = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, true).unwrap();
-            let dynamic = transitions_impl(&p, &kp, &km, &pool, 2100, 3, 30, 4, false).unwrap();
+            let fixed =
+                transitions_with(&p, &kp, &km, &pool, 2100, 3, 30, 4, true, WINDOW_BYTES).unwrap();
+            let dynamic =
+                transitions_with(&p, &kp, &km, &pool, 2100, 3, 30, 4, false, WINDOW_BYTES).unwrap();
             assert_eq!(fixed, dynamic);
         }
     }
@@ -772,7 +759,7 @@ mod tests {
         let part = (6 * 6 + 6) * 8;
         for (count, repeats) in [(5 * BLOCK + 17, 3), (2 * BLOCK, 16), (100, 1), (0, 2)] {
             for fixed in [true, false] {
-                let one = transitions_windowed(
+                let one = transitions_with(
                     &p,
                     &kp,
                     &km,
@@ -786,10 +773,9 @@ mod tests {
                 )
                 .unwrap();
                 for bytes in [1, part, 2 * part, 5 * part] {
-                    let got = transitions_windowed(
-                        &p, &kp, &km, &pool, count, repeats, 30, 2, fixed, bytes,
-                    )
-                    .unwrap();
+                    let got =
+                        transitions_with(&p, &kp, &km, &pool, count, repeats, 30, 2, fixed, bytes)
+                            .unwrap();
                     assert_eq!(got, one, "count {count} repeats {repeats} window {bytes}");
                 }
             }
@@ -866,7 +852,19 @@ mod tests {
                 .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
                 .collect();
             let (out, t) = tally::measure(|| {
-                transitions_impl(&p, &k, &k, &pool, count, 3, 20, 1, allow_fixed).unwrap()
+                transitions_with(
+                    &p,
+                    &k,
+                    &k,
+                    &pool,
+                    count,
+                    3,
+                    20,
+                    1,
+                    allow_fixed,
+                    WINDOW_BYTES,
+                )
+                .unwrap()
             });
             assert_eq!(out.rho.len(), count);
             t

@@ -3,16 +3,23 @@
 Wrong dtype, wrong number of dimensions or a non-array raise TypeError; a wrong shape, a
 non-contiguous array, a non-finite value where the math needs a finite one, and out-of-domain scalars
 raise ValueError. Every message starts with the argument's name. No input reaches a Rust panic.
+
+rollout, transitions and policy_samples take the problem's fields as one object (a backend.Problem,
+read by attribute); here they are listed with the other arguments and put in that object by ``_call``,
+and their errors name the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 
 import numpy as np
 import pytest
 
 from conftest import requires_rust
+from offtd.backend import Problem
 
 pytestmark = requires_rust
 
@@ -39,18 +46,19 @@ def _valid():
         gamma=0.9,
         rho_clip=2.0,
         seed=1,
+        sigma_0=1.0,
     )
     pool = _mat(5, N)
     return {
         "rollout": dict(
-            env, sigma_0=1.0, w=np.linspace(-1, 1, D), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), iteration=0, batch=2, horizon=3,
+            env, w=np.linspace(-1, 1, D), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), iteration=0, batch=2, horizon=3,
             stats=3,
         ),
         "transitions": dict(
             env, k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), pool=pool, count=10, repeats=2, base=20, iteration=1
         ),
         "policy_samples": dict(
-            sigma_pi=0.3, sigma_mu=0.5, seed=1, k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), pool=pool, count=10, mmd_count=4, iteration=1
+            env, k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), pool=pool, count=10, mmd_count=4, iteration=1
         ),
         "rho_stats": dict(rho=np.linspace(0.1, 3.0, 50), clip=2.0, clip_enabled=True),
         "gmres": dict(a=np.eye(3) * 2.0 + 0.1, b=np.array([1.0, 2.0, 3.0]), max_iters=10, tol=1e-10),
@@ -75,9 +83,14 @@ def _core():
     return _core
 
 
+PROBLEM_FIELDS = [f.name for f in dataclasses.fields(Problem)]
+
+
 def _call(name, **over):
     kw = _valid()[name]
     kw.update(over)
+    if name in ("rollout", "transitions", "policy_samples"):
+        kw = {"problem": Problem(**{k: kw.pop(k) for k in PROBLEM_FIELDS}), **kw}
     return getattr(_core(), name)(**kw)
 
 
@@ -104,8 +117,12 @@ SHAPED = [
     ("transitions", "k_mu"),
     ("transitions", "pool"),
     ("transitions", "a"),
+    ("policy_samples", "q"),
+    ("policy_samples", "r"),
+    ("policy_samples", "k_pi"),
     ("policy_samples", "k_mu"),
     ("policy_samples", "pool"),
+    ("policy_samples", "a"),
     ("gmres", "a"),
     ("lu_solve", "a"),
     ("power_iteration", "m"),
@@ -180,7 +197,8 @@ def test_not_an_array_is_type_error(name, arg):
 
 
 @pytest.mark.parametrize(
-    "name,arg,axis", [(n, a, -1) for n, a in SHAPED] + [("rollout", "b", 0), ("transitions", "b", 0)]
+    "name,arg,axis",
+    [(n, a, -1) for n, a in SHAPED] + [("rollout", "b", 0), ("transitions", "b", 0), ("policy_samples", "b", 0)],
 )
 def test_wrong_shape_is_value_error(name, arg, axis):
     v = _valid()[name][arg]
@@ -262,6 +280,8 @@ def test_non_finite_data_propagates():
         ("transitions", "p_mix", 2.0),
         ("policy_samples", "mmd_count", 11),
         ("policy_samples", "sigma_pi", 0.0),
+        ("policy_samples", "sigma_mu", math.inf),
+        ("transitions", "sigma_0", -1.0),
         ("rho_stats", "clip", math.nan),
         ("gmres", "tol", -1.0),
         ("gmres", "max_iters", -1),
@@ -295,6 +315,26 @@ def test_wrong_scalar_type_is_type_error(name, arg, value):
     with pytest.raises(TypeError) as info:
         _call(name, **{arg: value})
     assert arg in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["rollout", "transitions", "policy_samples"])
+@pytest.mark.parametrize("missing", ["a", "gamma", "seed", "sigma_0"])
+def test_problem_without_a_field_is_type_error(name, missing):
+    # any object with the fields as attributes is a problem; one without a field is refused by name
+    kw = _valid()[name]
+    fields = {k: kw.pop(k) for k in PROBLEM_FIELDS}
+    ok = getattr(_core(), name)(problem=types.SimpleNamespace(**fields), **kw)
+    want = _call(name)  # the same fields in a backend.Problem
+    assert ok.keys() == want.keys()
+    for k, v in want.items():
+        assert (v is None and ok[k] is None) or np.array_equal(ok[k], v), k
+    del fields[missing]
+    with pytest.raises(TypeError) as info:
+        getattr(_core(), name)(problem=types.SimpleNamespace(**fields), **kw)
+    msg = str(info.value)
+    assert msg.startswith("problem:") and f"'{missing}'" in msg, msg
+    with pytest.raises(TypeError, match="^problem:"):
+        getattr(_core(), name)(problem=dict(fields), **kw)  # a mapping's keys are not attributes
 
 
 def test_singular_lu_is_value_error():

@@ -29,20 +29,21 @@ if cap:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 import numpy as np
 from offtd import _core
+from offtd.backend import Problem
 
-def env(n, m):
-    return dict(a=np.eye(n) * 0.5, b=np.eye(n, m) * 0.5, q=np.eye(n), r=np.eye(m), sigma_eps=0.1,
-                reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.5, p_mix=0.1, gamma=0.9, rho_clip=10.0, seed=0)
+def problem(n, m):
+    return Problem(a=np.eye(n) * 0.5, b=np.eye(n, m) * 0.5, q=np.eye(n), r=np.eye(m), sigma_eps=0.1, sigma_0=1.0,
+                   reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.5, p_mix=0.1, gamma=0.9, rho_clip=10.0, seed=0)
 
 k, pool = np.zeros((2, 2)), np.zeros((10, 2))
 CALLS = {
     "normals": lambda: _core.normals(0, 0, 0, 0, 0, 2**30),
     "uniforms": lambda: _core.uniforms(0, 0, 0, 0, 0, 2**30),
     "philox_blocks": lambda: _core.philox_blocks(0, 0, 0, 0, 0, 2**28),
-    "transitions": lambda: _core.transitions(**env(2, 2), k_pi=k, k_mu=k, pool=pool, count=2**30, repeats=4,
+    "transitions": lambda: _core.transitions(problem(2, 2), k_pi=k, k_mu=k, pool=pool, count=2**30, repeats=4,
                                              base=20, iteration=0),
-    "policy_samples": lambda: _core.policy_samples(0.4, 0.5, 0, k, k, pool, 2**30, 2**30, 0),
-    "rollout": lambda: _core.rollout(**env(2, 2), sigma_0=1.0, w=np.zeros(6), k_pi=k, k_mu=k, iteration=0,
+    "policy_samples": lambda: _core.policy_samples(problem(2, 2), k, k, pool, 2**30, 2**30, 0),
+    "rollout": lambda: _core.rollout(problem(2, 2), w=np.zeros(6), k_pi=k, k_mu=k, iteration=0,
                                      batch=2**30, horizon=1, stats=0),
     "features": lambda: _core.features(np.zeros((7_000_000, 16))),  # 8.0 GiB of output from 0.9 GiB
     "state_moments": lambda: _core.state_moments(np.eye(100) * 0.5, np.eye(100, 1), np.zeros((1, 100)),

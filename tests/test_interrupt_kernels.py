@@ -34,6 +34,7 @@ CHILD = r"""
 import signal, sys, time
 import numpy as np
 from offtd import _core
+from offtd.backend import Problem
 
 class Term(BaseException):
     pass
@@ -44,10 +45,10 @@ def on_term(signum, frame):
 signal.signal(signal.SIGTERM, on_term)  # SIGINT keeps Python's default handler: KeyboardInterrupt
 rng = np.random.default_rng(0)
 
-def env(n, m):
-    return dict(a=np.eye(n) * 0.5 + np.eye(n, k=1) * 0.1, b=np.eye(n, m) * 0.5, q=np.eye(n), r=np.eye(m),
-                sigma_eps=0.1, reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.5, p_mix=0.1, gamma=0.9,
-                rho_clip=10.0, seed=0)
+def problem(n, m):
+    return Problem(a=np.eye(n) * 0.5 + np.eye(n, k=1) * 0.1, b=np.eye(n, m) * 0.5, q=np.eye(n), r=np.eye(m),
+                   sigma_eps=0.1, sigma_0=1.0, reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.5, p_mix=0.1, gamma=0.9,
+                   rho_clip=10.0, seed=0)
 
 name = sys.argv[1]
 if name == "power_iteration":
@@ -67,19 +68,19 @@ elif name == "rollout":
     n, m = 16, 16
     k = np.zeros((m, n))
     d = n * (n + 1) // 2 + n + 1
-    call = lambda: _core.rollout(**env(n, m), sigma_0=1.0, w=np.zeros(d), k_pi=k, k_mu=k, iteration=0,
+    call = lambda: _core.rollout(problem(n, m), w=np.zeros(d), k_pi=k, k_mu=k, iteration=0,
                                  batch=2000, horizon=1000, stats=0)
 elif name == "transitions":
     n = 16
     k = np.zeros((2, n))
     pool = rng.normal(size=(1000, n))
-    call = lambda: _core.transitions(**env(n, 2), k_pi=k, k_mu=k, pool=pool, count=2**22, repeats=16, base=30,
+    call = lambda: _core.transitions(problem(n, 2), k_pi=k, k_mu=k, pool=pool, count=2**22, repeats=16, base=30,
                                      iteration=0)
 elif name == "policy_samples":
     n = 16
     k = np.zeros((2, n))
     pool = rng.normal(size=(1000, n))
-    call = lambda: _core.policy_samples(0.4, 0.5, 0, k, k, pool, 2**25, 64, 0)
+    call = lambda: _core.policy_samples(problem(n, 2), k, k, pool, 2**25, 64, 0)
 else:
     raise SystemExit(f"unknown kernel {name}")
 print("ready", flush=True)

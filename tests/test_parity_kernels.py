@@ -442,15 +442,16 @@ def test_power_iteration_close(seed, d, lam1, ratio, iters):
 _THREAD_SCRIPT = r"""
 import hashlib, json, numpy as np
 from offtd import _core
+from offtd.backend import Problem
 g = np.random.default_rng(0)
 a = np.array([[0.9, 0.2], [-0.1, 0.8]]); b = g.standard_normal((2, 2)); q = np.eye(2); r = 0.1 * np.eye(2)
-env = dict(a=a, b=b, q=q, r=r, sigma_eps=0.1, reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.6, p_mix=0.1,
-           gamma=0.95, rho_clip=3.0, seed=77)
+prob = Problem(a=a, b=b, q=q, r=r, sigma_eps=0.1, sigma_0=1.0, reward_scale=1.0, sigma_pi=0.4, sigma_mu=0.6,
+               p_mix=0.1, gamma=0.95, rho_clip=3.0, seed=77)
 kp = g.standard_normal((2, 2)) * 0.2; km = np.zeros((2, 2)); w = g.standard_normal(6)
-ro = _core.rollout(**env, sigma_0=1.0, w=w, k_pi=kp, k_mu=km, iteration=3, batch=200, horizon=30, stats=3)
+ro = _core.rollout(prob, w=w, k_pi=kp, k_mu=km, iteration=3, batch=200, horizon=30, stats=3)
 pool = np.ascontiguousarray(ro["states"][:, :-1, :].reshape(-1, 2))
-tr = _core.transitions(**env, k_pi=kp, k_mu=km, pool=pool, count=5000, repeats=3, base=30, iteration=3)
-ps = _core.policy_samples(0.4, 0.6, 77, kp, km, pool, 5000, 300, 3)
+tr = _core.transitions(prob, k_pi=kp, k_mu=km, pool=pool, count=5000, repeats=3, base=30, iteration=3)
+ps = _core.policy_samples(prob, kp, km, pool, 5000, 300, 3)
 big = np.exp(g.standard_normal(100_000))
 st = _core.rho_stats(big, 2.0, True)
 x = np.hstack([ps["mmd_s"], ps["mmd_a_pi"]]); y = np.hstack([ps["mmd_s"], ps["mmd_a_mu"]])

@@ -29,6 +29,8 @@ from typing import TypedDict
 import numpy as np
 from numpy.typing import NDArray
 
+from offtd.backend import Problem
+
 F64 = NDArray[np.float64]
 
 BLOCK: int
@@ -95,19 +97,7 @@ def features(states: F64) -> F64:
     """phi(s) for each row of an (N, n) array: (N, d)."""
 
 def rollout(
-    a: F64,
-    b: F64,
-    q: F64,
-    r: F64,
-    sigma_eps: float,
-    sigma_0: float,
-    reward_scale: float,
-    sigma_pi: float,
-    sigma_mu: float,
-    p_mix: float,
-    gamma: float,
-    rho_clip: float,
-    seed: int,
+    problem: Problem,
     w: F64,
     k_pi: F64,
     k_mu: F64,
@@ -118,23 +108,13 @@ def rollout(
 ) -> RolloutDict:
     """One iteration's rollout with its TD/actor/Gram sums (MODEL.md section 3).
 
-    ``a`` (n, n), ``b`` (n, m), ``q`` (n, n), ``r`` (m, m), ``w`` (d,), ``k_pi``/``k_mu`` (m, n), all
-    finite; ``rho_clip`` = inf disables clipping; ``batch``, ``horizon`` >= 1; ``stats``: bit 1 adds ``c_rho``, bit 2 ``a_e`` and ``b_e``
-    (MODEL.md 3.3)."""
+    ``problem``: a :class:`offtd.backend.Problem` (or any object with its attributes, read as they are:
+    ``a`` (n, n), ``b`` (n, m), ``q`` (n, n), ``r`` (m, m) C-contiguous float64, finite; ``rho_clip`` = inf
+    disables clipping; errors name the attribute). ``w`` (d,), ``k_pi``/``k_mu`` (m, n), all finite;
+    ``batch``, ``horizon`` >= 1; ``stats``: bit 1 adds ``c_rho``, bit 2 ``a_e`` and ``b_e`` (MODEL.md 3.3)."""
 
 def transitions(
-    a: F64,
-    b: F64,
-    q: F64,
-    r: F64,
-    sigma_eps: float,
-    reward_scale: float,
-    sigma_pi: float,
-    sigma_mu: float,
-    p_mix: float,
-    gamma: float,
-    rho_clip: float,
-    seed: int,
+    problem: Problem,
     k_pi: F64,
     k_mu: F64,
     pool: F64,
@@ -146,9 +126,7 @@ def transitions(
     """Probe transitions (MODEL.md 4.2) from the (N, n) state ``pool``, ``repeats`` sub-batches."""
 
 def policy_samples(
-    sigma_pi: float,
-    sigma_mu: float,
-    seed: int,
+    problem: Problem,
     k_pi: F64,
     k_mu: F64,
     pool: F64,
@@ -156,7 +134,9 @@ def policy_samples(
     mmd_count: int,
     iteration: int,
 ) -> PolicySamplesDict:
-    """The distribution probe's draws (MODEL.md 4.1); ``mmd_count <= count``."""
+    """The distribution probe's draws (MODEL.md 4.1) under ``problem``'s policies (its ``sigma_pi``,
+    ``sigma_mu`` and ``seed``; the ratio is pi/mu whatever ``p_mix``; the problem is checked whole);
+    ``mmd_count <= count``."""
 
 def rho_stats(rho: F64, clip: float, clip_enabled: bool) -> RhoStatsDict:
     """Importance-ratio statistics (MODEL.md section 5); non-finite ratios are counted and excluded."""

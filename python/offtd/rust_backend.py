@@ -13,6 +13,9 @@ of a running kernel within about 10 ms, the kernel's partial work discarded (see
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
 from . import _core
@@ -23,22 +26,10 @@ def _f64(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
-def _env(problem: Problem) -> dict:
-    """The LQG arrays and scalars shared by rollout and transitions."""
-    return dict(
-        a=_f64(problem.a),
-        b=_f64(problem.b),
-        q=_f64(problem.q),
-        r=_f64(problem.r),
-        sigma_eps=float(problem.sigma_eps),
-        reward_scale=float(problem.reward_scale),
-        sigma_pi=float(problem.sigma_pi),
-        sigma_mu=float(problem.sigma_mu),
-        p_mix=float(problem.p_mix),
-        gamma=float(problem.gamma),
-        rho_clip=float(problem.rho_clip),
-        seed=int(problem.seed),
-    )
+def _problem(problem: Problem) -> Problem:
+    """The problem as the core reads it (by attribute): its arrays C-contiguous float64."""
+    arrays: dict[str, Any] = {f.name: _f64(v) for f in dataclasses.fields(problem) if isinstance(v := getattr(problem, f.name), np.ndarray)}
+    return dataclasses.replace(problem, **arrays)
 
 
 def _pool(pool: np.ndarray, n: int) -> np.ndarray:
@@ -62,8 +53,7 @@ class RustBackend:
         stats: int = 0,
     ) -> RolloutBatch:
         out = _core.rollout(
-            **_env(problem),
-            sigma_0=float(problem.sigma_0),
+            problem=_problem(problem),
             w=_f64(w),
             k_pi=_f64(k_pi),
             k_mu=_f64(k_mu),
@@ -100,7 +90,7 @@ class RustBackend:
         iteration: int,
     ) -> TransitionSums:
         out = _core.transitions(
-            **_env(problem),
+            problem=_problem(problem),
             k_pi=_f64(k_pi),
             k_mu=_f64(k_mu),
             pool=_pool(pool, problem.n),
@@ -122,9 +112,7 @@ class RustBackend:
         iteration: int,
     ) -> PolicySamples:
         out = _core.policy_samples(
-            sigma_pi=float(problem.sigma_pi),
-            sigma_mu=float(problem.sigma_mu),
-            seed=int(problem.seed),
+            problem=_problem(problem),
             k_pi=_f64(k_pi),
             k_mu=_f64(k_mu),
             pool=_pool(pool, problem.n),
