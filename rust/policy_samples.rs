@@ -73,6 +73,15 @@ pub fn policy_samples_bytes(n: usize, m: usize, count: usize, mmd_count: usize) 
     ])
 }
 
+/// The interruption work of one sample ([`crate::interrupt`], roughly its operations): `K_pi s`
+/// and `K_mu s` (4mn), the state moment (~n^2), per action dimension its normal (~50) and the
+/// action and densities, and the pick, the ratio's exp and the TV term (64). The fixed-size kernel
+/// ticks the same per sample.
+#[inline(always)]
+fn sample_work(n: usize, m: usize) -> u64 {
+    (4 * m * n + n * n + 64 * m + 64) as u64
+}
+
 /// `policy_samples`, with the fixed-size kernels (n, m <= 4) allowed or not (tests compare the two).
 #[allow(clippy::too_many_arguments)]
 fn policy_samples_impl(
@@ -185,7 +194,7 @@ fn policy_samples_impl(
                 let mut kmu_s = vec![0.0; m];
                 let mut a = vec![0.0; m];
                 let (tv, moment) = part.split_at_mut(1);
-                let work = (4 * m * n + n * n + 32 * m + 64) as u64;
+                let work = sample_work(n, m);
                 for (slot, k) in (b * BLOCK..b * BLOCK + rho_out.len()).enumerate() {
                     if interrupt::tick(work) {
                         return; // the kernel is being stopped: its result is discarded
@@ -311,7 +320,7 @@ fn policy_block_fixed<const N: usize, const M: usize>(
     let mut k0 = first;
     while k0 < end {
         let len = SUB.min(end - k0);
-        if interrupt::tick((len * (4 * M * N + N * N + 32 * M + 64)) as u64) {
+        if interrupt::tick(len as u64 * sample_work(N, M)) {
             return; // the kernel is being stopped: its result is discarded
         }
         let slot0 = k0 - first;
@@ -717,5 +726,82 @@ mod tests {
         };
         assert_eq!(oom2(1 << 40, (1 << 40) / 7), "count");
         assert_eq!(oom2(1 << 40, (1 << 40) / 5), "mmd_count");
+    }
+
+    /// The work the policy samples tick is their operations (the latency contract of
+    /// `crate::interrupt`), counted per sample: a uniform (~22 operations) and m normals (~50:
+    /// `philox::tests::ticked_work_counts_the_operations`), the pick, `K_pi s` and `K_mu s`
+    /// (4mn), the action and both squared distances (8m), the log densities and the ratio's exp
+    /// (~19), the TV term (2) and the state moment's triangle (n (n + 1)); an MMD sample (one in
+    /// ten here) adds m normals and a pi action (2m) and copies its rows. n = 12 makes the state
+    /// moment and the products most of it, m = 12 the normals. The fixed-size kernels do the
+    /// same operations as the dynamic one, so they must tick the same total, to the unit.
+    #[test]
+    fn ticked_work_counts_the_operations() {
+        use crate::interrupt::tally;
+        let run = |n: usize, m: usize, count: usize, allow_fixed: bool| {
+            let p = problem(n, m, 0.4, 0.6, 5);
+            let k: Vec<f64> = (0..m * n).map(|i| -0.02 * (i % 3) as f64).collect();
+            let pool: Vec<f64> = (0..7 * n)
+                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 5.0)
+                .collect();
+            let (out, t) = tally::measure(|| {
+                policy_samples_impl(&p, &k, &k, &pool, count, count / 10, 2, allow_fixed).unwrap()
+            });
+            assert_eq!(out.rho.len(), count);
+            t
+        };
+        for (n, m) in [(12usize, 1usize), (1, 12), (6, 6)] {
+            let count = 3000;
+            let t = run(n, m, count, true);
+            let (nf, mf) = (n as f64, m as f64);
+            let sample =
+                22.5 + 3.0 + 50.5 * mf + 4.0 * mf * nf + 8.0 * mf + 19.0 + 2.0 + nf * (nf + 1.0);
+            let mmd = 50.5 * mf + 2.0 * mf + (nf + 2.0 * mf);
+            let flops = count as f64 * sample + (count / 10) as f64 * mmd;
+            tally::check_work(&format!("policy_samples n {n} m {m}"), t, flops);
+        }
+        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+            let count = 2 * SUB + 5;
+            let (fixed, dynamic) = (run(n, m, count, true), run(n, m, count, false));
+            assert_eq!(fixed.work, dynamic.work, "n {n} m {m}");
+        }
+    }
+
+    /// `policy_samples_bytes` is the layout it documents, term by term (the counting test above
+    /// checks that this layout covers what the kernel holds; its allowance of 25% + 48 KiB cannot
+    /// see a term of a few KiB), at sizes where each term counts (n = 40, m = 30, a billion
+    /// samples). The ratios; the MMD rows (a state and two actions); per block its partial sums
+    /// (the TV sum and the state moment's triangle), its 4 pieces (slice references) of the ratios
+    /// and MMD rows, 96 bytes for its work item (it holds 88: the block index and 5 slices) and the
+    /// driver's slot; per thread the fixed kernel's buffers for n = m = 4 (reserved whatever n and
+    /// m: the margin for smaller fixed kernels) and the dynamic kernel's K_pi s, K_mu s and
+    /// action; the running total and the (n, n) state moment.
+    #[test]
+    fn policy_samples_bytes_is_its_layout() {
+        for (n, m, count, mmd_count) in [
+            (1usize, 1usize, 1usize, 0usize),
+            (2, 1, 3000, 40),
+            (4, 4, 5000, 5000),
+            (40, 3, 100_000, 10),
+            (3, 30, 1 << 30, 1 << 20),
+        ] {
+            let (nn, mm) = (n as u128, m as u128);
+            let blocks = count.div_ceil(BLOCK);
+            let part = 1 + nn * (nn + 1) / 2;
+            let threads = par::threads_for(blocks.max(1), true) as u128;
+            let per_thread = std::mem::size_of::<PolicyBuf<4, 4>>() as u128 + 8 * 3 * mm;
+            let want = 8 * count as u128
+                + 8 * mmd_count as u128 * (nn + 2 * mm)
+                + blocks as u128 * (8 * part + 4 * 16 + 96)
+                + par::overhead_bytes::<[usize; 10]>(blocks)
+                + threads * per_thread
+                + 8 * (part + nn * nn);
+            assert_eq!(
+                policy_samples_bytes(n, m, count, mmd_count),
+                want,
+                "n {n} m {m} count {count} mmd {mmd_count}"
+            );
+        }
     }
 }

@@ -572,7 +572,7 @@ pub fn rollout_bytes(n: usize, m: usize, batch: usize, horizon: usize, stats: u3
     let item_bytes = 8 * std::mem::size_of::<&mut [f64]>() as u128;
     let scratch = std::mem::size_of::<ChunkBuf<4, 4>>().max(std::mem::size_of::<TrajScratch>())
         as u128
-        + 8 * (4 * (n + m) + 2 * lay.d) as u128;
+        + 8 * (3 * n + 5 * m + 3 * lay.d) as u128;
     let total = mem::total(&[
         (b.checked_mul(h + 1)?.checked_mul(n as u128)?, 8), // states
         (b.checked_mul(h)?, 16),                            // rewards, ratios
@@ -1406,6 +1406,53 @@ mod tests {
                 let dynamic = run(n, m, stats, false, CHUNK + 3);
                 assert_eq!(fixed.work, dynamic.work, "n {n} m {m} stats {stats}");
             }
+        }
+    }
+
+    /// `rollout_bytes` is the layout it documents, term by term (the counting test above checks
+    /// that this layout covers what the kernel holds; its allowance of 25% + 48 KiB cannot see a
+    /// term of a few KiB), at sizes where each term counts: thousands of work items, a window cap
+    /// that binds, n = 40 where the dynamic kernel's vectors outweigh the chunk buffers. The
+    /// states, rewards and ratios; one window of per-trajectory partial sums; per work item 8
+    /// slice references (it holds 4: margin) and the parallel driver's slot; per thread the larger
+    /// of the fixed kernel's chunk buffers for n = m = 4 (reserved whatever n and m: the margin for
+    /// smaller fixed kernels) and the dynamic kernel's struct, plus the dynamic kernel's vectors
+    /// (s, ze and the next state: n each; za, K_pi s, K_mu s, the action and its score: m each;
+    /// phi, phi' and e: d each); the running total, and the outputs with every statistic (grad_k,
+    /// four d x d matrices, two d-vectors) and one d x d matrix and d-vector more (margin).
+    #[test]
+    fn rollout_bytes_is_its_layout() {
+        for (n, m, batch, horizon, stats) in [
+            (1usize, 1usize, 1usize, 1usize, 0u32),
+            (4, 4, 40, 30, 3),
+            (5, 2, 3, 700, 1),
+            (12, 3, 100_000, 200, 2),
+            (2, 1, 1 << 30, 10, 3),
+            (40, 30, 7, 1 << 20, 0),
+        ] {
+            let lay = Layout::new(n, m, stats);
+            let (nn, mm, d, len) = (n as u128, m as u128, lay.d as u128, lay.len as u128);
+            let (b, h) = (batch as u128, horizon as u128);
+            let (per_item, window) = windows(lay.len, horizon, batch);
+            let items = window.div_ceil(per_item);
+            let threads = par::threads_for(items, true) as u128;
+            let buffers =
+                std::mem::size_of::<ChunkBuf<4, 4>>().max(std::mem::size_of::<TrajScratch>());
+            let per_thread = buffers as u128 + 8 * (3 * nn + 5 * mm + 3 * d);
+            let slice_ref = 16; // a pointer and a length
+            let want = 8 * b * (h + 1) * nn
+                + 2 * 8 * b * h
+                + 8 * window as u128 * len
+                + items as u128 * 8 * slice_ref
+                + par::overhead_bytes::<[&mut [f64]; 4]>(items)
+                + threads * per_thread
+                + 8 * (len + mm * nn + 4 * d * d + 2 * d)
+                + 8 * (d * d + d);
+            assert_eq!(
+                rollout_bytes(n, m, batch, horizon, stats),
+                Some(want),
+                "n {n} m {m} batch {batch} horizon {horizon} stats {stats}"
+            );
         }
     }
 }

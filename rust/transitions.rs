@@ -260,7 +260,8 @@ pub fn transitions_bytes(n: usize, m: usize, count: usize, repeats: usize) -> u1
     let blocks = (count / BLOCK) as u128 + repeats as u128;
     let window = blocks.min((WINDOW_BYTES as u128 / (8 * (d * d + d))).max(1));
     let threads = par::threads_for(count.div_ceil(BLOCK).max(1), true) as u128;
-    let scratch = std::mem::size_of::<SubBuf<4, 4>>() as u128 + 8 * (4 * (n + m) as u128 + 2 * d);
+    let scratch =
+        std::mem::size_of::<SubBuf<4, 4>>() as u128 + 8 * ((2 * n + 5 * m) as u128 + 2 * d);
     mem::total(&[
         (count as u128, 8),             // ratios
         (blocks, 24 + 16),              // tasks, ratio pieces
@@ -891,6 +892,48 @@ mod tests {
             let count = 2 * SUB + 5;
             let (fixed, dynamic) = (run(n, m, count, true), run(n, m, count, false));
             assert_eq!(fixed.work, dynamic.work, "n {n} m {m}");
+        }
+    }
+
+    /// `transitions_bytes` is the layout it documents, term by term (the counting test above checks
+    /// that this layout covers what the kernel holds; its allowance of 25% + 48 KiB cannot see a
+    /// term of a few KiB), at sizes where each term counts: a window cap that binds (n = 12),
+    /// a million sub-batches, n = 40. The ratios; per block (at most count / BLOCK + repeats: each
+    /// sub-batch may end with a partial one) its task (3 indices) and its piece of the ratios (a
+    /// slice reference); one window of blocks' partial sums (A and b) with 64 bytes for each
+    /// block's work item (it holds 40: margin) and the driver's slots; per sub-batch its A and b
+    /// sums, its count and 24 bytes of margin; per thread the fixed kernel's buffers for
+    /// n = m = 4 (reserved whatever n and m: the margin for smaller fixed kernels) and the dynamic
+    /// kernel's vectors (za, K_pi s, K_mu s, the action and its score: m each; ze and the next
+    /// state: n each; phi and e: d each).
+    #[test]
+    fn transitions_bytes_is_its_layout() {
+        for (n, m, count, repeats) in [
+            (1usize, 1usize, 1usize, 1usize),
+            (2, 1, 300, 16),
+            (4, 4, 5000, 3),
+            (12, 2, 10_000_000, 7),
+            (1, 12, 1 << 40, 1 << 20),
+            (40, 3, 100_000, 5),
+        ] {
+            let (nn, mm, d) = (n as u128, m as u128, feature_dim(n) as u128);
+            let blocks = (count / BLOCK + repeats) as u128;
+            let sums = 8 * (d * d + d);
+            let window = blocks.min((WINDOW_BYTES as u128 / sums).max(1));
+            let threads = par::threads_for(count.div_ceil(BLOCK).max(1), true) as u128;
+            let per_thread =
+                std::mem::size_of::<SubBuf<4, 4>>() as u128 + 8 * (2 * nn + 5 * mm + 2 * d);
+            let want = 8 * count as u128
+                + blocks * (24 + 16)
+                + window * (sums + 64)
+                + par::overhead_bytes::<[usize; 6]>(window as usize)
+                + repeats as u128 * (sums + 8 + 24)
+                + threads * per_thread;
+            assert_eq!(
+                transitions_bytes(n, m, count, repeats),
+                want,
+                "n {n} m {m} count {count} repeats {repeats}"
+            );
         }
     }
 }
