@@ -23,7 +23,10 @@
 # at the first failure: seconds for most, minutes for a mutant in the loop that every whole-run test
 # reaches. A 150-mutant sample took about an hour on 2 shared cores (see tests/README.md).
 #
-# Environment: WORK, SAMPLE, SEED, JOBS (mutmut's --max-children, default 1).
+# Environment: WORK, SAMPLE, SEED, JOBS (mutmut's --max-children, default 1), CORE (the compiled
+# extension to copy in, default this checkout's python/offtd/_core*.so: give a build of HEAD's rust/
+# when the checkout's was built from uncommitted Rust changes, e.g. `maturin build --release` of a
+# `git archive HEAD`).
 
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +45,7 @@ case "${1:-}" in
     --names) mode=names; shift; names=("$@"); [ ${#names[@]} -gt 0 ] || { echo "--names needs mutant names" >&2; exit 2; } ;;
     --summary) mode=summary ;;
     --show) mode=show; [ $# -eq 2 ] || { echo "--show needs one mutant name" >&2; exit 2; } ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
 esac
 
@@ -63,7 +66,7 @@ if [ ! -f "$work/commit.txt" ] || [ "$(cat "$work/commit.txt")" != "$head" ]; th
     mkdir -p "$work"
     git archive HEAD | tar -x -C "$work"
     mv "$work/python" "$work/src"
-    cp python/offtd/_core*.so "$work/src/offtd/"
+    cp ${CORE:-python/offtd/_core*.so} "$work/src/offtd/"
     echo "$head" > "$work/commit.txt"
 fi
 cd "$work"
