@@ -360,3 +360,19 @@ def test_empty_and_degenerate_inputs_do_not_panic():
     assert math.isnan(v) and s == math.sqrt(2.0)
     x, conv, it, res = c.gmres(np.zeros((2, 2)), np.ones(2), 5, 1e-8)
     assert not conv and np.all(np.isfinite(x))
+
+
+def test_rust_backend_converts_the_problem_arrays():
+    # the core reads the problem's arrays as they are; the Rust backend hands it C-contiguous float64
+    # copies of any that are not (a list, Fortran order, float32, int) and the problem itself otherwise
+    from offtd.rust_backend import RustBackend, _problem
+
+    p = Problem(**{k: v for k, v in _valid()["rollout"].items() if k in PROBLEM_FIELDS})
+    assert _problem(p) is p
+    odd = dataclasses.replace(
+        p, a=p.a.tolist(), b=np.asfortranarray(p.b), q=p.q.astype(np.float32), r=p.r.astype(np.int64)
+    )
+    args = (np.linspace(-1, 1, D), _mat(M, N), _mat(M, N, 0.2), 0, 2, 3)
+    want = RustBackend().rollout(p, *args)
+    got = RustBackend().rollout(odd, *args)
+    assert np.array_equal(got.states, want.states) and np.array_equal(got.a, want.a) and got.td_sq == want.td_sq

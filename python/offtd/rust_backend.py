@@ -26,10 +26,19 @@ def _f64(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
+# backend.Problem's array fields (the core wants them C-contiguous float64)
+_ARRAYS = tuple(f.name for f in dataclasses.fields(Problem) if "ndarray" in str(f.type))
+
+
+def _is_f64(x) -> bool:
+    return type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous
+
+
 def _problem(problem: Problem) -> Problem:
-    """The problem as the core reads it (by attribute): its arrays C-contiguous float64."""
-    arrays: dict[str, Any] = {f.name: _f64(v) for f in dataclasses.fields(problem) if isinstance(v := getattr(problem, f.name), np.ndarray)}
-    return dataclasses.replace(problem, **arrays)
+    """The problem as the core reads it (by attribute): itself when its arrays are C-contiguous float64
+    (~2 us), else a copy with converted arrays (dataclasses.replace costs ~10x more)."""
+    arrays: dict[str, Any] = {name: _f64(v) for name in _ARRAYS if not _is_f64(v := getattr(problem, name))}
+    return dataclasses.replace(problem, **arrays) if arrays else problem
 
 
 def _pool(pool: np.ndarray, n: int) -> np.ndarray:
