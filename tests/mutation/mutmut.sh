@@ -66,7 +66,7 @@ if [ ! -f "$work/commit.txt" ] || [ "$(cat "$work/commit.txt")" != "$head" ]; th
     mkdir -p "$work"
     git archive HEAD | tar -x -C "$work"
     mv "$work/python" "$work/src"
-    cp ${CORE:-python/offtd/_core*.so} "$work/src/offtd/"
+    if [ -n "${CORE:-}" ]; then cp "$CORE" "$work/src/offtd/_core.abi3.so"; else cp python/offtd/_core*.so "$work/src/offtd/"; fi
     echo "$head" > "$work/commit.txt"
 fi
 cd "$work"
