@@ -693,39 +693,29 @@ mod tests {
     /// large: the MMD rows (n + 2m values each) or the samples.
     #[test]
     fn oversized_policy_samples_name_the_large_argument() {
-        let k = [0.0, 0.0];
         let pool = pool();
-        let oom = |count: usize, mmd_count: usize| match policy_samples(
-            &problem(2, 1, 0.3, 0.5, 1),
-            &k,
-            &k,
-            &pool,
-            count,
-            mmd_count,
-            0,
-        ) {
-            Err(CoreError::OutOfMemory { arg, .. }) => arg,
-            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+        let oom = |m: usize, count: usize, mmd_count: usize| {
+            let k = vec![0.0; 2 * m];
+            match policy_samples(
+                &problem(2, m, 0.3, 0.5, 1),
+                &k,
+                &k,
+                &pool,
+                count,
+                mmd_count,
+                0,
+            ) {
+                Err(CoreError::OutOfMemory { arg, .. }) => arg,
+                other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+            }
         };
-        assert_eq!(oom(1 << 40, 1 << 40), "mmd_count"); // 4 x 2^40 values of rows > 2^40 ratios
-        assert_eq!(oom(1 << 40, 2), "count");
-        assert_eq!(oom(1 << 40, 1 << 38), "count"); // 4 x 2^38 = 2^40 rows: not more than the samples
-                                                    // m = 2: rows of n + 2m = 6 values (not n 2m = 8): 6 x 2^40 / 7 < 2^40 samples
-        let k2 = [0.0; 4];
-        let oom2 = |count: usize, mmd_count: usize| match policy_samples(
-            &problem(2, 2, 0.3, 0.5, 1),
-            &k2,
-            &k2,
-            &pool,
-            count,
-            mmd_count,
-            0,
-        ) {
-            Err(CoreError::OutOfMemory { arg, .. }) => arg,
-            other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
-        };
-        assert_eq!(oom2(1 << 40, (1 << 40) / 7), "count");
-        assert_eq!(oom2(1 << 40, (1 << 40) / 5), "mmd_count");
+        assert_eq!(oom(1, 1 << 40, 1 << 40), "mmd_count"); // 4 x 2^40 values of rows > 2^40 ratios
+        assert_eq!(oom(1, 1 << 40, 2), "count");
+        // 4 x 2^38 = 2^40 rows: not more than the samples
+        assert_eq!(oom(1, 1 << 40, 1 << 38), "count");
+        // m = 2: rows of n + 2m = 6 values (not n 2m = 8): 6 x 2^40 / 7 < 2^40 samples
+        assert_eq!(oom(2, 1 << 40, (1 << 40) / 7), "count");
+        assert_eq!(oom(2, 1 << 40, (1 << 40) / 5), "mmd_count");
     }
 
     /// The work the policy samples tick is their operations (the latency contract of

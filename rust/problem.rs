@@ -235,44 +235,20 @@ mod tests {
             }),
             "rho_clip"
         );
-    }
-
-    #[test]
-    fn validation() {
-        let a = [1.0];
-        let p = Problem {
-            n: 1,
-            m: 1,
-            a: &a,
-            b: &a,
-            q: &a,
-            r: &a,
-            sigma_eps: 0.1,
-            sigma_0: 1.0,
-            reward_scale: 1.0,
-            sigma_pi: 0.0,
-            sigma_mu: 1.0,
-            p_mix: 0.0,
-            gamma: 0.9,
-            rho_clip: f64::INFINITY,
-            seed: 0,
-        };
-        assert_eq!(p.validate().unwrap_err().arg(), "sigma_pi");
-        let ok = Problem { sigma_pi: 1.0, ..p };
-        assert!(ok.validate().is_ok());
         assert_eq!(
-            Problem { p_mix: 1.5, ..ok }.validate().unwrap_err().arg(),
-            "p_mix"
-        );
-        assert_eq!(
-            Problem {
+            arg(Problem {
                 rho_clip: f64::NAN,
                 ..ok
-            }
-            .validate()
-            .unwrap_err()
-            .arg(),
+            }),
             "rho_clip"
         );
+        assert_eq!(
+            arg(Problem {
+                sigma_pi: 0.0,
+                ..ok
+            }),
+            "sigma_pi"
+        );
+        assert_eq!(arg(Problem { p_mix: 1.5, ..ok }), "p_mix");
     }
 }
