@@ -21,8 +21,8 @@
 # three parts: `rest` (the other modules) and `mmd-other` (the rest of mmd.rs) skip it, `mmd-select`
 # (select_sq_distance and select_sq_distance_capped) runs every test.
 #
-# Modules: rollout, transitions, ratios, solver, power, mmd, moments, problem, features, density, lqg,
-# linalg, checks, pool, philox (the mathematics).
+# Modules: rollout, transitions, policy_samples, ratios, solver, power, mmd, moments, problem, features,
+# density, lqg, linalg, checks, pool, philox (the mathematics).
 # Not bindings.rs / error.rs (Python glue and messages) nor par.rs (a thread driver whose mutants
 # mostly hang or change nothing observable). Mutants that survive and cannot be killed are recorded
 # with the reason in tests/mutation/rust_equivalent_mutants.md.
@@ -37,7 +37,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-MODULES=(rollout transitions ratios solver power mmd moments problem features density lqg linalg checks pool philox)
+MODULES=(rollout transitions policy_samples ratios solver power mmd moments problem features density lqg linalg checks pool philox)
 mode=full
 summary_dir=""
 extra=()
