@@ -333,7 +333,9 @@ def _tail(spec, fp_khat=math.nan, st_khat=math.nan, n=4096.0, nonfinite=0.0) -> 
         "fixed_point_probe": [fp_row(rho_khat=fp_khat, batch_size=n, rho_nonfinite=0.0)],
         "stability_probe": [stab_row(rho_khat=st_khat, batch_size=n, rho_nonfinite=nonfinite)],
     }
-    return _rho(spec, probes=probes)
+    c = _rho(spec, probes=probes)
+    assert c.name == "rho_sane"  # every finding of the tail is reported under the rho_sane check
+    return c
 
 
 def test_tail_thresholds():

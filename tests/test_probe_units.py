@@ -120,7 +120,11 @@ def test_fixed_point_probe_by_hand():
     w_t = np.array([0.5, -0.2, 0.3, 0.1, 0.0, 0.4])  # the teacher; G = I so its scale is ||w_t||
     w = np.array([0.2, 0.1, 0.0, 0.3, -0.1, 0.2])
     state = ProbeState()
-    row = fixed_point_probe(_ctx(teacher_w=w_t, w=w), state)
+    first = _ctx(teacher_w=w_t, w=w)
+    row = fixed_point_probe(first, state)
+    # the row records the solver settings it ran with (saved with the probe series of the run)
+    cfg = first.spec.probes.fixed_point
+    assert (row["num_iters"], row["tol"], row["repeats"]) == (float(cfg.num_iters), cfg.tol, float(R))
     a_full, b_full = DIAG.mean(axis=0), B.mean(axis=0)
     w_sharp = b_full / a_full  # A_hat w = b_hat, A_hat diagonal
     scale = np.linalg.norm(w_t)

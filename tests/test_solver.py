@@ -121,3 +121,20 @@ def test_lu_solve_needs_pivoting():
     b = [1.0, 2.0, 3.0]
     x = lu_solve(a, b)
     assert np.allclose(np.array(a) @ np.array(x), b, rtol=0, atol=1e-14)
+
+
+def test_lu_solve_pivot_ties_keep_the_first_row():
+    """The documented pivot rule: the FIRST row with the largest |a_ik|. Here |a_00| = |a_10| = 0.7; the
+    solve is written out for the first row as pivot, and (the test is sharp) the other row as pivot
+    rounds x_0 differently, although both are exact in exact arithmetic."""
+    a, b = [[0.7, 2.0], [-0.7, 5.0]], [0.1, 0.3]
+
+    def eliminate(a, b):
+        f = a[1][0] / a[0][0]
+        x1 = (b[1] - f * b[0]) / (a[1][1] - f * a[0][1])
+        return [(b[0] - a[0][1] * x1) / a[0][0], x1]
+
+    first = eliminate(a, b)
+    swapped = eliminate(a[::-1], b[::-1])
+    assert first != swapped
+    assert lu_solve(a, b) == first
