@@ -724,7 +724,7 @@ mod tests {
     /// (4mn), the action and both squared distances (8m), the log densities and the ratio's exp
     /// (~19), the TV term (2) and the state moment's triangle (n (n + 1)); an MMD sample (one in
     /// ten here) adds m normals and a pi action (2m) and copies its rows. n = 12 makes the state
-    /// moment and the products most of it, m = 12 the normals. The fixed-size kernels do the
+    /// moment most of it, m = 12 the normals, n = m = 20 the products. The fixed-size kernels do the
     /// same operations as the dynamic one, so they must tick the same total, to the unit.
     #[test]
     fn ticked_work_counts_the_operations() {
@@ -741,7 +741,7 @@ mod tests {
             assert_eq!(out.rho.len(), count);
             t
         };
-        for (n, m) in [(12usize, 1usize), (1, 12), (6, 6)] {
+        for (n, m) in [(12usize, 1usize), (1, 12), (6, 6), (20, 20)] {
             let count = 3000;
             let t = run(n, m, count, true);
             let (nf, mf) = (n as f64, m as f64);

@@ -1333,8 +1333,9 @@ mod tests {
     /// the action and both log densities, the ratio's exp ~15, `A s + B a`, the two quadratic
     /// forms of the reward), the features and values, and the sums: A and b (2 d^2 + 3d), the
     /// Gram matrix's triangle (d^2 + d), grad_k (m (2n + 1)), C_rho's triangle (d^2 + 2d) and A_e,
-    /// b_e (2 d^2 + 3d + 4) when asked. n = 12 (d = 91) makes the d^2 sums most of it, m = 12 at
-    /// n = 1 the draws and the transition. And the fixed-size kernels do the same operations as
+    /// b_e (2 d^2 + 3d + 4) when asked. n = 12 (d = 91) makes the d^2 sums most of it (each
+    /// statistic alone and both), m = 12 at n = 1, 2 the draws and the transition (n + m, not
+    /// n m, sets their size). And the fixed-size kernels do the same operations as
     /// the dynamic one, so they must tick the same total, to the unit.
     #[test]
     fn ticked_work_counts_the_flops() {
@@ -1375,7 +1376,15 @@ mod tests {
             t
         };
         let steps = |horizon: usize| (3 * horizon) as f64;
-        for (n, m, stats) in [(12usize, 2usize, 0u32), (12, 2, 3), (1, 12, 0), (1, 12, 3)] {
+        for (n, m, stats) in [
+            (12usize, 2usize, 0u32),
+            (12, 2, STATS_CROSS),
+            (12, 2, STATS_EMPHASIS),
+            (12, 2, 3),
+            (1, 12, 0),
+            (1, 12, 3),
+            (2, 12, 0),
+        ] {
             let horizon = 20;
             let t = run(n, m, stats, true, horizon);
             let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);

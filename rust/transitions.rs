@@ -826,8 +826,9 @@ mod tests {
     /// pool state, the transition (`K_pi s`, `K_mu s`, the action and both log densities, the
     /// ratio's exp ~15, `A s + B a`, the reward's two quadratic forms), both states' features,
     /// `e = phi - gamma phi'` and the sums A (2 d^2 + d) and b (2d + 1). n = 12 (d = 91) makes A's
-    /// update most of it, m = 12 at n = 1 the draws and the transition. The fixed-size kernels do
-    /// the same operations as the dynamic one, so they must tick the same total, to the unit.
+    /// update most of it, m = 12 at n = 1, 2 the draws and the transition (n + m sets their size,
+    /// not n m). The fixed-size kernels do the same operations as the dynamic one, so they must
+    /// tick the same total, to the unit.
     #[test]
     fn ticked_work_counts_the_flops() {
         use crate::interrupt::tally;
@@ -870,7 +871,7 @@ mod tests {
             assert_eq!(out.rho.len(), count);
             t
         };
-        for (n, m) in [(12usize, 2usize), (1, 12)] {
+        for (n, m) in [(12usize, 2usize), (1, 12), (2, 12)] {
             let count = 200;
             let t = run(n, m, count, true);
             let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);
