@@ -844,53 +844,24 @@ fn mmd2_py<'py>(
     run_detached(py, || mmd::mmd2(xs, ys, dim))
 }
 
-/// `state_moments(a, b, k_pi, k_mu, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix, horizon)`: the
-/// exact averages over h = 0 .. horizon-1 of the rollout states' second and fourth moments under the
-/// behaviour mixture (MODEL.md 9.2) -> `(m2 (n, n), m4 (n, n, n, n))`.
+/// `state_moments(problem, k_pi, k_mu, horizon)`: the exact averages over h = 0 .. horizon-1 of the
+/// rollout states' second and fourth moments under the behaviour mixture (MODEL.md 9.2) -> `(m2 (n, n),
+/// m4 (n, n, n, n))`. The problem is read as for `rollout`; its sigmas may be 0 here.
 #[pyfunction]
 #[pyo3(name = "state_moments")]
-#[allow(clippy::too_many_arguments)]
 fn state_moments_py<'py>(
     py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
+    problem: &Bound<'py, PyAny>,
     k_pi: &Bound<'py, PyAny>,
     k_mu: &Bound<'py, PyAny>,
-    sigma_pi: &Bound<'py, PyAny>,
-    sigma_mu: &Bound<'py, PyAny>,
-    sigma_eps: &Bound<'py, PyAny>,
-    sigma_0: &Bound<'py, PyAny>,
-    p_mix: &Bound<'py, PyAny>,
     horizon: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let sigma_pi = f64_arg(sigma_pi, "sigma_pi")?;
-    let sigma_mu = f64_arg(sigma_mu, "sigma_mu")?;
-    let sigma_eps = f64_arg(sigma_eps, "sigma_eps")?;
-    let sigma_0 = f64_arg(sigma_0, "sigma_0")?;
-    let p_mix = f64_arg(p_mix, "p_mix")?;
-    let a = array_arg(a, "a", 2)?;
-    let n = a.shape[0];
-    if n == 0 {
-        return Err(value_err("a", "state dimension n must be >= 1"));
-    }
-    if a.shape[1] != n {
-        return Err(to_py_err(CoreError::shape("a", &[n, n], &a.shape)));
-    }
-    check_finite("a", a.slice()).map_err(to_py_err)?;
-    let b = array_shaped(b, "b", &[Some(n), None], true)?;
-    let m = b.shape[1];
-    if m == 0 {
-        return Err(value_err("b", "action dimension m must be >= 1"));
-    }
-    let k_pi = array_shaped(k_pi, "k_pi", &[Some(m), Some(n)], true)?;
-    let k_mu = array_shaped(k_mu, "k_mu", &[Some(m), Some(n)], true)?;
+    let args = ProblemArgs::from_py(problem)?;
+    let (k_pi, k_mu) = args.gains(k_pi, k_mu)?;
     let horizon = size_arg(horizon, "horizon", 1)?;
-    let (asl, bsl, kp, km) = (a.slice(), b.slice(), k_pi.slice(), k_mu.slice());
-    let out = run_detached(py, || {
-        moments::state_moments(
-            n, m, asl, bsl, kp, km, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix, horizon,
-        )
-    })?;
+    let p = args.problem();
+    let (n, kp, km) = (p.n, k_pi.slice(), k_mu.slice());
+    let out = run_detached(py, || moments::state_moments(&p, kp, km, horizon))?;
     Ok((
         to_numpy(py, out.m2, &[n, n])?,
         to_numpy(py, out.m4, &[n, n, n, n])?,

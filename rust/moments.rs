@@ -21,6 +21,7 @@
 
 use crate::checks::{check_finite, check_finite_scalar};
 use crate::error::{CoreError, CoreResult};
+use crate::problem::Problem;
 use crate::{interrupt, mem};
 
 /// `(mean_h M2_h, mean_h M4_h)`, row-major `(n, n)` and `(n, n, n, n)`.
@@ -294,24 +295,20 @@ fn check_sigma(arg: &'static str, v: f64) -> CoreResult<()> {
 
 /// The exact time-averaged second and fourth moments of the rollout states (module docs).
 ///
-/// `a` (n, n), `b` (n, m), `k_pi`, `k_mu` (m, n), row-major and finite; the sigmas finite and
-/// `>= 0`; `p_mix` in [0, 1]; `horizon >= 1`. Errors name the offending argument. The moments
+/// From the problem: `a` (n, n), `b` (n, m) finite, the sigmas finite and `>= 0` (0 is allowed here,
+/// unlike [`Problem::validate`]: a noiseless policy has moments too), `p_mix` in [0, 1]; `k_pi`,
+/// `k_mu` (m, n), row-major and finite; `horizon >= 1`. Errors name the offending argument. The moments
 /// themselves may overflow to inf for an unstable closed loop (IEEE arithmetic, as the reference).
-#[allow(clippy::too_many_arguments)]
 pub fn state_moments(
-    n: usize,
-    m: usize,
-    a: &[f64],
-    b: &[f64],
+    p: &Problem,
     k_pi: &[f64],
     k_mu: &[f64],
-    sigma_pi: f64,
-    sigma_mu: f64,
-    sigma_eps: f64,
-    sigma_0: f64,
-    p_mix: f64,
     horizon: usize,
 ) -> CoreResult<StateMoments> {
+    // what the moments depend on (q, r, gamma, the clip and the seed do not enter)
+    let (n, m, a, b) = (p.n, p.m, p.a, p.b);
+    let (sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix) =
+        (p.sigma_pi, p.sigma_mu, p.sigma_eps, p.sigma_0, p.p_mix);
     if n == 0 {
         return Err(CoreError::invalid("a", "state dimension n must be >= 1"));
     }
@@ -415,6 +412,39 @@ pub fn state_moments_bytes(n: usize) -> u128 {
 mod tests {
     use super::*;
 
+    /// A problem with these dynamics and noise levels (q, r, gamma, the clip and the seed do not enter
+    /// the moments).
+    #[allow(clippy::too_many_arguments)]
+    fn prob<'a>(
+        n: usize,
+        m: usize,
+        a: &'a [f64],
+        b: &'a [f64],
+        sigma_pi: f64,
+        sigma_mu: f64,
+        sigma_eps: f64,
+        sigma_0: f64,
+        p_mix: f64,
+    ) -> Problem<'a> {
+        Problem {
+            n,
+            m,
+            a,
+            b,
+            q: &[],
+            r: &[],
+            sigma_eps,
+            sigma_0,
+            reward_scale: 1.0,
+            sigma_pi,
+            sigma_mu,
+            p_mix,
+            gamma: 0.9,
+            rho_clip: f64::INFINITY,
+            seed: 0,
+        }
+    }
+
     /// A small deterministic generator of values in [-1, 1).
     fn lcg(seed: u64) -> impl FnMut() -> f64 {
         let mut s = seed;
@@ -442,8 +472,13 @@ mod tests {
         let (sp, sm, se, s0) = (0.7, 1.3, 0.2, 1.5);
         for p in [0.0, 0.25, 1.0] {
             for horizon in [1, 2, 7, 60] {
-                let got = state_moments(1, 1, &[a], &[b], &[kp], &[km], sp, sm, se, s0, p, horizon)
-                    .unwrap();
+                let got = state_moments(
+                    &prob(1, 1, &[a], &[b], sp, sm, se, s0, p),
+                    &[kp],
+                    &[km],
+                    horizon,
+                )
+                .unwrap();
                 let comps = [
                     (p, a + b * kp, sp * sp * b * b + se * se),
                     (1.0 - p, a + b * km, sm * sm * b * b + se * se),
@@ -485,17 +520,9 @@ mod tests {
         let (l, s) = (a + b * kp, sp * sp * b * b + se * se);
         let horizon = 40;
         let got = state_moments(
-            1,
-            1,
-            &[a],
-            &[b],
+            &prob(1, 1, &[a], &[b], sp, 1.0, se, s0, 1.0),
             &[kp],
             &[0.0],
-            sp,
-            1.0,
-            se,
-            s0,
-            1.0,
             horizon,
         )
         .unwrap();
@@ -516,7 +543,7 @@ mod tests {
         let kp = rand_vec(&mut next, m * n, 1.0);
         let km = rand_vec(&mut next, m * n, 1.0);
         let s0 = 1.7;
-        let got = state_moments(n, m, &a, &b, &kp, &km, 0.4, 0.9, 0.3, s0, 0.3, 1).unwrap();
+        let got = state_moments(&prob(n, m, &a, &b, 0.4, 0.9, 0.3, s0, 0.3), &kp, &km, 1).unwrap();
         for i in 0..n {
             for j in 0..n {
                 assert_eq!(got.m2[i * n + j], if i == j { s0 * s0 } else { 0.0 });
@@ -545,7 +572,8 @@ mod tests {
         let km = rand_vec(&mut next, m * n, 0.3);
         let (sp, se, s0) = (0.8, 0.5, 1.2);
         let horizon = 25;
-        let got = state_moments(n, m, &a, &b, &kp, &km, sp, 2.0, se, s0, 1.0, horizon).unwrap();
+        let got =
+            state_moments(&prob(n, m, &a, &b, sp, 2.0, se, s0, 1.0), &kp, &km, horizon).unwrap();
         // L = A + B K_pi, S = sp^2 B B^T + se^2 I
         let mut l = vec![0.0; n * n];
         let mut s = vec![0.0; n * n];
@@ -601,7 +629,8 @@ mod tests {
         let b = rand_vec(&mut next, n * m, 1.0);
         let kp = rand_vec(&mut next, m * n, 0.5);
         let km = rand_vec(&mut next, m * n, 0.5);
-        let got = state_moments(n, m, &a, &b, &kp, &km, 0.5, 1.1, 0.3, 1.0, 0.4, 30).unwrap();
+        let got =
+            state_moments(&prob(n, m, &a, &b, 0.5, 1.1, 0.3, 1.0, 0.4), &kp, &km, 30).unwrap();
         let scale4 = got.m4.iter().fold(0.0f64, |x, v| x.max(v.abs()));
         let at = |t: [usize; 4]| got.m4[((t[0] * n + t[1]) * n + t[2]) * n + t[3]];
         // the 24 permutations of (0, 1, 2, 3)
@@ -646,14 +675,31 @@ mod tests {
         let k = [0.1, -0.3];
         let huge = [1e200, -1e200];
         // p_mix = 0: pi's gain and sigma do not enter (a huge gain would give inf and 0 * inf = NaN)
-        let p0 = state_moments(n, m, &a, &b, &huge, &k, 1e150, 0.6, 0.2, 1.0, 0.0, 20).unwrap();
+        let p0 = state_moments(
+            &prob(n, m, &a, &b, 1e150, 0.6, 0.2, 1.0, 0.0),
+            &huge,
+            &k,
+            20,
+        )
+        .unwrap();
         // p_mix = 1 with the roles swapped is the same single component, weight 1.0: same bits
-        let p1 = state_moments(n, m, &a, &b, &k, &huge, 0.6, 1e150, 0.2, 1.0, 1.0, 20).unwrap();
+        let p1 = state_moments(
+            &prob(n, m, &a, &b, 0.6, 1e150, 0.2, 1.0, 1.0),
+            &k,
+            &huge,
+            20,
+        )
+        .unwrap();
         assert_eq!(p0, p1);
         assert!(p0.m2.iter().chain(&p0.m4).all(|v| v.is_finite()));
         // and p_mix strictly inside (0, 1) does mix in pi
-        let mix =
-            state_moments(n, m, &a, &b, &[0.5, 0.5], &k, 1.0, 0.6, 0.2, 1.0, 0.5, 20).unwrap();
+        let mix = state_moments(
+            &prob(n, m, &a, &b, 1.0, 0.6, 0.2, 1.0, 0.5),
+            &[0.5, 0.5],
+            &k,
+            20,
+        )
+        .unwrap();
         assert_ne!(mix, p0);
     }
 
@@ -662,7 +708,7 @@ mod tests {
         let (a, b, k) = ([0.5], [1.0], [0.1]);
         let call =
             |a: &[f64], b: &[f64], kp: &[f64], sp: f64, se: f64, s0: f64, p: f64, h: usize| {
-                state_moments(1, 1, a, b, kp, &k, sp, 0.5, se, s0, p, h)
+                state_moments(&prob(1, 1, a, b, sp, 0.5, se, s0, p), kp, &k, h)
                     .unwrap_err()
                     .to_string()
             };
@@ -678,17 +724,24 @@ mod tests {
         assert!(call(&a, &b, &k, 0.3, 0.1, 1.0, 1.5, 3).starts_with("p_mix: must be in [0, 1]"));
         assert!(call(&a, &b, &k, 0.3, 0.1, 1.0, f64::NAN, 3).starts_with("p_mix:"));
         assert!(call(&a, &b, &k, 0.3, 0.1, 1.0, 0.5, 0).starts_with("horizon:"));
-        let e = state_moments(2, 1, &a, &b, &k, &k, 0.3, 0.5, 0.1, 1.0, 0.5, 3).unwrap_err();
+        let e = state_moments(&prob(2, 1, &a, &b, 0.3, 0.5, 0.1, 1.0, 0.5), &k, &k, 3).unwrap_err();
+        assert_eq!(e.arg(), "a");
+        let e = state_moments(
+            &prob(1, 1, &a, &b, 0.3, 0.5, 0.1, 1.0, 0.5),
+            &k,
+            &[0.1, 0.2],
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(e.arg(), "k_mu");
+        let e =
+            state_moments(&prob(0, 1, &[], &b, 0.3, 0.5, 0.1, 1.0, 0.5), &k, &k, 3).unwrap_err();
         assert_eq!(e.arg(), "a");
         let e =
-            state_moments(1, 1, &a, &b, &k, &[0.1, 0.2], 0.3, 0.5, 0.1, 1.0, 0.5, 3).unwrap_err();
-        assert_eq!(e.arg(), "k_mu");
-        let e = state_moments(0, 1, &[], &b, &k, &k, 0.3, 0.5, 0.1, 1.0, 0.5, 3).unwrap_err();
-        assert_eq!(e.arg(), "a");
-        let e = state_moments(1, 0, &a, &[], &[], &[], 0.3, 0.5, 0.1, 1.0, 0.5, 3).unwrap_err();
+            state_moments(&prob(1, 0, &a, &[], 0.3, 0.5, 0.1, 1.0, 0.5), &[], &[], 3).unwrap_err();
         assert_eq!(e.arg(), "b");
         // sigmas of exactly 0 are allowed (a deterministic component)
-        assert!(state_moments(1, 1, &a, &b, &k, &k, 0.0, 0.0, 0.0, 0.0, 0.5, 3).is_ok());
+        assert!(state_moments(&prob(1, 1, &a, &b, 0.0, 0.0, 0.0, 0.0, 0.5), &k, &k, 3).is_ok());
     }
     /// `state_moments_bytes` against what `state_moments` really holds at once (a counting
     /// allocator).
@@ -703,7 +756,10 @@ mod tests {
             for p_mix in [0.0, 0.3] {
                 let (est, out, peak) = crate::mem::counting::measure(
                     || state_moments_bytes(n),
-                    || state_moments(n, m, &a, &b, &k, &k, 0.4, 0.5, 0.1, 1.0, p_mix, 5).unwrap(),
+                    || {
+                        state_moments(&prob(n, m, &a, &b, 0.4, 0.5, 0.1, 1.0, p_mix), &k, &k, 5)
+                            .unwrap()
+                    },
                 );
                 crate::mem::counting::check_estimate(
                     &format!("state_moments n {n} m {m} p_mix {p_mix}"),
@@ -763,7 +819,12 @@ mod tests {
                 .collect();
             let (b, k) = (vec![0.2; n * m], vec![0.1; m * n]);
             let (r, t) = tally::measure(|| {
-                state_moments(n, m, &a, &b, &k, &k, 0.4, 0.5, 0.1, 1.0, p_mix, horizon)
+                state_moments(
+                    &prob(n, m, &a, &b, 0.4, 0.5, 0.1, 1.0, p_mix),
+                    &k,
+                    &k,
+                    horizon,
+                )
             });
             r.unwrap();
             let comps = if p_mix < 1.0 { 2.0 } else { 1.0 };

@@ -65,10 +65,7 @@ def _valid():
         "lu_solve": dict(a=np.eye(3) * 2.0 + 0.1, b=np.array([1.0, 2.0, 3.0])),
         "power_iteration": dict(m=np.eye(3) * 0.5 + 0.1, v0=np.array([1.0, 2.0, 3.0]), iters=5),
         "mmd2": dict(x=_mat(4, 3), y=_mat(4, 3, 0.2)),
-        "state_moments": dict(
-            a=_mat(N, N), b=_mat(N, M), k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), sigma_pi=0.3, sigma_mu=0.5,
-            sigma_eps=0.1, sigma_0=1.0, p_mix=0.2, horizon=3
-        ),
+        "state_moments": dict(env, k_pi=_mat(M, N), k_mu=_mat(M, N, 0.2), horizon=3),
         "features": dict(states=_mat(4, N)),
         "philox_blocks": dict(seed=1, purpose=2, iteration=3, substream=4, start=0, count=3),
         "uniforms": dict(seed=1, purpose=2, iteration=3, substream=4, start=0, count=3),
@@ -89,7 +86,7 @@ PROBLEM_FIELDS = [f.name for f in dataclasses.fields(Problem)]
 def _call(name, **over):
     kw = _valid()[name]
     kw.update(over)
-    if name in ("rollout", "transitions", "policy_samples"):
+    if name in ("rollout", "transitions", "policy_samples", "state_moments"):
         kw = {"problem": Problem(**{k: kw.pop(k) for k in PROBLEM_FIELDS}), **kw}
     return getattr(_core(), name)(**kw)
 
@@ -127,6 +124,8 @@ SHAPED = [
     ("lu_solve", "a"),
     ("power_iteration", "m"),
     ("mmd2", "y"),
+    ("state_moments", "q"),
+    ("state_moments", "r"),
     ("state_moments", "a"),
     ("state_moments", "k_pi"),
     ("state_moments", "k_mu"),

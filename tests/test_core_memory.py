@@ -46,8 +46,7 @@ CALLS = {
     "rollout": lambda: _core.rollout(problem(2, 2), w=np.zeros(6), k_pi=k, k_mu=k, iteration=0,
                                      batch=2**30, horizon=1, stats=0),
     "features": lambda: _core.features(np.zeros((7_000_000, 16))),  # 8.0 GiB of output from 0.9 GiB
-    "state_moments": lambda: _core.state_moments(np.eye(100) * 0.5, np.eye(100, 1), np.zeros((1, 100)),
-                                                 np.zeros((1, 100)), 0.4, 0.5, 0.1, 1.0, 0.3, 3),
+    "state_moments": lambda: _core.state_moments(problem(100, 1), np.zeros((1, 100)), np.zeros((1, 100)), 3),
     # 2**26 rows (1 GiB of input): the streaming path's rows of kernel values would need 32 GiB
     "mmd2": lambda: _core.mmd2(np.zeros((2**26, 1)), np.zeros((2**26, 1))),
 }

@@ -63,7 +63,7 @@ elif name == "mmd2":
 elif name == "state_moments":
     n = 16
     k = np.zeros((2, n))
-    call = lambda: _core.state_moments(np.eye(n) * 0.5, np.eye(n, 2), k, k, 0.4, 0.5, 0.1, 1.0, 0.3, 10**9)
+    call = lambda: _core.state_moments(problem(n, 2), k, k, 10**9)
 elif name == "rollout":
     n, m = 16, 16
     k = np.zeros((m, n))

@@ -123,8 +123,8 @@ def moment_problems(draw):
 @settings(max_examples=60)
 @given(moment_problems())
 def test_rust_matches_reference(kw):
-    m2_r, m4_r = _core.state_moments(**kw)
-    m2_p, m4_p = ref_state_moments(**kw)
+    m2_r, m4_r = core_moments(**kw)
+    m2_p, m4_p = ref_moments(**kw)
     n = kw["a"].shape[0]
     assert m2_r.shape == (n, n) and m4_r.shape == (n, n, n, n)
     assert m2_r.dtype == np.float64 and m4_r.dtype == np.float64
@@ -162,15 +162,18 @@ def test_stable_loops_agree_to_rtol():
     )
     for k in (kw["k_pi"], kw["k_mu"]):
         assert max(abs(np.linalg.eigvals(a + kw["b"] @ k))) < 1.0
-    m2_r, m4_r = _core.state_moments(**kw)
-    m2_p, m4_p = ref_state_moments(**kw)
+    m2_r, m4_r = core_moments(**kw)
+    m2_p, m4_p = ref_moments(**kw)
     s2, s4 = _holder_scales(m2_p, m4_p)
     _assert_close(m2_r, m2_p, s2, "m2")
     _assert_close(m4_r, m4_p, s4, "m4")
 
 
 def _problem(a, b, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix) -> Problem:
-    n, m = b.shape
+    """A problem with these dynamics and noise levels (q, r, gamma, the clip and the seed do not enter the
+    moments); a, b may be malformed (the error tests), q and r take their sizes from them."""
+    n = np.shape(a)[0] if np.ndim(a) else 1
+    m = np.shape(b)[-1] if np.ndim(b) else 1
     return Problem(
         a=a,
         b=b,
@@ -186,6 +189,20 @@ def _problem(a, b, sigma_pi, sigma_mu, sigma_eps, sigma_0, p_mix) -> Problem:
         rho_clip=math.inf,
         seed=1,
     )
+
+
+def _args(kw: dict) -> tuple:
+    """(problem, k_pi, k_mu, horizon) of a flat dict of the moments' inputs."""
+    prob = _problem(*(kw[k] for k in ("a", "b", "sigma_pi", "sigma_mu", "sigma_eps", "sigma_0", "p_mix")))
+    return prob, kw["k_pi"], kw["k_mu"], kw["horizon"]
+
+
+def core_moments(**kw):
+    return _core.state_moments(*_args(kw))
+
+
+def ref_moments(**kw):
+    return ref_state_moments(*_args(kw))
 
 
 def test_backends_agree():
@@ -262,7 +279,7 @@ def _within(exact, mean, se, z=5.0) -> bool:
 @pytest.mark.parametrize("impl", ["rust", "python"])
 def test_moments_match_monte_carlo(monte_carlo, impl):
     mean2, se2, mean4, se4 = monte_carlo
-    fn = _core.state_moments if impl == "rust" else ref_state_moments
+    fn = core_moments if impl == "rust" else ref_moments
     m2, m4 = fn(**MC)
     # every entry of the exact moments within 5 Monte Carlo standard errors (estimated from the
     # samples, see the fixture): a false alarm has probability ~6e-7 per entry under the CLT
@@ -299,12 +316,12 @@ def _valid():
 
 def _msg(exc, **over) -> str:
     with pytest.raises(exc) as info:
-        _core.state_moments(**{**_valid(), **over})
+        core_moments(**{**_valid(), **over})
     return str(info.value)
 
 
 def test_valid_call():
-    m2, m4 = _core.state_moments(**_valid())
+    m2, m4 = core_moments(**_valid())
     assert m2.shape == (2, 2) and m4.shape == (2, 2, 2, 2)
     assert np.all(np.isfinite(m2)) and np.all(np.isfinite(m4))
 
@@ -359,7 +376,7 @@ def test_scalar_types(arg, value):
 
 
 def test_zero_sigmas_are_allowed():
-    m2, m4 = _core.state_moments(**{**_valid(), "sigma_pi": 0.0, "sigma_mu": 0.0, "sigma_eps": 0.0, "sigma_0": 0.0})
+    m2, m4 = core_moments(**{**_valid(), "sigma_pi": 0.0, "sigma_mu": 0.0, "sigma_eps": 0.0, "sigma_0": 0.0})
     assert np.all(m2 == 0.0) and np.all(m4 == 0.0)
 
 
@@ -379,7 +396,7 @@ def test_any_scalar_is_refused_or_gives_finite_moments(arg, value):
     to 1e308 aside: those overflow under IEEE rules); everything else is a ValueError naming the
     argument."""
     try:
-        m2, m4 = _core.state_moments(**{**_valid(), arg: value})
+        m2, m4 = core_moments(**{**_valid(), arg: value})
     except ValueError as exc:
         assert str(exc).startswith(f"{arg}:")
         assert not (math.isfinite(value) and value >= 0 and (arg != "p_mix" or value <= 1))

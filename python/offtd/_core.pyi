@@ -155,21 +155,11 @@ def mmd2(x: F64, y: F64) -> tuple[float, float]:
     sum leaves out ``k(x_i, y_i)``; mmd2 is NaN for M < 2; both are NaN when some pairwise distance is
     NaN (a NaN input, or two points holding the same infinity in the same coordinate)."""
 
-def state_moments(
-    a: F64,
-    b: F64,
-    k_pi: F64,
-    k_mu: F64,
-    sigma_pi: float,
-    sigma_mu: float,
-    sigma_eps: float,
-    sigma_0: float,
-    p_mix: float,
-    horizon: int,
-) -> tuple[F64, F64]:
+def state_moments(problem: Problem, k_pi: F64, k_mu: F64, horizon: int) -> tuple[F64, F64]:
     """``(m2, m4)``, shapes (n, n) and (n, n, n, n): the averages over h = 0 .. horizon-1 of the exact
     second and fourth moments of the rollout states under the behaviour mixture (MODEL.md 9.2).
 
-    ``a`` (n, n), ``b`` (n, m), ``k_pi``/``k_mu`` (m, n), all finite; the sigmas finite and >= 0;
-    ``0 <= p_mix <= 1``; ``horizon >= 1``. Equal to ``offtd.reference.moments.state_moments`` up to
-    rounding (the contractions associate differently), not bit for bit. O(horizon * n^5) time."""
+    ``problem`` as for :func:`rollout` (its ``a``, ``b``, sigmas and ``p_mix`` enter; the sigmas may be
+    0 here); ``k_pi``/``k_mu`` (m, n), finite; ``horizon >= 1``. Equal to
+    ``offtd.reference.moments.state_moments`` up to
+rounding (the contractions associate differently), not bit for bit. O(horizon * n^5) time."""

@@ -159,16 +159,5 @@ class RustBackend:
 
     def state_moments(self, problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> StateMoments:
         """Exact time-averaged second and fourth moments of the rollout states (MODEL.md 9.2)."""
-        m2, m4 = _core.state_moments(
-            _f64(problem.a),
-            _f64(problem.b),
-            _f64(k_pi),
-            _f64(k_mu),
-            float(problem.sigma_pi),
-            float(problem.sigma_mu),
-            float(problem.sigma_eps),
-            float(problem.sigma_0),
-            float(problem.p_mix),
-            int(horizon),
-        )
+        m2, m4 = _core.state_moments(_problem(problem), _f64(k_pi), _f64(k_mu), int(horizon))
         return StateMoments(m2=m2, m4=m4)

@@ -176,16 +176,5 @@ class ReferenceBackend:
         return float(value), float(sigma)
 
     def state_moments(self, problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> StateMoments:
-        m2, m4 = _state_moments(
-            _f64(problem.a),
-            _f64(problem.b),
-            _f64(k_pi),
-            _f64(k_mu),
-            float(problem.sigma_pi),
-            float(problem.sigma_mu),
-            float(problem.sigma_eps),
-            float(problem.sigma_0),
-            float(problem.p_mix),
-            int(horizon),
-        )
+        m2, m4 = _state_moments(problem, _f64(k_pi), _f64(k_mu), int(horizon))
         return StateMoments(m2=m2, m4=m4)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import Problem
+
 
 def isserlis(s: np.ndarray) -> np.ndarray:
     """E[x_i x_j x_k x_l] for x ~ N(0, s): s_ij s_kl + s_ik s_jl + s_il s_jk."""
@@ -56,19 +58,12 @@ def mixture_components(
     return out
 
 
-def state_moments(
-    a: np.ndarray,
-    b: np.ndarray,
-    k_pi: np.ndarray,
-    k_mu: np.ndarray,
-    sigma_pi: float,
-    sigma_mu: float,
-    sigma_eps: float,
-    sigma_0: float,
-    p_mix: float,
-    horizon: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mean_h M2_h, mean_h M4_h) over h = 0 .. horizon-1, shapes (n, n) and (n, n, n, n)."""
+def state_moments(problem: Problem, k_pi: np.ndarray, k_mu: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean_h M2_h, mean_h M4_h) over h = 0 .. horizon-1, shapes (n, n) and (n, n, n, n); of the problem,
+    its dynamics a, b, the noise levels and p_mix enter."""
+    a, b = np.asarray(problem.a, dtype=float), np.asarray(problem.b, dtype=float)
+    sigma_pi, sigma_mu, sigma_eps = float(problem.sigma_pi), float(problem.sigma_mu), float(problem.sigma_eps)
+    sigma_0, p_mix = float(problem.sigma_0), float(problem.p_mix)
     n = a.shape[0]
     eye = np.eye(n)
     m2 = sigma_0**2 * eye
