@@ -699,6 +699,11 @@ mod tests {
     #[test]
     fn errors_and_degenerate_sets() {
         assert_eq!(mmd2(&[1.0, 2.0], &[1.0], 1).unwrap_err().arg(), "y");
+        // the error gives both shapes: 3 rows of 2 expected, y holds 2 rows
+        assert_eq!(
+            mmd2(&[1.0; 6], &[1.0; 4], 2).unwrap_err(),
+            CoreError::shape("y", &[3, 2], &[2, 2])
+        );
         assert_eq!(mmd2(&[1.0, 2.0], &[1.0, 2.0], 0).unwrap_err().arg(), "x");
         let (v, s) = mmd2(&[1.0], &[4.0], 1).unwrap();
         assert!(v.is_nan());
