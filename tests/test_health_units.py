@@ -243,6 +243,10 @@ def test_rho_estimate_straddle_is_warn_and_the_se_combines_the_last_k():
     assert (below.status, below.kind) == ("WARN", "rho_second_moment_undetermined") and "is below 10" in below.reason
     clear = _rho(spec, series={"mean_rho_bar2": vals(10 - Z95 * 1.5), "mean_rho_bar2_se": se})
     assert clear.status == "PASS"
+    # an estimate exactly at the threshold with noise is neither above nor below it
+    tie = _rho(spec, series={"mean_rho_bar2": vals(10.0), "mean_rho_bar2_se": se})
+    assert (tie.status, tie.kind) == ("WARN", "rho_second_moment_undetermined"), tie
+    assert "is at 10, 1.96 SE either way" in tie.reason and "above" not in tie.reason and "below" not in tie.reason
 
 
 def test_rho_estimate_uses_health_level():

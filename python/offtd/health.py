@@ -193,11 +193,12 @@ def _second_moment(spec: Spec, result: LoopResult, ex: dict[str, float] | None, 
     if est - z * se > h.rho2_max:
         return Check("rho_sane", "FAIL", f"rho exceeds threshold: {shown} > {_fmt(h.rho2_max)} beyond its noise", "rho_second_moment")
     if est + z * se > h.rho2_max:
-        side = "above" if est > h.rho2_max else "below"
+        side = "above" if est > h.rho2_max else ("below" if est < h.rho2_max else "at")
         return Check(
             "rho_sane",
             "WARN",
-            f"undetermined at this sample size: {shown} is {side} {_fmt(h.rho2_max)} but within {_fmt(z)} SE of it",
+            f"undetermined at this sample size: {shown} is {side} {_fmt(h.rho2_max)}" + (
+                f" but within {_fmt(z)} SE of it" if side != "at" else f", {_fmt(z)} SE either way"),
             "rho_second_moment_undetermined",
         )
     return None
