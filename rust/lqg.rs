@@ -272,6 +272,22 @@ macro_rules! dispatch_dims {
     }};
 }
 
+/// Rough operations of one environment step in the dynamic kernels (the tests of the rollout's and the
+/// transitions' interrupt work count against it): the two actions `K s` (4mn) and their noise (8m),
+/// the mixture's pick and ratio (4 + 15), the next state and its noise (2n^2 + 2nm + 2n), the reward's
+/// state and action quadratic forms (2n^2 + 2n, 2m^2 + 2m) and its scale (3).
+#[cfg(test)]
+pub(crate) fn step_flops(n: f64, m: f64) -> f64 {
+    4.0 * m * n
+        + 8.0 * m
+        + 4.0
+        + 15.0
+        + (2.0 * n * n + 2.0 * n * m + 2.0 * n)
+        + (2.0 * n * n + 2.0 * n)
+        + (2.0 * m * m + 2.0 * m)
+        + 3.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

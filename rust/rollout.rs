@@ -1389,14 +1389,7 @@ mod tests {
             let t = run(n, m, stats, true, horizon);
             let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);
             let draws = 22.5 + 50.5 * (nf + mf);
-            let transition = 4.0 * mf * nf
-                + 8.0 * mf
-                + 4.0
-                + 15.0
-                + (2.0 * nf * nf + 2.0 * nf * mf + 2.0 * nf)
-                + (2.0 * nf * nf + 2.0 * nf)
-                + (2.0 * mf * mf + 2.0 * mf)
-                + 3.0;
+            let transition = crate::lqg::step_flops(nf, mf);
             let values = nf * (nf + 1.0) / 2.0 + 2.0 * d + 10.0 + 2.0 * d;
             let mut sums = (2.0 * d * d + 3.0 * d) + (d * d + d) + mf * (2.0 * nf + 1.0);
             if stats & STATS_CROSS != 0 {

@@ -876,14 +876,7 @@ mod tests {
             let t = run(n, m, count, true);
             let (nf, mf, d) = (n as f64, m as f64, feature_dim(n) as f64);
             let draws = 2.0 * 22.5 + 50.5 * (nf + mf) + 3.0;
-            let transition = 4.0 * mf * nf
-                + 8.0 * mf
-                + 4.0
-                + 15.0
-                + (2.0 * nf * nf + 2.0 * nf * mf + 2.0 * nf)
-                + (2.0 * nf * nf + 2.0 * nf)
-                + (2.0 * mf * mf + 2.0 * mf)
-                + 3.0;
+            let transition = crate::lqg::step_flops(nf, mf);
             let sums = nf * (nf + 1.0) + 2.0 * d + (2.0 * d * d + d) + (2.0 * d + 1.0);
             let flops = count as f64 * (draws + transition + sums);
             tally::check_work(&format!("transitions n {n} m {m}"), t, flops);
