@@ -96,18 +96,17 @@ def fastest_step(lam: np.ndarray) -> tuple[float, float]:
     if lam.size == 0 or not np.all(np.isfinite(lam)) or np.min(lam.real) <= 0.0:
         return math.nan, math.nan
     re, sq = lam.real, np.abs(lam) ** 2
-    cands = list(re / sq)
-    for i in range(lam.size):
-        for j in range(i + 1, lam.size):
-            if sq[i] != sq[j]:
-                cands.append(2.0 * (re[i] - re[j]) / (sq[i] - sq[j]))
-    best_alpha, best_r = math.nan, math.inf
-    for a in cands:
-        if a > 0.0 and math.isfinite(a):
-            r = float(np.max(np.abs(1.0 - a * lam)))
-            if r < best_r:
-                best_alpha, best_r = float(a), r
-    return best_alpha, best_r
+    i, j = np.triu_indices(lam.size, 1)
+    apart = sq[i] != sq[j]
+    i, j = i[apart], j[apart]
+    cands = np.concatenate([re / sq, 2.0 * (re[i] - re[j]) / (sq[i] - sq[j])])
+    cands = cands[(cands > 0.0) & np.isfinite(cands)]
+    if cands.size == 0:
+        return math.nan, math.nan
+    # the radius at every candidate, in chunks (d = 2 x 153 eigenvalues give ~47k candidates)
+    radii = np.concatenate([np.max(np.abs(1.0 - c[:, None] * lam[None, :]), axis=1) for c in np.array_split(cands, max(1, cands.size // 2048))])
+    k = int(np.argmin(radii))  # the first of equal radii, as a scan in candidate order keeps
+    return float(cands[k]), float(radii[k])
 
 
 def td_operator(
