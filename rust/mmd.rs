@@ -721,16 +721,21 @@ mod tests {
         assert_eq!(s, 1.0);
         assert!(v.is_finite());
     }
+    /// Two deterministic (m, dim) sets for the memory tests.
+    fn two_sets(m: usize, dim: usize) -> (Vec<f64>, Vec<f64>) {
+        let x = (0..m * dim)
+            .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
+            .collect();
+        let y = (0..m * dim)
+            .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
+            .collect();
+        (x, y)
+    }
     /// `mmd2_bytes` against what `mmd2` really holds at once (a counting allocator).
     #[test]
     fn mmd2_bytes_bounds_what_mmd2_holds() {
         for (m, dim) in [(2usize, 1usize), (30, 3), (300, 4), (1000, 2)] {
-            let x: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
-                .collect();
-            let y: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
-                .collect();
+            let (x, y) = two_sets(m, dim);
             let (est, out, peak) =
                 crate::mem::counting::measure(|| mmd2_bytes(m), || mmd2(&x, &y, dim).unwrap());
             crate::mem::counting::check_estimate(&format!("mmd2 m {m} dim {dim}"), est, peak);
@@ -800,12 +805,7 @@ mod tests {
         let pairs = (m * (z - 1)) as f64;
         for dim in [2usize, 30] {
             let d = dim as f64;
-            let x: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
-                .collect();
-            let y: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
-                .collect();
+            let (x, y) = two_sets(m, dim);
             let rank = m * (z - 1) / 2;
             let want = all_sq(&x, &y, m, dim)[rank];
             // the direct selection: one pass over the pairs
@@ -852,12 +852,7 @@ mod tests {
     #[test]
     fn mmd2_bytes_follows_the_layout() {
         for (m, dim) in [(1usize, 1usize), (2, 1), (3, 2), (10, 2)] {
-            let x: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 37 % 101) as f64 * 0.37).sin())
-                .collect();
-            let y: Vec<f64> = (0..m * dim)
-                .map(|i| ((i * 17 % 89) as f64 * 0.5).cos())
-                .collect();
+            let (x, y) = two_sets(m, dim);
             let (est, out, peak) =
                 crate::mem::counting::measure(|| mmd2_bytes(m), || mmd2(&x, &y, dim).unwrap());
             assert!(out.1 > 0.0);

@@ -536,20 +536,24 @@ mod tests {
         assert_eq!(gmres(&[1.0], &[f64::NAN], 5, 1e-8).unwrap_err().arg(), "b");
         assert_eq!(gmres(&[1.0], &[1.0], 5, -1.0).unwrap_err().arg(), "tol");
     }
+    /// A diagonally dominant d x d system (2 on the diagonal, small off it) and b = (1, 2, .., d).
+    fn dominant_system(d: usize) -> (Vec<f64>, Vec<f64>) {
+        let a = (0..d * d)
+            .map(|i| {
+                if i % (d + 1) == 0 {
+                    2.0
+                } else {
+                    ((i * 7 % 11) as f64 - 5.0) / 50.0
+                }
+            })
+            .collect();
+        (a, (0..d).map(|i| 1.0 + i as f64).collect())
+    }
     /// `gmres_bytes` against what `gmres` really holds at once (a counting allocator).
     #[test]
     fn gmres_bytes_bounds_what_the_solver_holds() {
         for d in [1usize, 2, 5, 17, 60] {
-            let a: Vec<f64> = (0..d * d)
-                .map(|i| {
-                    if i % (d + 1) == 0 {
-                        2.0
-                    } else {
-                        ((i * 7 % 11) as f64 - 5.0) / 50.0
-                    }
-                })
-                .collect();
-            let b: Vec<f64> = (0..d).map(|i| 1.0 + i as f64).collect();
+            let (a, b) = dominant_system(d);
             let (est, out, peak) = crate::mem::counting::measure(
                 || gmres_bytes(d),
                 || gmres(&a, &b, 500, 1e-12).unwrap(),
@@ -614,16 +618,7 @@ mod tests {
     #[test]
     fn lu_solve_bytes_bounds_what_it_holds() {
         for d in [1usize, 2, 5, 30, 100] {
-            let a: Vec<f64> = (0..d * d)
-                .map(|i| {
-                    if i % (d + 1) == 0 {
-                        2.0
-                    } else {
-                        ((i * 7 % 11) as f64 - 5.0) / 50.0
-                    }
-                })
-                .collect();
-            let b: Vec<f64> = (0..d).map(|i| 1.0 + i as f64).collect();
+            let (a, b) = dominant_system(d);
             let (est, out, peak) =
                 crate::mem::counting::measure(|| lu_solve_bytes(d), || lu_solve(&a, &b).unwrap());
             crate::mem::counting::check_estimate(&format!("lu_solve d {d}"), est, peak);
