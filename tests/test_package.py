@@ -131,3 +131,60 @@ def test_spec_names_survive_the_split(tmp_path):
     (tmp_path / "s.toml").write_text(offtd.spec.to_toml(spec))
     assert offtd.spec.load_spec(tmp_path / "s.toml") == spec
     assert not hasattr(offtd.spec_schema, "load_spec")  # the schema does no I/O
+
+
+def _fresh(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_import_offtd_is_lazy_and_every_public_name_resolves():
+    """`import offtd` imports none of its numerical modules (the sweep command relies on it to start its
+    pool's fork server first), and each name of `offtd.__all__` is still there when asked for."""
+    loaded = _fresh("import sys, offtd; print(sorted(m for m in sys.modules if m.startswith(('offtd', 'numpy'))))")
+    assert loaded == "['offtd']"
+    names = _fresh("import offtd; print(sorted(n for n in offtd.__all__ if getattr(offtd, n, None) is not None))")
+    assert names == str(sorted(offtd.__all__))
+    assert set(offtd.__all__) >= {"run", "sweep", "load_sweep", "load_spec", "Spec", "SpecError", "theory"}
+    assert _fresh("import offtd; print(offtd.__version__)") == offtd.__version__
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import importlib, offtd; m = importlib.import_module('offtd.sweep'); print(offtd.sweep is m.sweep)",
+        "import offtd.sweep, offtd, sys; print(offtd.sweep is sys.modules['offtd.sweep'].sweep)",
+        "from offtd import sweep; import offtd.sweep as s, sys; print(sweep is s is sys.modules['offtd.sweep'].sweep)",
+        "import offtd, sys; f = offtd.sweep; import offtd.sweep_plots; print(offtd.sweep is f is sys.modules['offtd.sweep'].sweep)",
+    ],
+)
+def test_offtd_sweep_is_the_function_whichever_import_comes_first(code):
+    assert _fresh(code) == "True"
+
+
+FORKSERVER_PROBE = """
+import sys, tempfile
+import multiprocessing.forkserver as fs
+seen = []
+real = fs.ensure_running
+def ensure_running():
+    seen.append("offtd.api" in sys.modules)
+    real()
+fs.ensure_running = ensure_running
+from offtd import cli
+with tempfile.TemporaryDirectory() as out:
+    rc = cli.main(["sweep", "--grid", "policy.p_mix=0,0.1", "--set", "run.outer_iters=2", "--keep", "summary",
+                   "--no-plots", "--out", out] + sys.argv[1:])
+print(rc, seen[:1])
+"""
+
+
+@pytest.mark.parametrize(("extra", "expected"), [([], "0 [False]"), (["--workers", "1"], "0 []")])
+def test_the_sweep_command_starts_the_fork_server_before_importing_the_numerics(extra, expected):
+    """The pool's fork server imports offtd (~0.3 s) while the command imports it too: started before
+    offtd.api is imported, and not at all for --workers 1. (A sweep this small then runs in process: the
+    idle server exits with it.)"""
+    proc = subprocess.run([sys.executable, "-c", FORKSERVER_PROBE, *extra], capture_output=True, text=True,
+                          env=_subprocess_env(), timeout=300)  # fmt: skip
+    assert proc.stdout.strip().splitlines()[-1] == expected, proc.stderr  # after the command's own output

@@ -21,7 +21,7 @@ from .exact.section import theory as theory_section
 from .loop import run_loop
 from .report import NONFINITE, build_report, decode_nonfinite, plain, render_markdown, write_run
 from .spec import Spec, SpecError, load_spec, memory_terms
-from .threads import single_thread_blas
+from .threads import cap_threads, single_thread_blas
 
 
 @dataclass(repr=False)
@@ -320,28 +320,6 @@ def run(
 
         plot_run(result)
     return result
-
-
-def cap_threads() -> str | None:
-    """RAYON_NUM_THREADS above the usable cores only slows the Rust core down (5000 threads made a run
-    150x slower): cap it at the core count before the core starts its threads (it reads the variable once
-    per process). Thread counts never change results (specs/MODEL.md 0.2). Returns a warning when it
-    capped, else None."""
-    raw = os.environ.get("RAYON_NUM_THREADS")
-    if raw is None:
-        return None
-    try:
-        wanted = int(raw.strip())
-    except ValueError:  # the core ignores what is not a positive integer
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    if wanted <= cores:
-        return None
-    os.environ["RAYON_NUM_THREADS"] = str(cores)
-    return f"RAYON_NUM_THREADS={wanted} is more than the {cores} usable cores; using {cores}"
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunResult:

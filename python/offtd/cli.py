@@ -502,14 +502,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _may_use_pool(args: argparse.Namespace) -> bool:
+    """Whether this sweep may run on the local process pool (the plan, made later, can still run a small
+    sweep in this process)."""
+    from .threads import usable_cores
+
+    if args.dask or args.workers is not None and args.workers < 2:
+        return False
+    return args.workers is not None or usable_cores() > 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
-        from .api import cap_threads
+        from .threads import cap_threads
 
         warning = cap_threads()  # before the Rust core starts its threads
         if warning is not None:
             _err(f"offtd: warning: {warning}")
+        if args.command == "sweep" and _may_use_pool(args):
+            from .executors import prestart
+
+            prestart()  # the pool's fork server imports offtd while this process does (offtd/__init__.py is lazy)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "sweep":

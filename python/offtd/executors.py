@@ -29,6 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .threads import usable_cores
+
 # Environment of a pool worker, set before the Rust core and numpy's BLAS start their threads.
 WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -67,13 +69,6 @@ class stop_check:
 
 
 # ------------------------------------------------------------------------------------ process pool
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _die_with(sweep_pid: int) -> None:
@@ -185,10 +180,7 @@ class LocalPool(cf.ProcessPoolExecutor):
             initializer=_init_worker,
             initargs=(self.stop_event, os.getpid(), env),
         )
-        if ctx.get_start_method() == "forkserver":  # start the server now: it imports offtd meanwhile
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+        prestart(ctx)  # if not already running: it imports offtd meanwhile
 
     def _pids(self) -> list[int]:
         procs = getattr(self, "_processes", None) or {}
@@ -224,6 +216,19 @@ def _context():
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return mp.get_context("spawn")  # pragma: no cover - not POSIX
+
+
+def prestart(ctx: Any = None) -> None:
+    """Start the pool's fork server (and resource tracker) now, if not yet running: it imports offtd (about
+    0.3 s) while this process goes on. The `offtd sweep` command calls this before it imports offtd's
+    numerical modules itself, so the two imports overlap on two cores and the workers start that much
+    sooner; a sweep that then runs in this process leaves the idle server to exit with it."""
+    ctx = ctx or _context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        _quiet_resource_tracker()
+        forkserver.ensure_running()
 
 
 def local_pool(workers: int | None = None) -> LocalPool:
