@@ -378,7 +378,7 @@ def sweep_rows(quick: bool) -> list[dict[str, Any]]:
 
     cores = usable_cores()
     n = 50 if quick else 200
-    reps = 1 if quick else 3
+    reps = 1 if quick else 5
     rows: list[dict[str, Any]] = []
     variants = [("default spec (40 it)", {})] if quick else [("default spec (40 it)", {}), ("short runs (10 it)", {"run.outer_iters": 10})]
     for label, sets in variants:
