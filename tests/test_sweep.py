@@ -57,8 +57,11 @@ def test_sweep_cli_writes_every_cell_and_a_table(tmp_path, offtd_cmd):
     assert "| cell | policy.p_mix | policy.sigma_pi | status |" in (root / "sweep.md").read_text()
 
 
-def test_sweep_rejects_a_bad_cell_before_running(tmp_path, offtd_cmd):
-    proc = offtd_cmd("sweep", "--backend", "python", "--out", str(tmp_path), "--grid", "policy.sigma_mu=0.5,-1")
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["planned", "pool"])
+def test_sweep_rejects_a_bad_cell_before_running(tmp_path, offtd_cmd, workers):
+    """Also with a pool whose workers are still being started (from a background thread, while the grid
+    is validated): one line, exit 2, nothing written, no traceback from the pool's teardown."""
+    proc = offtd_cmd("sweep", "--backend", "python", "--out", str(tmp_path), "--grid", "policy.sigma_mu=0.5,-1", *workers)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "policy.sigma_mu" in proc.stderr and "cell 1" in proc.stderr
     assert not any(tmp_path.iterdir())

@@ -181,6 +181,28 @@ class LocalPool(cf.ProcessPoolExecutor):
             initargs=(self.stop_event, os.getpid(), env),
         )
         prestart(ctx)  # if not already running: it imports offtd meanwhile
+        self._starter: threading.Thread | None = None
+
+    def start_workers(self) -> None:
+        """Start the workers now, from a background thread: forking them waits for the fork server to
+        finish importing offtd, which the caller need not wait for (it validates the grid meanwhile)."""
+        if self._starter is None:
+            self._starter = threading.Thread(target=self._start, name="offtd-pool-start", daemon=True)
+            self._starter.start()
+
+    def _start(self) -> None:
+        try:
+            self.submit(_noop)
+        except Exception:  # a pool that cannot start says so at the sweep's first task
+            pass
+
+    def _started(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._started()  # not while a worker is being forked
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def _pids(self) -> list[int]:
         procs = getattr(self, "_processes", None) or {}
@@ -189,6 +211,7 @@ class LocalPool(cf.ProcessPoolExecutor):
     def request_stop(self) -> None:
         """Running tasks stop at once (their run ends INTERRUPTED); queued ones see the flag and return."""
         self.stop_event.set()
+        self._started()
         for pid in self._pids():
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -197,12 +220,17 @@ class LocalPool(cf.ProcessPoolExecutor):
 
     def kill(self) -> None:
         """End every worker now (a second interruption)."""
+        self._started()
         for pid in self._pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         self.shutdown(wait=False, cancel_futures=True)
+
+
+def _noop() -> None:
+    """The task that starts a pool's workers."""
 
 
 # What the fork server imports once, so that forked workers start with offtd loaded (the Rust core too:

@@ -1243,7 +1243,7 @@ def start_pool(p: Plan):
 
     if p.workers > 1 and p.todo > 1:
         pool = LocalPool(p.workers)
-        pool.submit(_ready)
+        pool.start_workers()
         return pool
     return None
 
@@ -1329,10 +1329,6 @@ def _hold_blas() -> Iterator[None]:
 
 def _all_finished(store: Store) -> bool:
     return store.done() == store.defn.n_runs and not np.any(store.status == _CODE["INTERRUPTED"])
-
-
-def _ready() -> bool:
-    return True
 
 
 def _create(defn: SweepDef, out: str | os.PathLike[str]) -> Path:
