@@ -241,3 +241,36 @@ def test_signal_after_the_last_iteration_exits_130_with_a_complete_report(tmp_pa
     assert report["health"]["status"] != "INTERRUPTED" and report["run_info"]["completed_iters"] == 2
     assert out.splitlines()[1] == report["health"]["status_line"]
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI restored the handlers
+
+
+CAUGHT_IN_EXEC = """
+import builtins, sys
+real_import = builtins.__import__
+def hook(name, *args, **kwargs):
+    module = real_import(name, *args, **kwargs)
+    cli = sys.modules.get("offtd.cli")
+    if cli is not None and not getattr(hook, "done", False) and hasattr(cli, "_main"):
+        hook.done = True
+        real = cli._main
+        def interrupted_then_caught(argv):
+            code = real(argv)
+            try:  # what a Ctrl-C during a dataclass's creation (exec), caught by offtd, leaves behind
+                exec("raise KeyboardInterrupt")
+            except KeyboardInterrupt:
+                pass
+            return code
+        cli._main = interrupted_then_caught
+    return module
+builtins.__import__ = hook
+"""
+
+
+def test_a_caught_ctrl_c_inside_exec_keeps_the_exit_code(tmp_path):
+    """CPython 3.11 under `python -m`: a KeyboardInterrupt caught after it left exec()'d code would turn
+    the command's own exit code into a death by SIGINT (returncode -2); offtd/__main__.py clears it."""
+    (tmp_path / "sitecustomize.py").write_text(CAUGHT_IN_EXEC)
+    env = _subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-m", "offtd", "schema"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert json.loads(proc.stdout)["$id"].endswith(".json")

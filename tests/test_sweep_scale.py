@@ -13,10 +13,12 @@ import json
 import math
 import os
 import select
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +306,154 @@ def _data_rows(path: Path) -> int:
         return max(0, path.read_bytes().count(b"\n") - 1)
     except OSError:
         return 0
+
+
+def _group_gone(pgid: int, timeout: float = 10.0) -> bool:
+    """Whether every process of the group has exited (zombies waiting for their parent count as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.append(entry)
+        if not members:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ctrl_c(
+    tmp_path: Path, when: Callable[[], bool], cells: int = 100, again: float | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
+    """Start `offtd sweep` on the pool (`cells` default runs) in its own process group, wait until `when()`,
+    then send SIGINT to the whole group, as a terminal's Ctrl-C does (and once more `again` s later)."""
+    grid = ",".join(repr(i / (5 * cells)) for i in range(cells))
+    args = [sys.executable, "-m", "offtd", "sweep", "--grid", f"policy.p_mix={grid}", "--keep", "summary", "--workers", "2",
+            "--yes", "--no-plots", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env(),
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not when() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    if again is not None:
+        time.sleep(again)
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:  # already gone
+            pass
+    out, err = proc.communicate(timeout=120)
+    done = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    assert _group_gone(proc.pid), "a process of the sweep outlived its Ctrl-C"
+    return done, time.monotonic() - start
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_a_pool_sweep_writes_its_tables_and_resume_finishes_it(tmp_path):
+    """Ctrl-C while the pool runs: exit 130 within a second, no traceback, sweep.md and sweep.json written
+    (saying interrupted), the finished rows kept, no process left; --resume then completes it."""
+
+    def rows() -> int:
+        found = list(tmp_path.glob("default_sweep/*/sweep.csv"))
+        return _data_rows(found[0]) if found else 0
+
+    proc, took = _ctrl_c(tmp_path, lambda: rows() >= 3)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 2, proc.stderr
+    assert took < 5.0  # a run stops within ~10 ms of its SIGTERM; 5 s is slack for a loaded machine
+    root = next(tmp_path.glob("default_sweep/*"))
+    summary = json.loads((root / "sweep.json").read_text())
+    assert summary["sweep"]["complete"] is False and summary["sweep"]["note"] == "interrupted"
+    assert "interrupted" in (root / "sweep.md").read_text()
+    kept = {(r["cell"], r["status"]) for r in _csv_rows(root)}
+    assert 3 <= sum(1 for _, s in kept if s in ("PASS", "WARN", "FAIL")) < 100
+    again = subprocess.run([sys.executable, "-m", "offtd", "sweep", "--resume", str(root), "--no-plots"],
+                           capture_output=True, text=True, env=_subprocess_env(), timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads((root / "sweep.json").read_text())["sweep"]["complete"] is True
+
+
+def _fork_server_started(since: list[float]) -> Callable[[], bool]:
+    """A `when` for _ctrl_c: true once a fork server process exists in this test's sweep (its command line
+    names multiprocessing.forkserver), `since[0]` - seconds after it was first seen."""
+    seen: list[float] = []
+
+    def when() -> bool:
+        if not seen:
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                        env = Path(f"/proc/{entry}/environ").read_bytes()
+                    except OSError:
+                        continue
+                    if b"multiprocessing.forkserver" in cmd and since[1].encode() in env:
+                        seen.append(time.monotonic())
+                        break
+        return bool(seen) and time.monotonic() - seen[0] >= since[0]
+
+    return when
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("again", [0.02, 0.08, 0.15, 0.25])
+def test_a_second_ctrl_c_stops_at_once_and_quietly(tmp_path, again):
+    """An impatient second Ctrl-C, `again` s after the first: while the workers stop, while the tables
+    are written or while the interpreter tears down. Exit 130 still, nothing but offtd's own lines on
+    stderr (no "Exception ignored", no death by SIGINT), and no process left."""
+
+    def rows() -> int:
+        found = list(tmp_path.glob("default_sweep/*/sweep.csv"))
+        return _data_rows(found[0]) if found else 0
+
+    proc, _ = _ctrl_c(tmp_path, lambda: rows() >= 2, again=again)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert all(line.startswith("offtd: ") for line in proc.stderr.splitlines()), proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("after", [0.0, 0.1, 0.2, 0.3, 0.4])
+def test_ctrl_c_while_a_sweep_starts_is_one_line_and_130(tmp_path, monkeypatch, after):
+    """Ctrl-C reaches every process of the group, the pool's fork server too, which is importing offtd
+    and numpy in the first few tenths of a second after the command starts it (`after` seconds after it
+    appears here): the sweep says it was interrupted, exits 130 and leaves no process; nothing prints a
+    traceback. (Before the command starts the server, a Ctrl-C meets the interpreter's own start-up.)"""
+    tag = f"offtd-test-{os.getpid()}-{after}"
+    monkeypatch.setenv("OFFTD_TEST_TAG", tag)  # found in the server's environment: this test's server
+    proc, _ = _ctrl_c(tmp_path, _fork_server_started([after, tag]))
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr.replace("offtd: error:", ""), proc.stderr
+    assert proc.stderr.splitlines()[-1] == "offtd: error: interrupted before a report was written" or (
+        "INTERRUPTED" in proc.stdout or "cells:" in proc.stdout
+    ), proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_fork_server_blocks_sigint_and_its_workers_still_take_sigterm():
+    """What keeps a Ctrl-C quiet and a stop request prompt, read from the kernel's signal masks."""
+    import multiprocessing.forkserver as fs
+
+    from offtd.executors import LocalPool
+
+    def blocked(pid: int) -> int:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigBlk:"))
+        return int(line.split()[1], 16)
+
+    pool = LocalPool(1)
+    try:
+        worker = pool.submit(os.getpid).result(timeout=120)
+        server = fs._forkserver._forkserver_pid
+        assert server is not None and blocked(server) & (1 << (signal.SIGINT - 1))
+        assert not blocked(worker) & (1 << (signal.SIGTERM - 1))
+        assert not blocked(os.getpid()) & (1 << (signal.SIGINT - 1))  # this process's mask is restored
+    finally:
+        pool.shutdown()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

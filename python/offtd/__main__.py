@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+try:
+    from .cli import command
+except KeyboardInterrupt:  # Ctrl-C while the command itself is being imported
+    sys.stderr.write("offtd: error: interrupted before a report was written\n")
+    sys.exit(130)
 
-sys.exit(main())
+sys.exit(command())

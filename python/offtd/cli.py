@@ -325,16 +325,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             client.close()
         return EXIT_BAD_INPUT
     pool = sw.start_pool(plan) if executor is None else None  # its workers start while the grid is validated
-    if plan.root is None:
-        try:
+    try:
+        if plan.root is None:
             sw.validate(plan.defn)
-        except SpecError as exc:
+    except BaseException as exc:  # a bad cell, or an interruption: end the workers being started, silently
+        if pool is not None:
+            pool.kill()
+        if client is not None:
+            client.close()
+        if isinstance(exc, SpecError):
             _err(f"offtd: error: {exc}")
-            if pool is not None:
-                pool.kill()
-            if client is not None:
-                client.close()
             return EXIT_BAD_INPUT
+        raise
     _err(f"offtd: {plan.describe()}")
     stop = _StopFlag()
     old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -472,6 +474,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def command() -> int:
+    """The `offtd` console script and `python -m offtd`: :func:`main`, then an exit that signals no longer
+    interrupt. Once the results are written and the exit code decided, a late Ctrl-C (the second one of
+    an impatient user, arriving while the interpreter tears down) would kill the teardown, turning the
+    exit code into a death by SIGINT or printing a finaliser's traceback."""
+    code = main()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    # CPython 3.11 under -m: a KeyboardInterrupt raised inside code that exec() runs (dataclass methods
+    # are made so while a module is imported) sets the interpreter's "unhandled Ctrl-C" flag even when
+    # offtd catches it, and the process then kills itself with SIGINT instead of exiting with `code`.
+    # Running anything through exec() clears the flag.
+    exec("None")
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

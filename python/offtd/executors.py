@@ -181,28 +181,6 @@ class LocalPool(cf.ProcessPoolExecutor):
             initargs=(self.stop_event, os.getpid(), env),
         )
         prestart(ctx)  # if not already running: it imports offtd meanwhile
-        self._starter: threading.Thread | None = None
-
-    def start_workers(self) -> None:
-        """Start the workers now, from a background thread: forking them waits for the fork server to
-        finish importing offtd, which the caller need not wait for (it validates the grid meanwhile)."""
-        if self._starter is None:
-            self._starter = threading.Thread(target=self._start, name="offtd-pool-start", daemon=True)
-            self._starter.start()
-
-    def _start(self) -> None:
-        try:
-            self.submit(_noop)
-        except Exception:  # a pool that cannot start says so at the sweep's first task
-            pass
-
-    def _started(self) -> None:
-        if self._starter is not None:
-            self._starter.join()
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._started()  # not while a worker is being forked
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def _pids(self) -> list[int]:
         procs = getattr(self, "_processes", None) or {}
@@ -211,7 +189,6 @@ class LocalPool(cf.ProcessPoolExecutor):
     def request_stop(self) -> None:
         """Running tasks stop at once (their run ends INTERRUPTED); queued ones see the flag and return."""
         self.stop_event.set()
-        self._started()
         for pid in self._pids():
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -219,18 +196,15 @@ class LocalPool(cf.ProcessPoolExecutor):
                 pass
 
     def kill(self) -> None:
-        """End every worker now (a second interruption)."""
-        self._started()
+        """End every worker now (a second interruption, a refused grid). Waits for the pool's own thread to
+        see them gone: on Python 3.11 an interpreter exiting while that thread still tears the pool down
+        can print an OSError from concurrent.futures' exit hook."""
         for pid in self._pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        self.shutdown(wait=False, cancel_futures=True)
-
-
-def _noop() -> None:
-    """The task that starts a pool's workers."""
+        self.shutdown(wait=True, cancel_futures=True)
 
 
 # What the fork server imports once, so that forked workers start with offtd loaded (the Rust core too:
@@ -256,7 +230,15 @@ def prestart(ctx: Any = None) -> None:
         from multiprocessing import forkserver
 
         _quiet_resource_tracker()
-        forkserver.ensure_running()
+        # The server is born with SIGINT blocked (the mask survives exec, as for the resource tracker):
+        # a Ctrl-C, which the terminal sends to the whole process group, must not print its traceback
+        # from the middle of its imports. The sweep's process decides what an interruption does; the
+        # workers ignore SIGINT anyway and still receive SIGTERM (request_stop).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def local_pool(workers: int | None = None) -> LocalPool:

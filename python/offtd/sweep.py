@@ -1237,14 +1237,13 @@ def sweep(
 
 
 def start_pool(p: Plan):
-    """The local process pool a plan runs on (None: it runs in this process), started now so that its
-    workers start up while this process validates the grid."""
+    """The local process pool a plan runs on (None: it runs in this process). Its fork server is started
+    now, if the command has not already (offtd.executors.prestart), and imports offtd while this process
+    validates the grid; the workers are forked from it at the first tasks, in milliseconds."""
     from .executors import LocalPool
 
     if p.workers > 1 and p.todo > 1:
-        pool = LocalPool(p.workers)
-        pool.start_workers()
-        return pool
+        return LocalPool(p.workers)
     return None
 
 
