@@ -645,3 +645,17 @@ def test_a_pool_whose_workers_cannot_start_gives_error_rows_that_say_why(tmp_pat
     rows = _csv_rows(next(tmp_path.glob("default_sweep/*")))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ERROR"}
     assert all('call offtd.sweep under `if __name__ == "__main__":`' in r["flagged"] for r in rows)
+
+
+def test_a_fork_server_that_cannot_start_early_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+    """The command's early start of the pool's fork server is only a head start: when it fails (no
+    fork, no sockets in a sandbox), a sweep that runs in this process is unaffected."""
+    from offtd import cli, executors
+
+    def refuse(ctx=None):
+        raise OSError("no fork server here")
+
+    monkeypatch.setattr(executors, "prestart", refuse)
+    rc = cli.main(["sweep", "--grid", "policy.p_mix=0,0.1", *TINY_SETS, "--keep", "summary", "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    assert len(_csv_rows(next(tmp_path.glob("default_sweep/*")))) == 2

@@ -539,9 +539,12 @@ def _main(argv: Sequence[str] | None) -> int:
         if warning is not None:
             _err(f"offtd: warning: {warning}")
         if args.command == "sweep" and _may_use_pool(args):
-            from .executors import prestart
+            from . import executors
 
-            prestart()  # the pool's fork server imports offtd while this process does (offtd/__init__.py is lazy)
+            try:  # the pool's fork server imports offtd while this process does (offtd/__init__.py is lazy)
+                executors.prestart()
+            except Exception:  # only a head start: a pool that cannot start says so when the sweep needs it
+                pass
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "sweep":
