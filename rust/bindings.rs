@@ -302,26 +302,6 @@ fn record_dict<'py>(
     Ok(dict)
 }
 
-/// The `problem` argument of `rollout`, `transitions` and `policy_samples`: any object with the
-/// attributes of `backend.Problem` (this struct is the list of them), each read as it is (checked by
-/// [`ProblemArgs::new`], whose errors name the attribute).
-#[derive(FromPyObject)]
-struct ProblemAttrs<'py> {
-    a: Bound<'py, PyAny>,
-    b: Bound<'py, PyAny>,
-    q: Bound<'py, PyAny>,
-    r: Bound<'py, PyAny>,
-    sigma_eps: Bound<'py, PyAny>,
-    sigma_0: Bound<'py, PyAny>,
-    reward_scale: Bound<'py, PyAny>,
-    sigma_pi: Bound<'py, PyAny>,
-    sigma_mu: Bound<'py, PyAny>,
-    p_mix: Bound<'py, PyAny>,
-    gamma: Bound<'py, PyAny>,
-    rho_clip: Bound<'py, PyAny>,
-    seed: Bound<'py, PyAny>,
-}
-
 /// The problem's arrays, checked (types, shapes, finiteness), and its scalars converted: the core's
 /// [`Problem`] borrows from it. The scalars' domains are [`Problem::validate`]'s to check.
 struct ProblemArgs<'py> {
@@ -341,30 +321,39 @@ struct ProblemArgs<'py> {
 }
 
 impl<'py> ProblemArgs<'py> {
-    /// Reads and checks the `problem` argument; an attribute it lacks is a `TypeError` naming
-    /// `problem`.
+    /// Reads and checks the `problem` argument of `rollout`, `transitions`, `policy_samples` and
+    /// `state_moments`: any object with the attributes of `backend.Problem` (the fields of this
+    /// struct), each checked where it is read, with errors that name it. An attribute it lacks is a
+    /// `TypeError` naming `problem`.
     fn from_py(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
         let py = obj.py();
-        let attrs: ProblemAttrs<'py> = obj.extract().map_err(|e: PyErr| {
+        let missing = |e: PyErr| {
             if e.is_instance_of::<PyAttributeError>(py) {
                 PyTypeError::new_err(format!("problem: {}", e.value(py)))
             } else {
                 e
             }
-        })?;
-        Self::new(&attrs)
-    }
-
-    fn new(p: &ProblemAttrs<'py>) -> PyResult<Self> {
-        let sigma_eps = f64_arg(&p.sigma_eps, "sigma_eps")?;
-        let sigma_0 = f64_arg(&p.sigma_0, "sigma_0")?;
-        let reward_scale = f64_arg(&p.reward_scale, "reward_scale")?;
-        let sigma_pi = f64_arg(&p.sigma_pi, "sigma_pi")?;
-        let sigma_mu = f64_arg(&p.sigma_mu, "sigma_mu")?;
-        let p_mix = f64_arg(&p.p_mix, "p_mix")?;
-        let gamma = f64_arg(&p.gamma, "gamma")?;
-        let rho_clip = f64_arg(&p.rho_clip, "rho_clip")?;
-        let a = array_arg(&p.a, "a", 2)?;
+        };
+        // The attribute `$name` (its name interned: ~0.1 us a lookup, not a new string each call).
+        macro_rules! attr {
+            ($name:literal) => {
+                obj.getattr(pyo3::intern!(py, $name)).map_err(missing)?
+            };
+        }
+        macro_rules! real {
+            ($name:literal) => {
+                f64_arg(&attr!($name), $name)?
+            };
+        }
+        let sigma_eps = real!("sigma_eps");
+        let sigma_0 = real!("sigma_0");
+        let reward_scale = real!("reward_scale");
+        let sigma_pi = real!("sigma_pi");
+        let sigma_mu = real!("sigma_mu");
+        let p_mix = real!("p_mix");
+        let gamma = real!("gamma");
+        let rho_clip = real!("rho_clip");
+        let a = array_arg(&attr!("a"), "a", 2)?;
         let n = a.shape[0];
         if n == 0 {
             return Err(value_err("a", "state dimension n must be >= 1"));
@@ -377,14 +366,14 @@ impl<'py> ProblemArgs<'py> {
             check_finite("a", a.slice()).map_err(to_py_err)?;
             a
         };
-        let b = array_shaped(&p.b, "b", &[Some(n), None], true)?;
+        let b = array_shaped(&attr!("b"), "b", &[Some(n), None], true)?;
         let m = b.shape[1];
         if m == 0 {
             return Err(value_err("b", "action dimension m must be >= 1"));
         }
-        let q = array_shaped(&p.q, "q", &[Some(n), Some(n)], true)?;
-        let r = array_shaped(&p.r, "r", &[Some(m), Some(m)], true)?;
-        let seed = u64_arg(&p.seed, "seed")?;
+        let q = array_shaped(&attr!("q"), "q", &[Some(n), Some(n)], true)?;
+        let r = array_shaped(&attr!("r"), "r", &[Some(m), Some(m)], true)?;
+        let seed = u64_arg(&attr!("seed"), "seed")?;
         Ok(ProblemArgs {
             a,
             b,
@@ -583,7 +572,7 @@ fn features_py<'py>(py: Python<'py>, states: &Bound<'py, PyAny>) -> PyResult<Bou
 }
 
 /// `rollout(problem, w, k_pi, k_mu, iteration, batch, horizon, stats)`: one iteration's rollout
-/// (MODEL.md section 3) of `problem` (a `backend.Problem`, [`ProblemAttrs`]) as a dict with keys
+/// (MODEL.md section 3) of `problem` (a `backend.Problem`, [`ProblemArgs::from_py`]) as a dict with keys
 /// `states` (batch, horizon+1, n), `rewards`, `rho` (batch, horizon), `count`, `td_sq`, `rho2`,
 /// `grad_k` (m, n), `gram` (d, d), `a` (d, d), `b` (d,), and `c_rho`, `a_e`, `b_e` (None unless
 /// `stats` asks for them).
