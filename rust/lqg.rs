@@ -288,6 +288,19 @@ pub(crate) fn step_flops(n: f64, m: f64) -> f64 {
         + 3.0
 }
 
+/// (n, m) sizes, within [`dispatch_dims`]'s 1..=4, at which the kernels' tests compare the
+/// fixed-size kernels with the dynamic one: both edges, m > n, n > m and the largest.
+#[cfg(test)]
+pub(crate) const FIXED_SIZES: [(usize, usize); 5] = [(1, 1), (2, 1), (1, 3), (3, 2), (4, 4)];
+
+/// The k x k matrix `v I`, row-major (the kernels' tests' dynamics, costs and noise).
+#[cfg(test)]
+pub(crate) fn diag(k: usize, v: f64) -> Vec<f64> {
+    (0..k * k)
+        .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -403,6 +403,7 @@ fn mmd_rows(b: usize, mmd_count: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lqg::FIXED_SIZES;
 
     /// A problem with n states and m actions whose policy noise levels and seed are given (the
     /// matrices, which the policy samples do not read, are zeros and identities).
@@ -643,29 +644,11 @@ mod tests {
         let km = [0.0, -0.25, 0.1, 0.2];
         let pool = pool();
         for (count, mmd) in [(0, 0), (7, 3), (300, 300), (2100, 1030), (3000, 64)] {
-            let fixed = policy_samples_impl(
-                &problem(2, 2, 0.3, 0.5, 5),
-                &kp,
-                &km,
-                &pool,
-                count,
-                mmd,
-                2,
-                true,
-            )
-            .unwrap();
-            let dynamic = policy_samples_impl(
-                &problem(2, 2, 0.3, 0.5, 5),
-                &kp,
-                &km,
-                &pool,
-                count,
-                mmd,
-                2,
-                false,
-            )
-            .unwrap();
-            assert_eq!(fixed, dynamic);
+            let p = problem(2, 2, 0.3, 0.5, 5);
+            let call = |allow_fixed| {
+                policy_samples_impl(&p, &kp, &km, &pool, count, mmd, 2, allow_fixed).unwrap()
+            };
+            assert_eq!(call(true), call(false));
         }
     }
 
@@ -751,7 +734,7 @@ mod tests {
             let flops = count as f64 * sample + (count / 10) as f64 * mmd;
             tally::check_work(&format!("policy_samples n {n} m {m}"), t, flops);
         }
-        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+        for (n, m) in FIXED_SIZES {
             let count = 2 * SUB + 5;
             let (fixed, dynamic) = (run(n, m, count, true), run(n, m, count, false));
             assert_eq!(fixed.work, dynamic.work, "n {n} m {m}");

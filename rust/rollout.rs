@@ -771,7 +771,7 @@ mod tests {
     use super::*;
     use crate::features::features;
     use crate::linalg::quad_form;
-    use crate::lqg::StepScratch;
+    use crate::lqg::{diag, StepScratch, FIXED_SIZES};
 
     fn problem<'a>(
         a: &'a [f64],
@@ -1275,12 +1275,7 @@ mod tests {
     #[test]
     fn rollout_bytes_bounds_what_the_kernel_holds() {
         for (n, m) in [(1usize, 1usize), (2, 1), (3, 2), (5, 2)] {
-            let eye = |k: usize, v: f64| -> Vec<f64> {
-                (0..k * k)
-                    .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
-                    .collect()
-            };
-            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 1.0));
+            let (a, q, r) = (diag(n, 0.5), diag(n, 1.0), diag(m, 1.0));
             let b = vec![0.1; n * m];
             let p = Problem {
                 n,
@@ -1340,13 +1335,8 @@ mod tests {
     #[test]
     fn ticked_work_counts_the_flops() {
         use crate::interrupt::tally;
-        let eye = |k: usize, v: f64| -> Vec<f64> {
-            (0..k * k)
-                .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
-                .collect()
-        };
         let run = |n: usize, m: usize, stats: u32, allow_fixed: bool, horizon: usize| {
-            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 0.3));
+            let (a, q, r) = (diag(n, 0.5), diag(n, 1.0), diag(m, 0.3));
             let b: Vec<f64> = (0..n * m).map(|i| 0.1 + 0.01 * i as f64).collect();
             let p = Problem {
                 n,
@@ -1402,7 +1392,7 @@ mod tests {
             tally::check_work(&format!("rollout n {n} m {m} stats {stats}"), t, flops);
         }
         // sizes of the fixed-size kernels, with and without the optional sums, across a chunk
-        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+        for (n, m) in FIXED_SIZES {
             for stats in [0, STATS_CROSS, STATS_EMPHASIS, 3] {
                 let fixed = run(n, m, stats, true, CHUNK + 3);
                 let dynamic = run(n, m, stats, false, CHUNK + 3);

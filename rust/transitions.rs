@@ -446,6 +446,7 @@ fn transitions_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lqg::{diag, FIXED_SIZES};
 
     const A: [f64; 4] = [0.9, 0.1, 0.0, 0.8];
     const B: [f64; 2] = [0.0, 1.0];
@@ -832,13 +833,8 @@ mod tests {
     #[test]
     fn ticked_work_counts_the_flops() {
         use crate::interrupt::tally;
-        let eye = |k: usize, v: f64| -> Vec<f64> {
-            (0..k * k)
-                .map(|i| if i % (k + 1) == 0 { v } else { 0.0 })
-                .collect()
-        };
         let run = |n: usize, m: usize, count: usize, allow_fixed: bool| {
-            let (a, q, r) = (eye(n, 0.5), eye(n, 1.0), eye(m, 0.3));
+            let (a, q, r) = (diag(n, 0.5), diag(n, 1.0), diag(m, 0.3));
             let b: Vec<f64> = (0..n * m).map(|i| 0.1 + 0.01 * i as f64).collect();
             let p = Problem {
                 n,
@@ -882,7 +878,7 @@ mod tests {
             tally::check_work(&format!("transitions n {n} m {m}"), t, flops);
         }
         // sizes of the fixed-size kernels, across a sub-chunk of samples
-        for (n, m) in [(1usize, 1usize), (2, 1), (1, 3), (3, 2), (4, 4)] {
+        for (n, m) in FIXED_SIZES {
             let count = 2 * SUB + 5;
             let (fixed, dynamic) = (run(n, m, count, true), run(n, m, count, false));
             assert_eq!(fixed.work, dynamic.work, "n {n} m {m}");
